@@ -1,0 +1,169 @@
+"""Configuration dataclasses.
+
+Field names are the keys used in config YAML files and in the sweep search spaces
+(`search_spaces/*.yaml`), so a hyperparameter has one name everywhere. Unknown keys are an
+error at load time, naming the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping has an unknown key or a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "synthetic"  # corpus folder, a CSV manifest, or "synthetic" (generated, no download)
+    format: str = "auto"  # auto | emodb | ravdess | manifest
+    label_set: str = "native"  # native emotions of the corpus, or "shared6" (EmoDB/RAVDESS common six)
+    val_fraction: float = 0.15  # share of speakers held out for validation
+    test_fraction: float = 0.2  # share of speakers held out for the final test
+    split_seed: int = 0
+    skip_bad_files: bool = False  # skip unreadable WAVs (listed in the outputs) instead of failing
+    cache_dir: str = ".cache/emovae"  # feature cache and generated synthetic corpora
+    synthetic_speakers: int = 6  # only for path == "synthetic"
+    synthetic_per_emotion: int = 6  # utterances per speaker and emotion, synthetic corpus only
+
+
+@dataclass
+class FeatureConfig:
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
+    duration: float = 3.0  # seconds after crop/pad; the paper's 10 s padding is mostly silence
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2
+    log_floor: float = 1e-5  # log(mel + floor) keeps silence finite
+
+
+@dataclass
+class TrainConfig:
+    latent_dim: int = 32
+    beta: float = 0.1  # weight of KL (summed over latent dims, mean over batch)
+    lr: float = 3e-4
+    grad_clip: float = 0.5  # max global gradient norm; 0 disables clipping
+    batch_size: int = 16
+    spectral_weight: float = 0.5  # weight of frequency-profile + temporal-envelope MSE
+    base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
+    conditional: bool = False  # condition encoder and decoder on the emotion (a CVAE)
+    max_epochs: int = 50
+    patience: int = 15  # early stopping on validation reconstruction loss
+    lr_factor: float = 0.5  # ReduceLROnPlateau
+    lr_patience: int = 5
+    min_lr: float = 1e-6
+    kl_warmup_epochs: int = 0  # beta ramps linearly from 0 over this many epochs
+    weight_decay: float = 0.0
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = all cores the process may use
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores on GPU
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "train": TrainConfig}
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{where}: unknown key '{key}'{hint} (valid keys: {', '.join(valid)})")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check a YAML value against a dataclass field annotation (ints widen to floats)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"float": float, "int": int, "str": str, "bool": bool})  # noqa: S307
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by name."""
+    where = where or cls.__name__
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = field_names(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise _unknown_key_error(str(key), valid, where)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def experiment_from_dict(values: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping with sections {', '.join(SECTIONS)}")
+    sections = {}
+    for key, section_values in values.items():
+        if key not in SECTIONS:
+            raise _unknown_key_error(str(key), list(SECTIONS), where)
+        sections[key] = from_dict(SECTIONS[key], section_values or {}, f"{where}.{key}")
+    return ExperimentConfig(**sections)
+
+
+def load_experiment(path: str | Path) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return experiment_from_dict(values, where=str(path))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,1 @@
+"""Corpus loading: audio files -> items (path, emotion, speaker, utterance id)."""
