@@ -24,9 +24,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    path: str = "synthetic"  # corpus folder, a CSV manifest, or "synthetic" (generated, no download)
+    path: str = (
+        "synthetic"  # corpus folder, a CSV manifest, or "synthetic" (generated, no download)
+    )
     format: str = "auto"  # auto | emodb | ravdess | manifest
-    label_set: str = "native"  # native emotions of the corpus, or "shared6" (EmoDB/RAVDESS common six)
+    label_set: str = (
+        "native"  # native emotions of the corpus, or "shared6" (EmoDB/RAVDESS common six)
+    )
     val_fraction: float = 0.15  # share of speakers held out for validation
     test_fraction: float = 0.2  # share of speakers held out for the final test
     split_seed: int = 0
@@ -51,7 +55,9 @@ class FeatureConfig:
 @dataclass
 class TrainConfig:
     latent_dim: int = 32
-    beta: float = 0.1  # weight of KL (summed over latent dims, mean over batch)
+    # KL weight; KL is summed over latent dims (see emovae.loss): the reference's 0.1 with its
+    # per-dim mean equals 0.1 / 32 here at latent_dim 32.
+    beta: float = 0.003125
     lr: float = 3e-4
     grad_clip: float = 0.5  # max global gradient norm; 0 disables clipping
     batch_size: int = 16
@@ -59,7 +65,8 @@ class TrainConfig:
     base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
     conditional: bool = False  # condition encoder and decoder on the emotion (a CVAE)
     max_epochs: int = 50
-    patience: int = 15  # early stopping on validation reconstruction loss
+    monitor: str = "val_loss"  # metric for early stopping, LR schedule and best checkpoint
+    patience: int = 15  # early-stopping patience in epochs
     lr_factor: float = 0.5  # ReduceLROnPlateau
     lr_patience: int = 5
     min_lr: float = 1e-6

@@ -25,7 +25,9 @@ EMODB_EMOTIONS = {
     "T": "sadness",  # Trauer
     "N": "neutral",
 }
-EMODB_NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<emotion>[A-Z])(?P<version>[a-z])$")
+EMODB_NAME = re.compile(
+    r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<emotion>[A-Z])(?P<version>[a-z])$"
+)
 
 RAVDESS_EMOTIONS = {
     "01": "neutral",
@@ -57,13 +59,20 @@ class Item:
 
 
 def _wav_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
+    # Hidden files are skipped: macOS leaves `._03a01Fa.wav` resource forks beside real WAVs.
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() == ".wav" and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def parse_emodb_name(path: Path) -> Item:
     match = EMODB_NAME.match(path.stem)
     if match is None:
-        raise CorpusError(f"{path}: not an EmoDB file name (expected SSTTTEV.wav, e.g. 03a01Fa.wav)")
+        raise CorpusError(
+            f"{path}: not an EmoDB file name (expected SSTTTEV.wav, e.g. 03a01Fa.wav)"
+        )
     code = match["emotion"]
     if code not in EMODB_EMOTIONS:
         raise LabelError(
@@ -84,14 +93,13 @@ def parse_ravdess_name(path: Path) -> Item | None:
         return None
     code = match["emotion"]
     if code not in RAVDESS_EMOTIONS:
-        raise LabelError(
-            f"{path}: unknown RAVDESS emotion code '{code}' (expected 01-08)"
-        )
+        raise LabelError(f"{path}: unknown RAVDESS emotion code '{code}' (expected 01-08)")
     return Item(path, RAVDESS_EMOTIONS[code], match["actor"], path.stem)
 
 
 def load_manifest(csv_path: Path) -> list[Item]:
-    with csv_path.open(newline="") as handle:
+    # utf-8-sig: spreadsheet programs often save CSVs with a byte-order mark.
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", "emotion", "speaker"} - set(reader.fieldnames or [])
         if missing:
@@ -103,10 +111,14 @@ def load_manifest(csv_path: Path) -> list[Item]:
         for line, row in enumerate(reader, start=2):
             if not row["path"] or not row["emotion"] or not row["speaker"]:
                 raise CorpusError(f"{csv_path}:{line}: empty path, emotion or speaker")
-            path = Path(row["path"])
+            path = Path(row["path"].strip())
             if not path.is_absolute():
                 path = csv_path.parent / path
-            items.append(Item(path, row["emotion"].strip().lower(), row["speaker"].strip(), path.stem))
+            items.append(
+                Item(path, row["emotion"].strip().lower(), row["speaker"].strip(), path.stem)
+            )
+    if not items:
+        raise CorpusError(f"{csv_path}: manifest has a header but no rows")
     return items
 
 
@@ -124,7 +136,14 @@ def detect_format(root: Path) -> str:
         return "ravdess"
     if all(EMODB_NAME.match(s) for s in stems):
         return "emodb"
-    bad = next(w for w in wavs if not (EMODB_NAME.match(w.stem) or RAVDESS_NAME.match(w.stem)))
+    bad = next(
+        (w for w in wavs if not (EMODB_NAME.match(w.stem) or RAVDESS_NAME.match(w.stem))), None
+    )
+    if bad is None:
+        raise CorpusError(
+            f"{root}: mixes EmoDB and RAVDESS file names; use one corpus per folder "
+            "or a CSV manifest (path,emotion,speaker)"
+        )
     raise CorpusError(
         f"{root}: cannot tell the corpus format ({bad.name} is neither an EmoDB nor a RAVDESS "
         "name); pass a CSV manifest (path,emotion,speaker) or set the format explicitly"
@@ -137,10 +156,14 @@ def load_corpus(root: str | Path, format: str = "auto", label_set: str = "native
     if not root.exists():
         raise CorpusError(f"{root}: corpus path does not exist")
     if format not in FORMATS:
-        raise CorpusError(f"format: unknown value '{format}' (expected one of {', '.join(FORMATS)})")
+        raise CorpusError(
+            f"format: unknown value '{format}' (expected one of {', '.join(FORMATS)})"
+        )
     if format == "auto":
         format = detect_format(root)
     if format == "manifest":
+        if not root.is_file():
+            raise CorpusError(f"{root}: format 'manifest' expects a .csv file, got a folder")
         items = load_manifest(root)
     else:
         if not root.is_dir():
@@ -152,8 +175,12 @@ def load_corpus(root: str | Path, format: str = "auto", label_set: str = "native
             items = [parse_emodb_name(w) for w in wavs]
         else:
             items = [it for it in map(parse_ravdess_name, wavs) if it is not None]
+            if not items:
+                raise CorpusError(f"{root}: only RAVDESS song files (vocal channel 02), no speech")
     keep = select_label_set([it.emotion for it in items], label_set)
-    items = sorted((it for it, k in zip(items, keep, strict=True) if k), key=lambda it: str(it.path))
+    items = sorted(
+        (it for it, k in zip(items, keep, strict=True) if k), key=lambda it: str(it.path)
+    )
     if not items:
         raise CorpusError(f"{root}: no items left for label set '{label_set}'")
     return items

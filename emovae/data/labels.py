@@ -19,7 +19,9 @@ def select_label_set(emotions: list[str], label_set: str) -> list[bool]:
         return [True] * len(emotions)
     if label_set == "shared6":
         return [emotion in SHARED6 for emotion in emotions]
-    raise LabelError(f"label_set: unknown value '{label_set}' (expected one of {', '.join(LABEL_SETS)})")
+    raise LabelError(
+        f"label_set: unknown value '{label_set}' (expected one of {', '.join(LABEL_SETS)})"
+    )
 
 
 def label_names(emotions: list[str]) -> list[str]:

@@ -1,0 +1,254 @@
+"""The trainer: Adam, ReduceLROnPlateau, gradient clipping, early stopping, best checkpointing.
+
+It knows nothing of Ray or MLflow: a sweep passes `on_epoch`, called once per epoch with that
+epoch's metrics and the folder holding `last.pt` (resumable state) and `best.pt`.
+Loss terms are summed on the device and read back once per epoch, so the training step never
+waits for the host.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from emovae.checkpoint import build_model, model_state, read_checkpoint, save_checkpoint
+from emovae.config import TrainConfig
+from emovae.dataset import PreparedData, Split
+from emovae.loss import TERMS, vae_loss
+from emovae.model import VAE
+
+MONITORS = ("val_loss", "val_recon")
+EVAL_BATCH = 64
+
+EpochCallback = Callable[[dict[str, float], Path], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; no checkpoint of that epoch is written."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    best_checkpoint: Path
+    last_checkpoint: Path
+    stopped_early: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: '{name}' asked for, but no CUDA GPU is available")
+    return device
+
+
+def configure_threads(num_threads: int) -> None:
+    """Intra-op threads must match the CPUs a process holds, or parallel trials oversubscribe."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - only for third-party code that uses the global RNG
+
+
+def effective_beta(config: TrainConfig, epoch: int) -> float:
+    """Linear KL warm-up from 0 to beta over `kl_warmup_epochs` (epochs count from 1)."""
+    if config.kl_warmup_epochs <= 0:
+        return config.beta
+    return config.beta * min(1.0, epoch / config.kl_warmup_epochs)
+
+
+def _to_device(
+    split: Split, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    features = split.features.to(device).contiguous(memory_format=memory_format)
+    return features, split.labels.to(device)
+
+
+def _train_epoch(
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    config: TrainConfig,
+    beta: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    model.train()
+    n = features.shape[0]
+    order = torch.randperm(n, generator=generator).to(features.device)
+    # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
+    usable = n - 1 if n % config.batch_size == 1 and n > 1 else n
+    sums = {name: torch.zeros((), device=features.device) for name in TERMS}
+    for start in range(0, usable, config.batch_size):
+        index = order[start : start + config.batch_size]
+        x = features[index]
+        recon, mu, logvar = model(x, labels[index] if model.n_classes else None)
+        terms = vae_loss(recon, x, mu, logvar, beta, config.spectral_weight)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        for name in TERMS:
+            sums[name] += terms[name].detach() * x.shape[0]
+    return {name: value / usable for name, value in sums.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: VAE,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float,
+    spectral_weight: float,
+) -> dict[str, torch.Tensor]:
+    """Loss terms over a whole split, decoding the posterior mean (deterministic)."""
+    model.eval()
+    sums = {name: torch.zeros((), device=features.device) for name in TERMS}
+    for start in range(0, features.shape[0], EVAL_BATCH):
+        x = features[start : start + EVAL_BATCH]
+        y = labels[start : start + EVAL_BATCH] if model.n_classes else None
+        recon, mu, logvar = model(x, y, sample=False)
+        terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight)
+        for name in TERMS:
+            sums[name] += terms[name] * x.shape[0]
+    return {name: value / features.shape[0] for name, value in sums.items()}
+
+
+def _check_finite(metrics: dict[str, float], epoch: int) -> None:
+    bad = [name for name, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingDivergedError(
+            f"epoch {epoch}: non-finite {', '.join(bad)} "
+            f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); try a lower lr or a grad_clip"
+        )
+
+
+def train(
+    config: TrainConfig,
+    data: PreparedData,
+    out_dir: str | Path,
+    on_epoch: EpochCallback | None = None,
+    resume_from: str | Path | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a VAE on `data`; checkpoints go to `out_dir` (best.pt, last.pt).
+
+    `resume_from` is a `last.pt` written by an earlier call: training continues after its epoch
+    with its optimiser, scheduler, early-stopping state and history.
+    """
+    if config.monitor not in MONITORS:
+        raise ValueError(f"monitor: unknown value '{config.monitor}' (expected one of {MONITORS})")
+    if len(data.train) < 2 or len(data.val) < 1:
+        raise ValueError(
+            f"need at least 2 training and 1 validation clip, got {len(data.train)} and {len(data.val)}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configure_threads(config.num_threads)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+
+    model = build_model(config, data.features, len(data.label_names)).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_lr,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    train_x, train_y = _to_device(data.train, device, config.channels_last)
+    val_x, val_y = _to_device(data.val, device, config.channels_last)
+
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 1
+    if resume_from is not None:
+        state = read_checkpoint(Path(resume_from), device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"].cpu())
+        history = list(state["history"])
+        best_value, best_epoch, bad_epochs = (
+            state["best_value"],
+            state["best_epoch"],
+            state["bad_epochs"],
+        )
+        start_epoch = state["epoch"] + 1
+
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    stopped_early = False
+    epochs = range(start_epoch, config.max_epochs + 1)
+    for epoch in tqdm(epochs, desc="epochs", unit="epoch", disable=not progress):
+        started = time.perf_counter()
+        beta = effective_beta(config, epoch)
+        train_terms = _train_epoch(model, optimizer, train_x, train_y, config, beta, generator)
+        val_terms = evaluate_loss(model, val_x, val_y, config.beta, config.spectral_weight)
+        metrics = {f"train_{k}": float(v) for k, v in train_terms.items()}
+        metrics |= {f"val_{k}": float(v) for k, v in val_terms.items()}
+        _check_finite(metrics, epoch)
+        metrics |= {
+            "epoch": float(epoch),
+            "lr": optimizer.param_groups[0]["lr"],
+            "beta": beta,
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        history.append(metrics)
+        scheduler.step(metrics[config.monitor])
+
+        improved = metrics[config.monitor] < best_value
+        if improved:
+            best_value, best_epoch, bad_epochs = metrics[config.monitor], epoch, 0
+        else:
+            bad_epochs += 1
+        weights = model_state(
+            model, config, data.features, data.label_names, data.normalizer, epoch, metrics
+        )
+        if improved:
+            save_checkpoint(best_path, weights)
+        save_checkpoint(
+            last_path,
+            weights
+            | {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+            },
+        )
+        if on_epoch is not None:
+            on_epoch(metrics, out_dir)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        gc.collect()
+        if bad_epochs >= config.patience:
+            stopped_early = True
+            break
+
+    best_metrics = history[best_epoch - 1] if best_epoch else {}
+    return TrainResult(history, best_epoch, best_metrics, best_path, last_path, stopped_early)
