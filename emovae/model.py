@@ -16,6 +16,10 @@ from torch import nn
 
 N_STAGES = 4
 DOWNSAMPLE = 2**N_STAGES
+# The decoder's BatchNorm makes it blind to the scale of z, so only beta x KL holds log-variance
+# down; one Adam step on a wide linear head can move it by ~5 and exp() then overflows the loss.
+# A soft bound at +-8 (sigma in [0.018, 55]) keeps every trial of a sweep finite.
+LOGVAR_LIMIT = 8.0
 
 
 class ResidualBlock(nn.Module):
@@ -82,13 +86,13 @@ class VAE(nn.Module):
         flat = widths[-1] * self.bottleneck[1] * self.bottleneck[2]
 
         self.encoder = nn.Sequential(
-            *[_down(c_in, c_out) for c_in, c_out in zip([1, *widths], widths, strict=True)]
+            *[_down(c_in, c_out) for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True)]
         )
         self.to_mu = nn.Linear(flat + n_classes, latent_dim)
         self.to_logvar = nn.Linear(flat + n_classes, latent_dim)
         self.from_latent = nn.Linear(latent_dim + n_classes, flat)
         ups = list(reversed(widths))
-        self.decoder = nn.Sequential(*[_up(c_in, c_out) for c_in, c_out in zip(ups, ups[1:], strict=False)])
+        self.decoder = nn.Sequential(*[_up(c_in, c_out) for c_in, c_out in zip(ups[:-1], ups[1:], strict=True)])
         # Last layer has no BN/activation: targets are z-scored, any real value is valid.
         self.to_output = nn.ConvTranspose2d(widths[0], 1, 3, stride=2, padding=1, output_padding=1)
 
@@ -106,7 +110,8 @@ class VAE(nn.Module):
         n_mels, n_frames = x.shape[-2:]
         x = F.pad(x, (0, padded_size(n_frames) - n_frames, 0, padded_size(n_mels) - n_mels))
         h = self._condition(self.encoder(x).flatten(1), labels)
-        return self.to_mu(h), self.to_logvar(h)
+        logvar = LOGVAR_LIMIT * torch.tanh(self.to_logvar(h) / LOGVAR_LIMIT)
+        return self.to_mu(h), logvar
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

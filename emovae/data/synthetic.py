@@ -57,21 +57,20 @@ class EmotionProfile:
 
 # Keyed by EmoDB emotion code. Neutral is the reference; the others follow the direction of the
 # literature's findings, exaggerated enough to survive the per-utterance variation below.
+# fmt: off
 EMOTION_PROFILES: dict[str, EmotionProfile] = {
-    "N": EmotionProfile(0.0, 3.0, 4.4, 0.55, 0.55, 0.006, 0.035, 0.0, 0.05, 0.60, 1.00, 3.0, 0.15),
-    "W": EmotionProfile(5.0, 6.5, 5.4, 1.00, 0.15, 0.010, 0.050, 0.0, 0.03, 0.45, 1.06, 2.0, 0.10),
-    "F": EmotionProfile(4.0, 8.0, 5.0, 0.80, 0.35, 0.007, 0.040, 0.0, 0.05, 0.55, 1.05, 1.5, 0.12),
-    "A": EmotionProfile(7.0, 3.5, 5.8, 0.60, 0.45, 0.025, 0.060, 0.0, 0.15, 0.60, 1.03, 1.0, 0.08),
-    "T": EmotionProfile(
-        -1.5, 1.5, 3.2, 0.32, 0.82, 0.012, 0.060, 0.05, 0.18, 0.70, 0.96, 2.0, 0.30
-    ),
-    "L": EmotionProfile(
-        -2.5, 1.0, 3.7, 0.45, 0.70, 0.006, 0.040, 0.10, 0.08, 0.65, 0.98, 1.0, 0.25
-    ),
-    "E": EmotionProfile(
-        -1.0, 4.0, 3.3, 0.55, 0.55, 0.020, 0.100, 0.35, 0.06, 0.55, 0.98, 3.5, 0.25
-    ),
+    code: EmotionProfile(*row) for code, row in {
+        # pitch range rate  loud  tilt  jitter shimm creak breath OQ   formant decl pause
+        "N": (0.0,  3.0, 4.5, 0.55, 0.55, 0.006, 0.035, 0.00, 0.05, 0.60, 1.00, 3.0, 0.15),  # neutral
+        "W": (5.5,  5.5, 5.4, 1.00, 0.10, 0.010, 0.050, 0.00, 0.03, 0.42, 1.07, 2.0, 0.10),  # anger
+        "F": (4.0,  9.0, 4.9, 0.75, 0.45, 0.007, 0.040, 0.00, 0.06, 0.58, 1.04, 1.0, 0.12),  # happy
+        "A": (7.0,  3.0, 6.0, 0.60, 0.45, 0.030, 0.070, 0.00, 0.18, 0.60, 1.02, 0.5, 0.08),  # fear
+        "T": (-1.5, 1.5, 3.1, 0.30, 0.85, 0.012, 0.060, 0.05, 0.20, 0.72, 0.96, 2.0, 0.30),  # sad
+        "L": (-3.0, 0.7, 3.6, 0.45, 0.70, 0.006, 0.040, 0.10, 0.08, 0.66, 0.97, 1.0, 0.25),  # bored
+        "E": (-1.0, 4.0, 3.3, 0.55, 0.55, 0.025, 0.120, 0.40, 0.06, 0.52, 0.98, 3.5, 0.25),  # disgust
+    }.items()
 }
+# fmt: on
 
 # EmoDB text codes; the "sentences" are invented CV syllable strings, upper case = stressed.
 TEXTS: dict[str, tuple[str, ...]] = {
@@ -97,21 +96,25 @@ VOWELS: dict[str, tuple[float, float, float]] = {
     "u": (300.0, 750.0, 2350.0),
 }
 VOWEL_BANDWIDTHS = (60.0, 90.0, 150.0)
-F4, F4_BANDWIDTH = 3400.0, 250.0
+# Fixed upper formants: they shape the voice's brightness above F3.
+HIGH_FORMANTS, HIGH_BANDWIDTHS = (3400.0, 4500.0), (250.0, 300.0)
 
 PLOSIVE_BANDS = {"p": (400.0, 1500.0), "t": (3000.0, 6500.0), "k": (1500.0, 3500.0)}
 VOICED_PLOSIVES = {"b": "p", "d": "t", "g": "k"}
+# Consonant levels below are RMS relative to an open vowel's.
 FRICATIVE_BANDS = {
-    "s": (4000.0, 8500.0, 0.18),
-    "sch": (1800.0, 4500.0, 0.15),
-    "f": (1000.0, 7500.0, 0.06),
+    "s": (4000.0, 8500.0, 0.25),
+    "sch": (1800.0, 4500.0, 0.22),
+    "f": (1000.0, 7500.0, 0.08),
 }
 SONORANTS = {
-    "m": ((250.0, 1000.0, 2200.0), 0.25),
-    "n": ((250.0, 1500.0, 2500.0), 0.25),
-    "l": ((360.0, 1300.0, 2700.0), 0.45),
-    "r": ((450.0, 1300.0, 1800.0), 0.40),
+    "m": ((250.0, 1000.0, 2200.0), 0.3),
+    "n": ((250.0, 1500.0, 2500.0), 0.3),
+    "l": ((360.0, 1300.0, 2700.0), 0.5),
+    "r": ((450.0, 1300.0, 1800.0), 0.45),
 }
+# Open vowels are intrinsically louder than close ones.
+VOWEL_LEVELS = {"a": 1.0, "e": 0.85, "i": 0.7, "o": 0.9, "u": 0.7}
 # Share of the syllable the onset consonant takes.
 ONSET_SHARE = {"plosive": 0.30, "fricative": 0.35, "h": 0.22, "sonorant": 0.28, "": 0.04}
 
@@ -330,8 +333,10 @@ def _glottal_source(
     voiced = np.diff(flow, prepend=0.0) * amplitude[cycle]
     voiced /= np.std(voiced) + 1e-12
     aspiration = rng.normal(0.0, 1.0, len(f0)) * (0.3 + flow)
-    source = voiced + breath * aspiration
-    return lfilter([1.0 - tilt], [1.0, -tilt], source)
+    source = lfilter([1.0 - tilt], [1.0, -tilt], voiced + breath * aspiration)
+    # Unit level after the tilt, so tilt changes the voice's colour and not the vowel level
+    # relative to the consonant noise.
+    return source / (np.std(source) + 1e-12)
 
 
 def _synthesize(
@@ -368,15 +373,18 @@ def _synthesize(
     ring = int(0.03 * sr)  # room for the resonators to decay after a segment
     out = np.zeros(n + ring)
     ramp = int(0.012 * sr)
-    bandwidths = np.array([*VOWEL_BANDWIDTHS, F4_BANDWIDTH])
+    bandwidths = np.array([*VOWEL_BANDWIDTHS, *HIGH_BANDWIDTHS])
     stress_gain = 1.0 + 0.1 * range_st / 3.0  # livelier speech stresses harder
 
     def add_voiced(start: int, end: int, formants: tuple[float, ...], gain: float) -> None:
         if end - start < 4:
             return
-        sos = _resonator_sos(np.array([*formants, F4]) * formant_scale, bandwidths, sr)
-        segment = source[start:end] * _fade(end - start, ramp, 2 * ramp) * gain
-        out[start : end + ring] += sosfilt(sos, np.concatenate([segment, np.zeros(ring)]))
+        sos = _resonator_sos(np.array([*formants, *HIGH_FORMANTS]) * formant_scale, bandwidths, sr)
+        segment = source[start:end] * _fade(end - start, ramp, 2 * ramp)
+        filtered = sosfilt(sos, np.concatenate([segment, np.zeros(ring)]))
+        # Level set on the output: resonator gain depends on where harmonics fall on formants.
+        rms = np.sqrt(np.mean(filtered[: end - start] ** 2)) + 1e-12
+        out[start : end + ring] += filtered * (gain / rms)
 
     def add_noise(start: int, end: int, low: float, high: float, gain: float, decay: float) -> None:
         if end - start < 4:
@@ -397,22 +405,24 @@ def _synthesize(
             voiced = syllable.consonant in VOICED_PLOSIVES
             burst = start + int(0.7 * (onset_end - start))
             if voiced:
-                add_voiced(start, burst, (200.0, 1000.0, 2500.0), 0.08 * gain)
+                add_voiced(start, burst, (200.0, 1000.0, 2500.0), 0.05 * gain)
             low, high = PLOSIVE_BANDS[place]
-            add_noise(burst, onset_end, low, high, (0.12 if voiced else 0.25) * gain, 0.008)
+            add_noise(burst, onset_end, low, high, (0.15 if voiced else 0.3) * gain, 0.008)
         elif kind == "fricative":
             low, high, level = FRICATIVE_BANDS[syllable.consonant]
             add_noise(start, onset_end, low, high, level * gain, 0.0)
         elif kind == "h":
             # /h/ is aspiration shaped by the following vowel's formants.
-            sos = _resonator_sos(np.array([*formants, F4]) * formant_scale, bandwidths, sr)
+            sos = _resonator_sos(
+                np.array([*formants, *HIGH_FORMANTS]) * formant_scale, bandwidths, sr
+            )
             noise = sosfilt(sos, rng.normal(0.0, 1.0, onset_end - start))
             envelope = _fade(onset_end - start, ramp, ramp)
             out[start:onset_end] += 0.15 * gain * noise / (np.std(noise) + 1e-12) * envelope
         elif kind == "sonorant":
             sonorant_formants, level = SONORANTS[syllable.consonant]
             add_voiced(start, onset_end, sonorant_formants, level * gain)
-        add_voiced(onset_end, syllable.end, formants, gain)
+        add_voiced(onset_end, syllable.end, formants, VOWEL_LEVELS[syllable.vowel] * gain)
 
     out = out[:n]
     # A faint noise floor, as in any recording; also keeps silence from being digital zero.
