@@ -98,7 +98,7 @@ def _unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key '{key}'{hint} (valid keys: {', '.join(valid)})")
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
+def check_value(value: Any, annotation: Any, where: str) -> Any:
     """Check a YAML value against a dataclass field annotation (ints widen to floats)."""
     if isinstance(annotation, str):
         annotation = eval(annotation, {"float": float, "int": int, "str": str, "bool": bool})  # noqa: S307
@@ -112,7 +112,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, where)
+                return check_value(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
@@ -144,7 +144,7 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     for key, value in values.items():
         if key not in valid:
             raise _unknown_key_error(str(key), valid, where)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        kwargs[key] = check_value(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
 

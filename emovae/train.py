@@ -223,6 +223,9 @@ def train(
             best_value, best_epoch, bad_epochs = metrics[config.monitor], epoch, 0
         else:
             bad_epochs += 1
+        # Tells a sweep whether the run ended by itself (budget or early stopping), so a trial
+        # that stops without this flag was stopped by the scheduler.
+        metrics["is_last_epoch"] = float(bad_epochs >= config.patience or epoch == config.max_epochs)
         weights = model_state(
             model, config, data.features, data.label_names, data.normalizer, epoch, metrics
         )

@@ -347,7 +347,7 @@ def _synthesize(
     duration: float,
     sr: int,
 ) -> np.ndarray:
-    n = int(round(duration * sr))
+    n = round(duration * sr)
     pitch_st = profile.pitch_st + rng.normal(0.0, 1.0)
     range_st = profile.range_st * float(np.exp(rng.normal(0.0, 0.25)))
     rate = profile.rate * float(np.exp(rng.normal(0.0, 0.08)))
@@ -457,8 +457,9 @@ def generate_synthetic_corpus(
 ) -> Path:
     """Write n_speakers x 7 emotions x per_emotion clips to out_dir/wav; return that folder.
 
-    Clips are 16-bit PCM mono of exactly `duration` seconds. Each file's audio depends only on
-    the arguments and its own name, not on the order of generation.
+    Clips are 16-bit PCM mono of `duration` seconds (to the nearest sample), with a short
+    silence before and after the speech. Each file's audio depends only on the arguments and
+    its own name, not on the order of generation.
     """
     _check_args(n_speakers, per_emotion, duration, sample_rate, seed)
     wav_dir = Path(out_dir) / "wav"
@@ -488,11 +489,10 @@ def generate_synthetic_corpus(
     return wav_dir
 
 
-def corpus_key(
+def _params(
     n_speakers: int, per_emotion: int, duration: float, sample_rate: int, seed: int
-) -> str:
-    """Short hash naming a cached corpus: every parameter plus the generator version."""
-    params = {
+) -> dict[str, int | float]:
+    return {
         "generator_version": GENERATOR_VERSION,
         "n_speakers": n_speakers,
         "per_emotion": per_emotion,
@@ -500,6 +500,13 @@ def corpus_key(
         "sample_rate": sample_rate,
         "seed": seed,
     }
+
+
+def corpus_key(
+    n_speakers: int, per_emotion: int, duration: float, sample_rate: int, seed: int
+) -> str:
+    """Short hash naming a cached corpus: every parameter plus the generator version."""
+    params = _params(n_speakers, per_emotion, duration, sample_rate, seed)
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -530,15 +537,9 @@ def ensure_synthetic_corpus(
         generate_synthetic_corpus(
             tmp, n_speakers, per_emotion, duration, sample_rate, seed, progress=progress
         )
-        params = {
-            "generator_version": GENERATOR_VERSION,
-            "n_speakers": n_speakers,
-            "per_emotion": per_emotion,
-            "duration": duration,
-            "sample_rate": sample_rate,
-            "seed": seed,
-        }
+        params = _params(n_speakers, per_emotion, duration, sample_rate, seed)
         (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the finished corpus is ordinary data
         try:
             os.replace(tmp, final)
         except OSError:

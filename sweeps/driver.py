@@ -1,0 +1,347 @@
+"""The sweep driver: search space -> Ray Tune (Optuna TPE + ASHA) -> MLflow parent/child runs.
+
+A sweep folder holds everything needed to resume or finalise it:
+    sweep.json   the validated space, tracking URI, MLflow ids (written before any trial runs)
+    tune/        Ray Tune's experiment state, trial results and checkpoints
+    mlflow.db    the default MLflow store (sqlite), mlartifacts/ its artifacts
+    trials.csv   one row per trial after the sweep
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from emovae.config import ConfigError, DataConfig
+from emovae.dataset import prepare_data
+from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
+from sweeps.tracking import (
+    TAG_ROLE,
+    MlflowTrialLogger,
+    check_tracking_uri,
+    default_tracking_uri,
+    ensure_experiment,
+    flatten,
+    git_commit,
+    log_params,
+)
+from sweeps.trainable import train_trial
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STATE_FILE = "sweep.json"
+TUNE_DIR = "tune"
+
+
+class SweepFailedError(RuntimeError):
+    """Every trial of the sweep failed."""
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    status: str  # FINISHED | KILLED_BY_ASHA | FAILED
+    params: dict[str, Any]
+    epochs: int
+    best_value: float | None
+    error: str | None
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    metric: str
+    mode: str
+    trials: list[TrialSummary]
+    best: TrialSummary | None
+    tracking_uri: str
+    parent_run_id: str
+
+
+@dataclass
+class SweepState:
+    """What `--resume` and the finaliser read back from sweep.json."""
+
+    space: dict[str, Any]  # the validated YAML mapping (overrides applied)
+    name: str
+    source: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def spec(self) -> SweepSpec:
+        return spec_from_dict(self.space, self.name, self.source)
+
+
+def read_state(sweep_dir: Path) -> SweepState:
+    path = Path(sweep_dir) / STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{sweep_dir}: not a sweep folder ({STATE_FILE} missing)")
+    return SweepState(**json.loads(path.read_text()))
+
+
+def _write_state(sweep_dir: Path, state: SweepState) -> None:
+    path = sweep_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(state), indent=1))
+    os.replace(tmp, path)
+
+
+def _absolute_cache(spec: SweepSpec) -> dict[str, Any]:
+    """The experiment constants as plain dicts, with the cache path absolute for Ray workers."""
+    experiment = dataclasses.asdict(spec.experiment)
+    experiment["data"]["cache_dir"] = str(Path(experiment["data"]["cache_dir"]).resolve())
+    if experiment["data"]["path"] != "synthetic":
+        experiment["data"]["path"] = str(Path(experiment["data"]["path"]).resolve())
+    return experiment
+
+
+def _start_tracking(
+    spec: SweepSpec, sweep_dir: Path, tracking_uri: str, experiment_name: str
+) -> SweepState:
+    check_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    # A local store keeps artifacts inside the sweep folder, not in the current directory.
+    artifacts = None if tracking_uri.startswith("http") else (sweep_dir / "mlartifacts").as_uri()
+    experiment_id = ensure_experiment(client, experiment_name, artifacts)
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"sweep-{sweep_dir.name}",
+        tags={TAG_ROLE: "sweep", "git_commit": git_commit(REPO_ROOT), "space": spec.name},
+    )
+    return SweepState(
+        space=spec.raw,
+        name=spec.name,
+        source=spec.source,
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent.info.run_id,
+    )
+
+
+def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, data: Any) -> None:
+    params = flatten("sweep", dataclasses.asdict(spec.sweep))
+    params |= flatten("", {k: v for k, v in spec.raw.items() if k != "sweep"})
+    params |= {
+        "searcher": f"OptunaSearch(TPESampler(seed={spec.sweep.seed}))",
+        "scheduler": (
+            f"ASHA(time_attr=epoch, max_t={spec.experiment.train.max_epochs}, "
+            f"grace_period={spec.sweep.grace_period}, reduction_factor={spec.sweep.reduction_factor})"
+        ),
+        "data_fingerprint": data.fingerprint,
+        "data_n_train": str(len(data.train)),
+        "data_n_val": str(len(data.val)),
+        "data_n_test": str(len(data.test)),
+        "data_labels": ",".join(data.label_names),
+    }
+    log_params(client, state.parent_run_id, params)
+    client.log_dict(state.parent_run_id, spec.raw, "space.yaml")
+    if data.bad_files:
+        client.log_dict(state.parent_run_id, {"bad_files": data.bad_files}, "bad_files.json")
+
+
+def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
+    resources = {"cpu": spec.sweep.cpus_per_trial, "gpu": spec.sweep.gpus_per_trial}
+    return tune.with_resources(
+        tune.with_parameters(
+            train_trial, experiment=experiment, cpus_per_trial=spec.sweep.cpus_per_trial
+        ),
+        resources,
+    )
+
+
+def _tuner(
+    spec: SweepSpec, sweep_dir: Path, trainable: Any, logger: MlflowTrialLogger
+) -> tune.Tuner:
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(sampler=_tpe(spec.sweep.seed)), max_concurrent=spec.sweep.max_concurrent
+    )
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=spec.experiment.train.max_epochs,
+        grace_period=spec.sweep.grace_period,
+        reduction_factor=spec.sweep.reduction_factor,
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune_space(spec.params),
+        tune_config=tune.TuneConfig(
+            metric=spec.sweep.metric,
+            mode=spec.sweep.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.sweep.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(sweep_dir),
+            callbacks=[logger],
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=1,
+        ),
+    )
+
+
+def _tpe(seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def summarize_trials(results: Any, metric: str, mode: str) -> list[TrialSummary]:
+    """One summary per trial from Ray's ResultGrid: status, epochs, best value of `metric`."""
+    summaries = []
+    for result in results:
+        history = result.metrics_dataframe
+        epochs, best = 0, None
+        if history is not None and metric in history:
+            values = history[metric].dropna()
+            epochs = int(history["epoch"].max()) if "epoch" in history else len(history)
+            if len(values):
+                best = float(values.min() if mode == "min" else values.max())
+        last = result.metrics or {}
+        if result.error is not None:
+            status = "FAILED"
+        elif last.get("is_last_epoch", 0.0) >= 1.0:
+            status = "FINISHED"
+        else:
+            status = "KILLED_BY_ASHA"
+        summaries.append(
+            TrialSummary(
+                trial_id=str(last.get("trial_id", Path(result.path).name)),
+                status=status,
+                params=dict(result.config or {}),
+                epochs=epochs,
+                best_value=best,
+                error=None if result.error is None else str(result.error).strip()[-2000:],
+            )
+        )
+    return summaries
+
+
+def _best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
+    scored = [t for t in trials if t.best_value is not None]
+    if not scored:
+        return None
+    return (min if mode == "min" else max)(scored, key=lambda t: t.best_value)
+
+
+def _write_trials_csv(sweep_dir: Path, trials: list[TrialSummary]) -> Path:
+    import pandas as pd
+
+    rows = [
+        {"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs, "best_value": t.best_value}
+        | {f"param.{k}": v for k, v in t.params.items()}
+        | {"error": (t.error or "").splitlines()[-1] if t.error else ""}
+        for t in trials
+    ]
+    path = sweep_dir / "trials.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def run_sweep(
+    spec: SweepSpec | None,
+    sweep_dir: str | Path,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    on_ready: Callable[[SweepState], None] | None = None,
+) -> SweepResult:
+    """Run (or with `resume`, continue) the sweep in `sweep_dir`. On resume the space stored in
+    the folder is used, so a resumed sweep is the sweep that was started."""
+    sweep_dir = Path(sweep_dir).resolve()
+    tune_path = sweep_dir / TUNE_DIR
+    if resume:
+        state = read_state(sweep_dir)
+        spec = state.spec()
+        check_tracking_uri(state.tracking_uri)
+        if not tune.Tuner.can_restore(str(tune_path)):
+            raise ConfigError(f"{sweep_dir}: no Ray Tune experiment state to resume from")
+    else:
+        if spec is None:
+            raise ValueError("a new sweep needs a search space")
+        if (sweep_dir / STATE_FILE).exists():
+            raise ConfigError(
+                f"{sweep_dir}: a sweep already exists here; pass --resume to continue it "
+                "or --out to start a new one"
+            )
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = tracking_uri or default_tracking_uri(sweep_dir)
+        state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
+        _write_state(sweep_dir, state)
+
+    experiment = _absolute_cache(spec)
+    # Extract features (and generate the synthetic corpus) once, before trials read the cache.
+    data = prepare_data(DataConfig(**experiment["data"]), spec.experiment.features)
+    client = MlflowClient(state.tracking_uri)
+    client.update_run(state.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    _log_sweep_params(client, state, spec, data)
+    if on_ready is not None:
+        on_ready(state)
+
+    trainable = _trainable(spec, experiment)
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+        started_ray = True
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(
+                str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+            )
+        else:
+            base_params = flatten("", {k: v for k, v in experiment.items() if k != "train"})
+            base_params |= {
+                k: str(v) for k, v in experiment["train"].items() if k not in spec.params
+            }
+            logger = MlflowTrialLogger(
+                state.tracking_uri, state.experiment_id, state.parent_run_id, base_params
+            )
+            tuner = _tuner(spec, sweep_dir, trainable, logger)
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    trials = summarize_trials(results, spec.sweep.metric, spec.sweep.mode)
+    best = _best(trials, spec.sweep.mode)
+    csv_path = _write_trials_csv(sweep_dir, trials)
+    client.log_artifact(state.parent_run_id, str(csv_path))
+    counts = {
+        s: sum(t.status == s for t in trials) for s in ("FINISHED", "KILLED_BY_ASHA", "FAILED")
+    }
+    for status, count in counts.items():
+        client.set_tag(state.parent_run_id, f"trials.{status.lower()}", str(count))
+    if best is None:
+        client.set_tag(state.parent_run_id, "emovae.error", "every trial failed")
+        client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
+        first_error = next((t.error for t in trials if t.error), "no trial reported a result")
+        raise SweepFailedError(f"all {len(trials)} trials failed; first error:\n{first_error}")
+    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best.best_value)
+    # Tags, not params: a resumed sweep may find a new best, and MLflow params are write-once.
+    for key, value in flatten("best", best.params | {"trial_id": best.trial_id}).items():
+        client.set_tag(state.parent_run_id, key, value)
+    client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return SweepResult(
+        sweep_dir,
+        spec.sweep.metric,
+        spec.sweep.mode,
+        trials,
+        best,
+        state.tracking_uri,
+        state.parent_run_id,
+    )

@@ -1,0 +1,672 @@
+"""The sweep's Markdown report: a summary, ranked configs, Optuna plots, ASHA rungs, curves.
+
+`write_report` turns the trials' per-epoch histories into `report.md` plus PNGs next to it.
+A trial's objective is its best epoch (not its last): ASHA judges trials at rungs, and the
+finaliser retrains the best configuration, so the best epoch is what a configuration can reach.
+
+The Optuna plots come from an in-memory study rebuilt from the records (Ray's OptunaSearch
+study is not kept after the sweep). Every plot that cannot be drawn (no finished trial, a single
+trial, no searched parameter that varies) is replaced by a sentence saying why, so the report is
+always written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+STATUS_LABELS = {
+    "FINISHED": "finished",
+    "KILLED_BY_ASHA": "stopped by ASHA",
+    "FAILED": "failed",
+}
+TOP_N = 5
+FINAL_IMAGES = (
+    ("learning_curves", "Learning curves"),
+    ("reconstructions", "Reconstructions"),
+    ("latent_pca", "Latent space (PCA)"),
+)
+_PRIMITIVES = (type(None), bool, int, float, str)
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]  # the searched params' sampled values for this trial
+    status: str  # "FINISHED" | "KILLED_BY_ASHA" | "FAILED"
+    history: list[dict[str, float]]  # per-epoch metrics as reported; empty if it never reported
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers from the records
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a float, or None where it is missing, NaN, infinite or not a number."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a < b if mode == "min" else a > b
+
+
+def _epoch_rows(record: TrialRecord) -> list[tuple[int, dict[str, Any]]]:
+    """(epoch, metrics) in report order; a row without an epoch gets its 1-based position."""
+    rows = []
+    for index, row in enumerate(record.history):
+        epoch = _finite(row.get("epoch")) if isinstance(row, dict) else None
+        rows.append((int(epoch) if epoch is not None else index + 1, row if isinstance(row, dict) else {}))
+    return rows
+
+
+def best_epoch(record: TrialRecord, metric: str, mode: str) -> tuple[float, int] | None:
+    """(best finite value of `metric`, its epoch) over the trial's epochs; None if none."""
+    _check_mode(mode)
+    best: tuple[float, int] | None = None
+    for epoch, row in _epoch_rows(record):
+        value = _finite(row.get(metric))
+        if value is not None and (best is None or _better(value, best[0], mode)):
+            best = (value, epoch)
+    return best
+
+
+def best_value(record: TrialRecord, metric: str, mode: str) -> float | None:
+    """The best finite value of `metric` over the trial's epochs; None if there is none."""
+    found = best_epoch(record, metric, mode)
+    return found[0] if found is not None else None
+
+
+def epochs_run(record: TrialRecord) -> int:
+    """The last epoch the trial reached (a trial restored from a checkpoint repeats none)."""
+    return max((epoch for epoch, _ in _epoch_rows(record)), default=0)
+
+
+def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """ASHA's milestones grace * rf**k <= max_t, plus max_t itself (where trials finish)."""
+    rungs: list[int] = []
+    if grace_period >= 1 and reduction_factor >= 2:
+        rung = grace_period
+        while rung <= max_t:
+            rungs.append(rung)
+            rung *= reduction_factor
+    if max_t >= 1 and max_t not in rungs:
+        rungs.append(max_t)
+    return rungs
+
+
+def rung_survival(records: list[TrialRecord], asha: dict[str, int]) -> list[tuple[int, int]]:
+    """(rung epoch, trials whose history reached it) for each ASHA rung."""
+    reached = [epochs_run(record) for record in records]
+    rungs = asha_rungs(
+        int(asha.get("grace_period", 1)), int(asha.get("reduction_factor", 2)), int(asha.get("max_t", 0))
+    )
+    return [(rung, sum(1 for epochs in reached if epochs >= rung)) for rung in rungs]
+
+
+def ranked(
+    records: list[TrialRecord], metric: str, mode: str
+) -> list[tuple[TrialRecord, float, int]]:
+    """Trials with a value, best first; failed trials are left out (their config crashed)."""
+    scored = []
+    for record in records:
+        if record.status == "FAILED":
+            continue
+        found = best_epoch(record, metric, mode)
+        if found is not None:
+            scored.append((record, found[0], found[1]))
+    # A stable sort keeps trial order among ties, so the earliest trial wins them.
+    scored.sort(key=lambda item: item[1] if mode == "min" else -item[1])
+    return scored
+
+
+# ---------------------------------------------------------------------------------------------
+# The in-memory Optuna study
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python scalars, so they compare equal to the YAML choices."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _choice_key(value: Any, as_text: bool) -> Any:
+    value = _plain(value)
+    return repr(value) if as_text else value
+
+
+@dataclass
+class _SearchSpace:
+    distributions: dict[str, BaseDistribution]
+    # Choices Optuna cannot hold (lists, dicts) are shown as their repr.
+    textual_choices: set[str]
+
+    def optuna_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The record's params Optuna accepts: missing or out-of-range values are left out."""
+        accepted = {}
+        for name, dist in self.distributions.items():
+            if name not in params:
+                continue
+            value = _plain(params[name])
+            if isinstance(dist, CategoricalDistribution):
+                value = _choice_key(value, name in self.textual_choices)
+                try:
+                    if value in dist.choices:
+                        accepted[name] = value
+                except TypeError:
+                    continue
+                continue
+            number = _finite(value)
+            if number is None or not dist.low <= number <= dist.high:
+                continue
+            if isinstance(dist, IntDistribution):
+                if number != int(number):
+                    continue
+                accepted[name] = int(number)
+            else:
+                accepted[name] = number
+        return accepted
+
+
+def _search_space(params_spec: dict[str, Any]) -> _SearchSpace:
+    distributions: dict[str, BaseDistribution] = {}
+    textual: set[str] = set()
+    for name, spec in params_spec.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            continue  # a constant: nothing was searched
+        ((kind, args),) = spec.items()
+        try:
+            if kind == "choice":
+                values = [_plain(v) for v in args]
+                as_text = not all(isinstance(v, _PRIMITIVES) for v in values)
+                choices: list[Any] = []
+                for value in values:
+                    key = _choice_key(value, as_text)
+                    if key not in choices:
+                        choices.append(key)
+                distributions[name] = CategoricalDistribution(choices)
+                if as_text:
+                    textual.add(name)
+            elif kind in ("uniform", "loguniform"):
+                distributions[name] = FloatDistribution(
+                    float(args[0]), float(args[1]), log=kind == "loguniform"
+                )
+            elif kind in ("int", "logint"):
+                distributions[name] = IntDistribution(
+                    int(args[0]), int(args[1]), log=kind == "logint"
+                )
+        except (TypeError, ValueError, IndexError):
+            continue  # space.py validates specs; a malformed one only loses its plots
+    return _SearchSpace(distributions, textual)
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's INFO logs and ExperimentalWarnings (the matplotlib module) meanwhile."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def build_study(
+    records: list[TrialRecord], metric: str, mode: str, params_spec: dict[str, Any]
+) -> optuna.Study:
+    """One Optuna trial per record, in record order (so trial numbers are record positions).
+
+    Finished and ASHA-stopped trials with a value are COMPLETE with their best value; failed
+    trials and trials that never reported the metric are FAIL.
+    """
+    _check_mode(mode)
+    space = _search_space(params_spec)
+    with _quiet_optuna():
+        study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
+        for record in records:
+            params = space.optuna_params(record.params or {})
+            distributions = {name: space.distributions[name] for name in params}
+            value = None if record.status == "FAILED" else best_value(record, metric, mode)
+            state = TrialState.COMPLETE if value is not None else TrialState.FAIL
+            trial = optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params=params,
+                distributions=distributions,
+                user_attrs={"trial_id": str(record.trial_id), "status": record.status},
+            )
+            study.add_trial(trial)
+    return study
+
+
+def _importance_params(study: optuna.Study, names: list[str]) -> tuple[list[str], str | None]:
+    """Params fit for fANOVA (present in every complete trial, more than one value), or why not."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(completed) < 2:
+        return [], f"needs at least 2 completed trials, the sweep has {len(completed)}"
+    if not names:
+        return [], "no parameter was searched (all are constants)"
+    usable = []
+    for name in names:
+        if not all(name in trial.params for trial in completed):
+            continue
+        if len({repr(trial.params[name]) for trial in completed}) > 1:
+            usable.append(name)
+    if not usable:
+        return [], "no searched parameter takes more than one value across the completed trials"
+    if len({trial.value for trial in completed}) < 2:
+        return [], "the objective has the same value in every completed trial"
+    return usable, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend, unless the caller already chose a backend by importing it."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        # Switching later would close the caller's figures, so only before the first import.
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_axes(ax: Any, path: Path) -> None:
+    plt = _pyplot()
+    figure = ax.figure if not isinstance(ax, np.ndarray) else ax.flat[0].figure
+    try:
+        figure.set_size_inches(max(figure.get_figwidth(), 8.0), max(figure.get_figheight(), 5.0))
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
+    finally:
+        plt.close(figure)
+
+
+def _optuna_plot(plot: Any, path: Path, **kwargs: Any) -> str | None:
+    """Draw one optuna.visualization.matplotlib plot into `path`; the error text if it fails."""
+    plt = _pyplot()
+    before = set(plt.get_fignums())
+    try:
+        with _quiet_optuna():
+            ax = plot(**kwargs)
+        _save_axes(ax, path)
+    except Exception as exc:  # a plot failing must not lose the rest of the report
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _figure(width: float, height: float) -> Any:
+    # A pyplot-free Figure: nothing registered globally, nothing to close.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _plot_rungs(survival: list[tuple[int, int]], total: int, path: Path) -> None:
+    figure = _figure(7, 4)
+    ax = figure.add_subplot()
+    labels = [str(rung) for rung, _ in survival]
+    counts = [count for _, count in survival]
+    bars = ax.bar(labels, counts, color="tab:blue")
+    ax.bar_label(bars)
+    ax.set_xlabel("ASHA rung (epoch)")
+    ax.set_ylabel("trials reaching it")
+    ax.set_ylim(0, max([total, *counts, 1]) * 1.15)
+    ax.set_title(f"Trials reaching each rung (of {total})")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _train_name(metric: str) -> str | None:
+    return "train_" + metric[len("val_") :] if metric.startswith("val_") else None
+
+
+def _plot_curves(record: TrialRecord, metric: str, best_at: int | None, path: Path) -> None:
+    # A checkpoint restore may repeat epochs; the last report of an epoch wins.
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for epoch, row in _epoch_rows(record):
+        by_epoch[epoch] = row
+    epochs = sorted(by_epoch)
+
+    def series(name: str) -> list[float]:
+        values = (_finite(by_epoch[epoch].get(name)) for epoch in epochs)
+        return [value if value is not None else math.nan for value in values]
+
+    panels = [(metric, [_train_name(metric), metric])]
+    if metric != "val_loss":
+        panels.append(("total loss", ["train_loss", "val_loss"]))
+    figure = _figure(5.5 * len(panels), 4)
+    for index, (title, names) in enumerate(panels, start=1):
+        ax = figure.add_subplot(1, len(panels), index)
+        drawn = False
+        for name in names:
+            if name is None:
+                continue
+            values = series(name)
+            if any(not math.isnan(v) for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+                drawn = True
+        if best_at is not None:
+            ax.axvline(best_at, color="grey", linestyle="--", linewidth=1, label="best epoch")
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no values reported", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+    figure.suptitle(f"Trial {record.trial_id}")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _cell(value: Any) -> str:
+    """A table cell: numbers to 4 significant digits, pipes and newlines escaped."""
+    value = _plain(value)
+    if value is None:
+        text = "—"
+    elif isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _first_line(error: str | None) -> str:
+    if not error:
+        return "(no error message)"
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return "(no error message)"
+
+
+def _image(lines: list[str], alt: str, path: Path, out_dir: Path) -> None:
+    lines += [f"![{alt}]({path.relative_to(out_dir).as_posix()})", ""]
+
+
+def _not_drawn(lines: list[str], reason: str) -> None:
+    lines += [f"_Not drawn: {reason}._", ""]
+
+
+def _place_image(source: Any, key: str, out_dir: Path) -> Path | None:
+    """The image inside out_dir (copied there if it lies elsewhere); None if it is missing."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    resolved, root = path.resolve(), out_dir.resolve()
+    if resolved.is_relative_to(root):
+        return out_dir / resolved.relative_to(root)
+    target = out_dir / f"final_{key}{path.suffix or '.png'}"
+    shutil.copyfile(path, target)
+    return target
+
+
+def write_report(
+    records: list[TrialRecord],
+    metric: str,
+    mode: str,
+    params_spec: dict[str, Any],
+    asha: dict[str, int],
+    out_dir: Path,
+    title: str = "Sweep report",
+    final: dict[str, Any] | None = None,
+) -> Path:
+    """Write `out_dir/report.md` and its PNGs; return the report's path.
+
+    `asha` holds grace_period, reduction_factor and max_t (epochs). `final` (optional) holds
+    "config", "metrics" and optional image paths "learning_curves", "reconstructions" and
+    "latent_pca" from retraining the best configuration.
+    """
+    _check_mode(mode)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    direction = "minimise" if mode == "min" else "maximise"
+    max_t = int(asha.get("max_t", 0))
+    space = _search_space(params_spec)
+    searched = list(space.distributions)
+    extra = sorted({k for r in records for k in (r.params or {}) if k not in space.distributions})
+    param_names = searched + extra
+    scored = ranked(records, metric, mode)
+    failed = [r for r in records if r.status == "FAILED"]
+
+    lines = [f"# {title}", ""]
+
+    # 1. Summary
+    counts = {status: sum(1 for r in records if r.status == status) for status in STATUS_LABELS}
+    other = len(records) - sum(counts.values())
+    parts = [f"{counts[status]} {label}" for status, label in STATUS_LABELS.items()]
+    if other:
+        parts.append(f"{other} with another status")
+    trained = sum(epochs_run(r) for r in records)
+    budget = len(records) * max_t
+    lines += ["## Summary", ""]
+    lines.append(f"- Trials: {len(records)} ({', '.join(parts)})")
+    if budget > 0:
+        share = trained / budget
+        lines.append(
+            f"- Epochs trained: {trained} of a full budget of {budget} "
+            f"({len(records)} trials × {max_t} epochs) = {share:.1%}; "
+            f"early stopping saved {1 - share:.1%}"
+        )
+    else:
+        lines.append(f"- Epochs trained: {trained} (no full budget: no trials or max_t = 0)")
+    lines.append(f"- Objective: `{metric}` ({direction}; a trial's value is its best epoch)")
+    if scored:
+        best_record, value, at = scored[0]
+        lines.append(
+            f"- Best: {metric} = {value:.6g} in trial `{best_record.trial_id}` "
+            f"({best_record.status}, epoch {at})"
+        )
+    elif records and len(failed) == len(records):
+        lines.append("- Best: none — every trial failed, so there is nothing to rank or plot")
+    else:
+        lines.append(f"- Best: none — no trial reported a finite `{metric}`")
+    lines.append("")
+
+    # 2. Best configs and failures
+    lines += [f"## Best configurations (top {TOP_N})", ""]
+    if scored:
+        header = ["rank", "trial", "status", "epochs", f"best {metric}", *param_names]
+        rows = [
+            [rank, r.trial_id, r.status, epochs_run(r), value]
+            + [(r.params or {}).get(name) for name in param_names]
+            for rank, (r, value, _) in enumerate(scored[:TOP_N], start=1)
+        ]
+        lines += _table(header, rows)
+    else:
+        lines += ["No trial has a value to rank.", ""]
+    lines += ["## Failed trials", ""]
+    if failed:
+        rows = [[r.trial_id, epochs_run(r), _first_line(r.error)] for r in failed]
+        lines += _table(["trial", "epochs", "error"], rows)
+    else:
+        lines += ["No trial failed.", ""]
+
+    # 3. Optuna plots
+    study = build_study(records, metric, mode, params_spec)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    lines += ["## Optimisation history", ""]
+    if completed:
+        path = out_dir / "optimization_history.png"
+        error = _optuna_plot(
+            optuna.visualization.matplotlib.plot_optimization_history,
+            path,
+            study=study,
+            target_name=metric,
+        )
+        if error is None:
+            lines += [
+                f"Each completed trial's best `{metric}` in trial order, and the best so far "
+                "(failed trials leave a gap in the numbering).",
+                "",
+            ]
+            _image(lines, "Optimisation history", path, out_dir)
+        else:
+            _not_drawn(lines, f"Optuna could not plot it ({error})")
+    else:
+        _not_drawn(lines, f"no trial completed with a finite `{metric}`")
+
+    lines += ["## Parameters vs objective", ""]
+    if len(completed) < 2:
+        _not_drawn(lines, f"needs at least 2 completed trials, the sweep has {len(completed)}")
+    elif not searched:
+        _not_drawn(lines, "no parameter was searched (all are constants)")
+    else:
+        path = out_dir / "parallel_coordinate.png"
+        error = _optuna_plot(
+            optuna.visualization.matplotlib.plot_parallel_coordinate,
+            path,
+            study=study,
+            target_name=metric,
+        )
+        if error is None:
+            _image(lines, "Parallel coordinate", path, out_dir)
+        else:
+            _not_drawn(lines, f"Optuna could not plot it ({error})")
+
+    lines += ["## Hyperparameter importance", ""]
+    usable, reason = _importance_params(study, searched)
+    importances: dict[str, float] = {}
+    if reason is None:
+        try:
+            with _quiet_optuna():
+                evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+                importances = optuna.importance.get_param_importances(
+                    study, evaluator=evaluator, params=usable
+                )
+            if not all(_finite(v) is not None for v in importances.values()):
+                importances, reason = {}, "fANOVA returned non-finite importances"
+        except Exception as exc:  # importance is optional; the report must still be written
+            importances, reason = {}, f"fANOVA failed ({type(exc).__name__}: {exc})"
+    if reason is not None:
+        lines += [f"Importance not computed: {reason}.", ""]
+    else:
+        lines += [
+            f"fANOVA importance of each varying parameter for `{metric}` "
+            f"(over {len(completed)} completed trials; shares sum to 1).",
+            "",
+        ]
+        lines += _table(["parameter", "importance"], [[k, v] for k, v in importances.items()])
+        path = out_dir / "param_importances.png"
+        error = _optuna_plot(
+            optuna.visualization.matplotlib.plot_param_importances,
+            path,
+            study=study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            params=usable,
+            target_name=metric,
+        )
+        if error is None:
+            _image(lines, "Parameter importances", path, out_dir)
+        else:
+            _not_drawn(lines, f"Optuna could not plot it ({error})")
+
+    # 4. ASHA rungs
+    survival = rung_survival(records, asha)
+    lines += ["## ASHA rung survival", ""]
+    if survival and records:
+        lines += [
+            f"grace_period {asha.get('grace_period')}, reduction_factor "
+            f"{asha.get('reduction_factor')}, max_t {max_t}: trials whose history reached each "
+            "rung's epoch.",
+            "",
+        ]
+        rows = [[rung, n, f"{n / len(records):.0%}"] for rung, n in survival]
+        lines += _table(["rung (epoch)", "trials reached", "share"], rows)
+        path = out_dir / "rung_survival.png"
+        _plot_rungs(survival, len(records), path)
+        _image(lines, "ASHA rung survival", path, out_dir)
+    else:
+        _not_drawn(lines, "no trials or no ASHA rungs (max_t < 1)")
+
+    # 5. Best trial's curves
+    lines += ["## Learning curves of the best trial", ""]
+    if scored:
+        best_record, _, at = scored[0]
+        path = out_dir / "best_trial_curves.png"
+        _plot_curves(best_record, metric, at, path)
+        _image(lines, f"Learning curves of trial {best_record.trial_id}", path, out_dir)
+    else:
+        _not_drawn(lines, "no trial has a value, so there is no best trial")
+
+    if final is not None:
+        lines += _final_section(final, out_dir)
+
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return report
+
+
+def _final_section(final: dict[str, Any], out_dir: Path) -> list[str]:
+    lines = ["## Final model (best configuration retrained)", ""]
+    config = final.get("config") or {}
+    metrics = final.get("metrics") or {}
+    lines += ["### Configuration", ""]
+    if config:
+        lines += _table(["field", "value"], [[k, v] for k, v in config.items()])
+    else:
+        lines += ["No configuration recorded.", ""]
+    lines += ["### Test metrics", ""]
+    if metrics:
+        lines += _table(["metric", "value"], [[k, v] for k, v in metrics.items()])
+    else:
+        lines += ["No test metrics recorded.", ""]
+    for key, caption in FINAL_IMAGES:
+        source = final.get(key)
+        if not source:
+            continue
+        lines += [f"### {caption}", ""]
+        placed = _place_image(source, key, out_dir)
+        if placed is None:
+            _not_drawn(lines, f"image not found at {source}")
+        else:
+            _image(lines, caption, placed, out_dir)
+    return lines

@@ -1,0 +1,105 @@
+"""Run a hyperparameter sweep of the emovae VAE: Ray Tune + Optuna (TPE) + ASHA, tracked in MLflow.
+
+python sweeps/run.py --space quick
+python sweeps/run.py --space default --set data.path=/data/emodb/wav --address auto
+python sweeps/run.py --space quick --out runs/quick --resume     # after a crash or kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from emovae.checkpoint import CheckpointError
+from emovae.config import ConfigError
+from emovae.data.corpus import CorpusError
+from emovae.features import AudioError
+from sweeps.driver import SweepFailedError, SweepResult, run_sweep
+from sweeps.space import load_space
+from sweeps.tracking import TrackingError
+
+USER_ERRORS = (
+    ConfigError,
+    CorpusError,
+    AudioError,
+    CheckpointError,
+    TrackingError,
+    SweepFailedError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--space", default="quick", help="space name in search_spaces/ or a YAML path"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one space entry, e.g. --set sweep.num_samples=4 (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, help="sweep folder (default: runs/<space name>)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite in the sweep folder)",
+    )
+    parser.add_argument(
+        "--address", help="join a running Ray cluster (e.g. auto); default: start one"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    parser.add_argument(
+        "--no-finalise", action="store_true", help="skip retraining the best config"
+    )
+    return parser
+
+
+def print_summary(result: SweepResult) -> None:
+    print(f"\nSweep finished: {result.sweep_dir}")
+    print(f"{'trial':<14}{'status':<16}{'epochs':>7}  {result.metric:>12}  params")
+    ranked = sorted(
+        result.trials,
+        key=lambda t: (
+            t.best_value is None,
+            (t.best_value or 0) * (1 if result.mode == "min" else -1),
+        ),
+    )
+    for t in ranked:
+        value = f"{t.best_value:.5f}" if t.best_value is not None else "-"
+        params = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
+        )
+        print(f"{t.trial_id:<14}{t.status:<16}{t.epochs:>7}  {value:>12}  {params}")
+    if result.best is not None:
+        print(
+            f"\nBest trial {result.best.trial_id}: {result.metric} = {result.best.best_value:.5f}"
+        )
+    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}  (tracking URI above)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = None if args.resume else load_space(args.space, args.overrides)
+        sweep_dir = args.out or Path("runs") / (spec.name if spec else args.space)
+        result = run_sweep(spec, sweep_dir, args.tracking_uri, args.address, resume=args.resume)
+        print_summary(result)
+        if not args.no_finalise:
+            from sweeps.finaliser import finalise
+
+            final = finalise(sweep_dir)
+            print(f"\nFinal model: {final.checkpoint}\nSamples: {final.samples_manifest}")
+            print(f"Report: {final.report}")
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

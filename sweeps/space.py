@@ -1,0 +1,276 @@
+"""Search spaces: `search_spaces/<name>.yaml` -> a validated `SweepSpec`.
+
+A space file has five sections; all but `params` are optional:
+
+    sweep:     SweepSettings fields (trials, concurrency, objective, ASHA, resources per trial)
+    data:      emovae DataConfig fields (constants)
+    features:  emovae FeatureConfig fields (constants)
+    train:     emovae TrainConfig fields held constant in this sweep
+    params:    TrainConfig fields to search: a constant or one distribution each, e.g.
+               lr: {loguniform: [1.0e-4, 3.0e-3]}   latent_dim: {choice: [16, 32, 64]}
+    finalise:  FinaliseSettings fields
+
+Everything is checked before Ray starts: unknown keys (with the nearest valid name), unknown
+distributions, low > high, values of the wrong type for the field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from emovae.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    FeatureConfig,
+    TrainConfig,
+    check_value,
+    from_dict,
+)
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice")
+# Metrics every trial reports each epoch; the objective must be one of them and must not
+# depend on beta, or beta -> 0 would always win (so val_loss and val_kl are refused).
+OBJECTIVES = ("val_recon", "val_spectral")
+
+
+@dataclass
+class SweepSettings:
+    num_samples: int = 8  # trials Optuna proposes
+    max_concurrent: int = 2  # trials running at once (ConcurrencyLimiter)
+    metric: str = "val_recon"  # objective reported each epoch; never beta-dependent
+    mode: str = "min"
+    seed: int = 0  # TPE sampler seed
+    grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep 1/reduction_factor of trials at each rung
+    cpus_per_trial: float = 1.0  # torch threads per trial = this, rounded down (min 1)
+    gpus_per_trial: float = 0.0  # fractions such as 0.25 share one GPU between trials
+    max_failures: int = 0  # retries of a crashed trial (node loss) from its last checkpoint
+
+
+@dataclass
+class FinaliseSettings:
+    enabled: bool = True
+    n_samples: int = 100  # WAVs exported from the retrained best configuration
+    max_epochs: int = 0  # retraining budget; 0 = the sweep's train.max_epochs
+    griffin_lim_iters: int = 32
+    register_model: bool = True
+    model_name: str = "emovae"  # MLflow model registry name
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    source: str  # the space file
+    sweep: SweepSettings
+    experiment: ExperimentConfig  # constants: data, features and the non-searched train fields
+    params: dict[str, Any]  # TrainConfig field -> constant or {distribution: args}
+    finalise: FinaliseSettings
+    raw: dict[str, Any] = field(default_factory=dict)  # the validated YAML mapping, for logging
+
+
+def available_spaces(spaces_dir: Path = SPACES_DIR) -> list[str]:
+    return sorted(p.stem for p in spaces_dir.glob("*.yaml"))
+
+
+def resolve_space_path(name_or_path: str, spaces_dir: Path = SPACES_DIR) -> Path:
+    """A space name (`quick`) from search_spaces/, or a path to a user's YAML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: search space file not found")
+        return candidate
+    path = spaces_dir / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = available_spaces(spaces_dir)
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"unknown search space '{name_or_path}'{hint} (available: {', '.join(known)}; "
+            "or pass a path to a .yaml file)"
+        )
+    return path
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings (value parsed as YAML) applied to a copy of `raw`."""
+    result = copy.deepcopy(raw)
+    for override in overrides:
+        dotted, sep, text = override.partition("=")
+        parts = dotted.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"--set {override!r}: expected section.key=value, e.g. sweep.num_samples=4"
+            )
+        section, key = parts
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML ({exc})") from exc
+        if result.get(section) is None:
+            result[section] = {}
+        if not isinstance(result[section], dict):
+            raise ConfigError(f"--set {override!r}: section '{section}' is not a mapping")
+        result[section][key] = value
+    return result
+
+
+def _check_distribution(key: str, spec: dict[str, Any], annotation: Any, where: str) -> None:
+    if len(spec) != 1:
+        raise ConfigError(
+            f"{where}.{key}: a distribution is one mapping entry like "
+            f"{{loguniform: [1.0e-4, 1.0e-2]}}, got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
+    if kind not in DISTRIBUTIONS:
+        close = difflib.get_close_matches(str(kind), DISTRIBUTIONS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"{where}.{key}: unknown distribution '{kind}'{hint} "
+            f"(expected one of {', '.join(DISTRIBUTIONS)})"
+        )
+    at = f"{where}.{key}.{kind}"
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{at}: expected a non-empty list of values")
+        for value in args:
+            check_value(value, annotation, at)
+        return
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"{at}: expected [low, high], got {args!r}")
+    low, high = args
+    number = int if kind in ("int", "logint") else float
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise ConfigError(f"{at}: bounds must be numbers, got {bound!r}")
+        if number is int and not isinstance(bound, int):
+            raise ConfigError(f"{at}: bounds must be integers, got {bound!r}")
+    if annotation not in (int, float) or (annotation is int and number is float):
+        raise ConfigError(
+            f"{at}: field '{key}' holds {getattr(annotation, '__name__', annotation)}, "
+            f"which a {kind} distribution cannot produce"
+        )
+    if low > high:
+        raise ConfigError(f"{at}: low {low} is greater than high {high}")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise ConfigError(f"{at}: a log distribution needs low > 0, got {low}")
+
+
+def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: expected a mapping of TrainConfig fields")
+    hints = typing.get_type_hints(TrainConfig)
+    valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    for key, spec in params.items():
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}: unknown key '{key}'{hint} (TrainConfig fields: {', '.join(valid)})"
+            )
+        if isinstance(spec, dict):
+            _check_distribution(key, spec, hints[key], where)
+        else:
+            check_value(spec, hints[key], f"{where}.{key}")
+    return dict(params)
+
+
+SECTIONS = ("sweep", "data", "features", "train", "params", "finalise")
+
+
+def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}")
+    for key in raw:
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(str(key), SECTIONS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown section '{key}'{hint} (valid: {', '.join(SECTIONS)})"
+            )
+    sweep = from_dict(SweepSettings, raw.get("sweep") or {}, f"{source}: sweep")
+    experiment = ExperimentConfig(
+        data=from_dict(DataConfig, raw.get("data") or {}, f"{source}: data"),
+        features=from_dict(FeatureConfig, raw.get("features") or {}, f"{source}: features"),
+        train=from_dict(TrainConfig, raw.get("train") or {}, f"{source}: train"),
+    )
+    params = validate_params(raw.get("params"), f"{source}: params")
+    finalise = from_dict(FinaliseSettings, raw.get("finalise") or {}, f"{source}: finalise")
+    _check_settings(sweep, experiment, source)
+    return SweepSpec(name, source, sweep, experiment, params, finalise, raw)
+
+
+def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: str) -> None:
+    where = f"{source}: sweep"
+    if sweep.metric not in OBJECTIVES:
+        raise ConfigError(
+            f"{where}.metric: '{sweep.metric}' is not a valid objective (expected one of "
+            f"{', '.join(OBJECTIVES)}; total or KL losses depend on beta, so beta -> 0 would win)"
+        )
+    if sweep.mode not in ("min", "max"):
+        raise ConfigError(f"{where}.mode: expected 'min' or 'max', got '{sweep.mode}'")
+    positive = ("num_samples", "max_concurrent", "grace_period")
+    for name in positive:
+        if getattr(sweep, name) < 1:
+            raise ConfigError(f"{where}.{name}: expected at least 1, got {getattr(sweep, name)}")
+    if sweep.reduction_factor < 2:
+        raise ConfigError(
+            f"{where}.reduction_factor: expected at least 2, got {sweep.reduction_factor}"
+        )
+    if sweep.cpus_per_trial <= 0 or sweep.gpus_per_trial < 0:
+        raise ConfigError(f"{where}: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+    if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
+        raise ConfigError(f"{where}.gpus_per_trial: above 1 it must be a whole number")
+    if sweep.grace_period > experiment.train.max_epochs:
+        raise ConfigError(
+            f"{where}.grace_period: {sweep.grace_period} exceeds train.max_epochs "
+            f"{experiment.train.max_epochs}"
+        )
+
+
+def load_space(name_or_path: str, overrides: list[str] | None = None) -> SweepSpec:
+    path = resolve_space_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    raw = apply_overrides(raw or {}, overrides or [])
+    return spec_from_dict(raw, path.stem, str(path))
+
+
+def to_tune_space(params: dict[str, Any]) -> dict[str, Any]:
+    """Ray Tune sampling domains for the searched params (OptunaSearch converts them)."""
+    from ray import tune
+
+    makers = {
+        "uniform": lambda a: tune.uniform(*a),
+        "loguniform": lambda a: tune.loguniform(*a),
+        "int": lambda a: tune.randint(a[0], a[1] + 1),  # inclusive high, as written in YAML
+        "logint": lambda a: tune.lograndint(a[0], a[1] + 1),
+        "choice": lambda a: tune.choice(a),
+    }
+    space = {}
+    for key, spec in params.items():
+        if isinstance(spec, dict):
+            ((kind, args),) = spec.items()
+            space[key] = makers[kind](args)
+        else:
+            space[key] = spec
+    return space
+
+
+def trial_train_config(base: TrainConfig, trial_params: dict[str, Any]) -> TrainConfig:
+    """The base TrainConfig with one trial's sampled values (numpy scalars made plain)."""
+    values = {k: (v.item() if hasattr(v, "item") else v) for k, v in trial_params.items()}
+    return dataclasses.replace(base, **values)

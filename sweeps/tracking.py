@@ -1,0 +1,265 @@
+"""MLflow tracking of a sweep: one parent run, one nested child run per Ray trial.
+
+All logging happens in the driver, through a Tune callback, not inside trials: one writer
+avoids sqlite's "database is locked", trials on other nodes need no tracking access, and the
+driver alone knows when ASHA stopped a trial. Each child run is tagged with its Ray trial id
+and found again by that tag, so a resumed sweep (`Tuner.restore`) continues the same run
+instead of opening a second one; steps already logged are not logged twice, and runs the
+driver can no longer finish are closed at the end of the sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray import tune
+
+TAG_TRIAL_ID = "ray.trial_id"
+TAG_ROLE = "emovae.role"  # sweep | trial | final
+TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
+TAG_ERROR = "emovae.error"
+MAX_TAG_LENGTH = 5000
+# Keys Ray adds to every result; only the trainer's own metrics go to MLflow.
+RAY_RESULT_KEYS = frozenset(
+    {
+        "timestamp",
+        "pid",
+        "done",
+        "training_iteration",
+        "time_this_iter_s",
+        "time_total_s",
+        "iterations_since_restore",
+        "time_since_restore",
+    }
+)
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or used."""
+
+
+def default_tracking_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{(Path(sweep_dir) / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before any trial starts when an MLflow server is unreachable."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start it "
+            "(mlflow server --host 127.0.0.1 --port 5000 ...) or drop --tracking-uri to log "
+            "to a local sqlite store in the sweep folder"
+        ) from exc
+    if response.status_code != 200:
+        raise TrackingError(
+            f"MLflow tracking server {uri} answered {response.status_code} on /health"
+        )
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    """Nested mapping -> {"prefix.key": "value"} for MLflow params (strings of <= 6000 chars)."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat |= flatten(name, value)
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log params not logged yet (MLflow refuses to change a logged param, e.g. on resume)."""
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in params.items() if k not in existing]
+    for start in range(0, len(new), 100):  # MLflow's limit per batch
+        client.log_batch(run_id, params=new[start : start + 100])
+
+
+def create_child_run(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, name: str, tags: dict[str, str]
+) -> str:
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name} | tags,
+    )
+    return run.info.run_id
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        max_results=10000,
+    )
+
+
+def _trial_status(trial: Any) -> tuple[str, str]:
+    """(MLflow run status, emovae trial status tag) of a trial that has ended."""
+    if trial.status == "ERROR":
+        return RunStatus.to_string(RunStatus.FAILED), "FAILED"
+    last = trial.last_result or {}
+    if last.get("is_last_epoch", 0.0) >= 1.0:
+        return RunStatus.to_string(RunStatus.FINISHED), "FINISHED"
+    return RunStatus.to_string(RunStatus.KILLED), "KILLED_BY_ASHA"
+
+
+def _error_text(trial: Any) -> str:
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the error file may be gone with a lost node; the status still stands
+        text = ""
+    text = str(text).strip()
+    return text[-MAX_TAG_LENGTH:] if text else "trial raised an error (no trace saved)"
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Logs each trial as a child run of `parent_run_id`: params, per-epoch metrics (step =
+    epoch), final status tag and its best checkpoint."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        base_params: dict[str, Any],
+        log_checkpoints: bool = True,
+    ):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.base_params = base_params  # constants shared by every trial, logged with each
+        self.log_checkpoints = log_checkpoints
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_step: dict[str, int] = {}  # run id -> last epoch logged
+        self._closed: set[str] = set()
+
+    # The callback is pickled into Ray's experiment state; the client is rebuilt on restore.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={}, _last_step={}, _closed=set())
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def setup(self, **info: Any) -> None:
+        """Index the child runs that exist already (a resumed sweep) by trial id."""
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id:
+                self._runs[trial_id] = run.info.run_id
+
+    def _run_for(self, trial: Any) -> str:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            run_id = create_child_run(
+                self.client,
+                self.experiment_id,
+                self.parent_run_id,
+                f"trial-{trial.trial_id}",
+                {TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial"},
+            )
+            self._runs[trial.trial_id] = run_id
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        self._closed.discard(run_id)
+        log_params(self.client, run_id, flatten("", self.base_params) | flatten("", trial.config))
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        run_id = self._run_for(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(run_id, 0):
+            return  # re-reported after a restore: this epoch is in MLflow already
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in result.items()
+            if key not in RAY_RESULT_KEYS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[run_id] = step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial)
+
+    def _finish(self, trial: Any) -> None:
+        run_id = self._run_for(trial)
+        status, tag = _trial_status(trial)
+        self.client.set_tag(run_id, TAG_TRIAL_STATUS, tag)
+        if tag == "FAILED":
+            self.client.set_tag(run_id, TAG_ERROR, _error_text(trial))
+        elif self.log_checkpoints:
+            self._log_checkpoint(run_id, trial)
+        self.client.set_terminated(run_id, status)
+        self._closed.add(run_id)
+
+    def _log_checkpoint(self, run_id: str, trial: Any) -> None:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            best = Path(folder) / "best.pt"
+            if best.exists():
+                self.client.log_artifact(run_id, str(best), artifact_path="checkpoint")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Close every child run the sweep can no longer finish (no run left RUNNING)."""
+        for trial in trials:
+            run_id = self._runs.get(trial.trial_id)
+            if run_id is None or run_id in self._closed:
+                continue
+            if trial.status in ("TERMINATED", "ERROR"):
+                self._finish(trial)
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+            if run.info.status == "RUNNING" and run.data.tags.get(TAG_ROLE) == "trial":
+                self.client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, "INTERRUPTED")
+                self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
