@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
@@ -29,8 +30,8 @@ from emovae.loss import TERMS, vae_loss
 from emovae.model import VAE
 from emovae.train import select_device
 
-# 10 * log10(e): natural-log power to decibels.
-DB_PER_NEPER = 10.0 / math.log(10.0)
+# 10 log10(x) = DB_PER_LN * ln(x): the features store natural-log power.
+DB_PER_LN = 10.0 / math.log(10.0)
 N_RECONSTRUCTIONS = 4
 EVAL_BATCH = 64
 
@@ -47,7 +48,9 @@ def _posterior(
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             x = split.features[start : start + batch_size].to(device)
-            labels = split.labels[start : start + batch_size].to(device) if model.n_classes else None
+            labels = (
+                split.labels[start : start + batch_size].to(device) if model.n_classes else None
+            )
             recon, mu, logvar = model(x, labels, sample=False)
             recons.append(recon.cpu())
             mus.append(mu.cpu())
@@ -135,7 +138,7 @@ def spectral_snr_db(
 
 def log_mel_to_db(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
     """Natural-log mel power `log(mel + floor)` -> dB, `10 log10(mel + floor)`."""
-    return _as_numpy(log_mel) * DB_PER_NEPER
+    return _as_numpy(log_mel) * DB_PER_LN
 
 
 def spectral_metrics(
@@ -182,7 +185,9 @@ def reconstruction_metrics(
     `log_floor`.
     """
     recon, mu, logvar = _posterior(model, split, batch_size)
-    return _metrics_of(recon, mu, logvar, split, beta, spectral_weight, normalizer, log_floor, prefix)
+    return _metrics_of(
+        recon, mu, logvar, split, beta, spectral_weight, normalizer, log_floor, prefix
+    )
 
 
 def _metrics_of(
@@ -234,11 +239,13 @@ def plot_reconstructions(
     labels_text: Sequence[str],
     path: str | Path,
     n: int = N_RECONSTRUCTIONS,
+    unit: str = "dB",
 ) -> Path:
     """The first `n` clips, one row each: original | reconstruction, on one colour scale.
 
     Spectrograms are (N, [1,] n_mels, frames) in any one unit (dB from `log_mel_to_db` reads
-    best); `labels_text` titles each row, typically with the emotion.
+    best; `unit` labels the colour bar); `labels_text` titles each row, typically with the
+    emotion.
     """
     ref, rec = _per_clip(_as_numpy(originals)), _per_clip(_as_numpy(recons))
     n = min(n, len(ref))
@@ -285,7 +292,7 @@ def plot_reconstructions(
             if row == n - 1:
                 ax.set_xlabel("frame")
     colorbar_axes = figure.add_axes((0.9, 0.55 / height, 0.02, 1 - 0.9 / height))
-    figure.colorbar(image, cax=colorbar_axes)
+    figure.colorbar(image, cax=colorbar_axes, label=unit)
     return _save(figure, path)
 
 
@@ -361,6 +368,7 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path) 
                 ax.plot(epochs, [row[key] for row in history], style, marker=".", label=split)
         ax.set_title(term)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
@@ -370,6 +378,7 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path) 
         ax.set_yscale("log")
     ax.set_title("learning rate")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     return _save(figure, path)
 

@@ -27,6 +27,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from emovae.config import ConfigError, DataConfig
 from emovae.dataset import prepare_data
+from sweeps.report import TrialRecord, best_value, epochs_run, ranked
+from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
 from sweeps.tracking import (
     TAG_ROLE,
@@ -50,22 +52,13 @@ class SweepFailedError(RuntimeError):
 
 
 @dataclass
-class TrialSummary:
-    trial_id: str
-    status: str  # FINISHED | KILLED_BY_ASHA | FAILED
-    params: dict[str, Any]
-    epochs: int
-    best_value: float | None
-    error: str | None
-
-
-@dataclass
 class SweepResult:
     sweep_dir: Path
     metric: str
     mode: str
-    trials: list[TrialSummary]
-    best: TrialSummary | None
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    best_value: float | None
     tracking_uri: str
     parent_run_id: str
 
@@ -201,49 +194,16 @@ def _tpe(seed: int) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def summarize_trials(results: Any, metric: str, mode: str) -> list[TrialSummary]:
-    """One summary per trial from Ray's ResultGrid: status, epochs, best value of `metric`."""
-    summaries = []
-    for result in results:
-        history = result.metrics_dataframe
-        epochs, best = 0, None
-        if history is not None and metric in history:
-            values = history[metric].dropna()
-            epochs = int(history["epoch"].max()) if "epoch" in history else len(history)
-            if len(values):
-                best = float(values.min() if mode == "min" else values.max())
-        last = result.metrics or {}
-        if result.error is not None:
-            status = "FAILED"
-        elif last.get("is_last_epoch", 0.0) >= 1.0:
-            status = "FINISHED"
-        else:
-            status = "KILLED_BY_ASHA"
-        summaries.append(
-            TrialSummary(
-                trial_id=str(last.get("trial_id", Path(result.path).name)),
-                status=status,
-                params=dict(result.config or {}),
-                epochs=epochs,
-                best_value=best,
-                error=None if result.error is None else str(result.error).strip()[-2000:],
-            )
-        )
-    return summaries
-
-
-def _best(trials: list[TrialSummary], mode: str) -> TrialSummary | None:
-    scored = [t for t in trials if t.best_value is not None]
-    if not scored:
-        return None
-    return (min if mode == "min" else max)(scored, key=lambda t: t.best_value)
-
-
-def _write_trials_csv(sweep_dir: Path, trials: list[TrialSummary]) -> Path:
+def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, mode: str) -> Path:
     import pandas as pd
 
     rows = [
-        {"trial_id": t.trial_id, "status": t.status, "epochs": t.epochs, "best_value": t.best_value}
+        {
+            "trial_id": t.trial_id,
+            "status": t.status,
+            "epochs": epochs_run(t),
+            f"best_{metric}": best_value(t, metric, mode),
+        }
         | {f"param.{k}": v for k, v in t.params.items()}
         | {"error": (t.error or "").splitlines()[-1] if t.error else ""}
         for t in trials
@@ -312,14 +272,15 @@ def run_sweep(
                 state.tracking_uri, state.experiment_id, state.parent_run_id, base_params
             )
             tuner = _tuner(spec, sweep_dir, trainable, logger)
-        results = tuner.fit()
+        tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
 
-    trials = summarize_trials(results, spec.sweep.metric, spec.sweep.mode)
-    best = _best(trials, spec.sweep.mode)
-    csv_path = _write_trials_csv(sweep_dir, trials)
+    trials = load_trial_records(tune_path)
+    leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode)
+    best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
+    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
     client.log_artifact(state.parent_run_id, str(csv_path))
     counts = {
         s: sum(t.status == s for t in trials) for s in ("FINISHED", "KILLED_BY_ASHA", "FAILED")
@@ -331,7 +292,7 @@ def run_sweep(
         client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
         first_error = next((t.error for t in trials if t.error), "no trial reported a result")
         raise SweepFailedError(f"all {len(trials)} trials failed; first error:\n{first_error}")
-    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best.best_value)
+    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best_score)
     # Tags, not params: a resumed sweep may find a new best, and MLflow params are write-once.
     for key, value in flatten("best", best.params | {"trial_id": best.trial_id}).items():
         client.set_tag(state.parent_run_id, key, value)

@@ -38,12 +38,14 @@ STATUS_LABELS = {
     "FAILED": "failed",
 }
 TOP_N = 5
+DPI = 90
 FINAL_IMAGES = (
     ("learning_curves", "Learning curves"),
     ("reconstructions", "Reconstructions"),
     ("latent_pca", "Latent space (PCA)"),
 )
 _PRIMITIVES = (type(None), bool, int, float, str)
+_MISSING = object()  # a param absent from a record, shown apart from a sampled None
 
 
 @dataclass
@@ -84,7 +86,9 @@ def _epoch_rows(record: TrialRecord) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for index, row in enumerate(record.history):
         epoch = _finite(row.get("epoch")) if isinstance(row, dict) else None
-        rows.append((int(epoch) if epoch is not None else index + 1, row if isinstance(row, dict) else {}))
+        rows.append(
+            (int(epoch) if epoch is not None else index + 1, row if isinstance(row, dict) else {})
+        )
     return rows
 
 
@@ -127,7 +131,9 @@ def rung_survival(records: list[TrialRecord], asha: dict[str, int]) -> list[tupl
     """(rung epoch, trials whose history reached it) for each ASHA rung."""
     reached = [epochs_run(record) for record in records]
     rungs = asha_rungs(
-        int(asha.get("grace_period", 1)), int(asha.get("reduction_factor", 2)), int(asha.get("max_t", 0))
+        int(asha.get("grace_period") or 1),
+        int(asha.get("reduction_factor") or 2),
+        int(asha.get("max_t") or 0),
     )
     return [(rung, sum(1 for epochs in reached if epochs >= rung)) for rung in rungs]
 
@@ -268,6 +274,15 @@ def build_study(
     return study
 
 
+def _varying(trials: list[Any], names: list[str]) -> list[str]:
+    """The params with more than one value among `trials` (an axis of one value says nothing)."""
+    return [
+        name
+        for name in names
+        if len({repr(t.params[name]) for t in trials if name in t.params}) > 1
+    ]
+
+
 def _importance_params(study: optuna.Study, names: list[str]) -> tuple[list[str], str | None]:
     """Params fit for fANOVA (present in every complete trial, more than one value), or why not."""
     completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -275,17 +290,27 @@ def _importance_params(study: optuna.Study, names: list[str]) -> tuple[list[str]
         return [], f"needs at least 2 completed trials, the sweep has {len(completed)}"
     if not names:
         return [], "no parameter was searched (all are constants)"
-    usable = []
-    for name in names:
-        if not all(name in trial.params for trial in completed):
-            continue
-        if len({repr(trial.params[name]) for trial in completed}) > 1:
-            usable.append(name)
+    # fANOVA only uses trials holding every param asked for, so one missing value would drop
+    # a whole trial; params some trial lacks are left out instead.
+    present = [name for name in names if all(name in trial.params for trial in completed)]
+    usable = _varying(completed, present)
     if not usable:
         return [], "no searched parameter takes more than one value across the completed trials"
     if len({trial.value for trial in completed}) < 2:
         return [], "the objective has the same value in every completed trial"
     return usable, None
+
+
+class _KnownImportances(optuna.importance.BaseImportanceEvaluator):
+    """Hands plot_param_importances the numbers in the table: fANOVA is the slow step."""
+
+    def __init__(self, importances: dict[str, float]) -> None:
+        self._importances = dict(importances)
+
+    def evaluate(
+        self, study: optuna.Study, params: list[str] | None = None, *, target: Any = None
+    ) -> dict[str, float]:
+        return dict(self._importances)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,28 +329,39 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save_axes(ax: Any, path: Path) -> None:
-    plt = _pyplot()
-    figure = ax.figure if not isinstance(ax, np.ndarray) else ax.flat[0].figure
-    try:
-        figure.set_size_inches(max(figure.get_figwidth(), 8.0), max(figure.get_figheight(), 5.0))
-        figure.tight_layout()
-        figure.savefig(path, dpi=100)
-    finally:
-        plt.close(figure)
-
-
-def _optuna_plot(plot: Any, path: Path, **kwargs: Any) -> str | None:
+def _optuna_plot(
+    plot: Any, path: Path, size: tuple[float, float] | None = None, **kwargs: Any
+) -> str | None:
     """Draw one optuna.visualization.matplotlib plot into `path`; the error text if it fails."""
+    import matplotlib
+
     plt = _pyplot()
     before = set(plt.get_fignums())
     try:
-        with _quiet_optuna():
+        # Optuna's plots switch the global style to ggplot; rc_context puts the caller's back.
+        with matplotlib.rc_context(), _quiet_optuna():
+            # Optuna lets matplotlib warn about flat axes (one value); the plot is still right.
+            warnings.simplefilter("ignore", UserWarning)
             ax = plot(**kwargs)
-        _save_axes(ax, path)
+            figure = ax.figure if not isinstance(ax, np.ndarray) else ax.flat[0].figure
+            if size is not None:
+                figure.set_size_inches(*size)
+            # Optuna places its own axes (the parallel plot's twins), so tight_layout would
+            # move them; a tight bounding box only trims the canvas around what is drawn.
+            figure.savefig(path, dpi=DPI, bbox_inches="tight")
     except Exception as exc:  # a plot failing must not lose the rest of the report
+        return f"{type(exc).__name__}: {exc}"
+    finally:
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
+    return None
+
+
+def _draw(plot: Any, *args: Any) -> str | None:
+    """Run one of this module's plotters; the error text if it fails, so the report survives."""
+    try:
+        plot(*args)
+    except Exception as exc:  # a plot failing must not lose the rest of the report
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -334,7 +370,7 @@ def _figure(width: float, height: float) -> Any:
     # A pyplot-free Figure: nothing registered globally, nothing to close.
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100)
+    return Figure(figsize=(width, height), dpi=DPI)
 
 
 def _plot_rungs(survival: list[tuple[int, int]], total: int, path: Path) -> None:
@@ -386,7 +422,9 @@ def _plot_curves(record: TrialRecord, metric: str, best_at: int | None, path: Pa
         if drawn:
             ax.legend()
         else:
-            ax.text(0.5, 0.5, "no values reported", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5, 0.5, "no values reported", ha="center", va="center", transform=ax.transAxes
+            )
         ax.set_xlabel("epoch")
         ax.set_title(title)
     figure.suptitle(f"Trial {record.trial_id}")
@@ -401,7 +439,7 @@ def _plot_curves(record: TrialRecord, metric: str, best_at: int | None, path: Pa
 def _cell(value: Any) -> str:
     """A table cell: numbers to 4 significant digits, pipes and newlines escaped."""
     value = _plain(value)
-    if value is None:
+    if value is _MISSING:
         text = "—"
     elif isinstance(value, bool):
         text = str(value)
@@ -469,7 +507,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     direction = "minimise" if mode == "min" else "maximise"
-    max_t = int(asha.get("max_t", 0))
+    max_t = int(asha.get("max_t") or 0)
     space = _search_space(params_spec)
     searched = list(space.distributions)
     extra = sorted({k for r in records for k in (r.params or {}) if k not in space.distributions})
@@ -517,7 +555,7 @@ def write_report(
         header = ["rank", "trial", "status", "epochs", f"best {metric}", *param_names]
         rows = [
             [rank, r.trial_id, r.status, epochs_run(r), value]
-            + [(r.params or {}).get(name) for name in param_names]
+            + [(r.params or {}).get(name, _MISSING) for name in param_names]
             for rank, (r, value, _) in enumerate(scored[:TOP_N], start=1)
         ]
         lines += _table(header, rows)
@@ -544,8 +582,8 @@ def write_report(
         )
         if error is None:
             lines += [
-                f"Each completed trial's best `{metric}` in trial order, and the best so far "
-                "(failed trials leave a gap in the numbering).",
+                f"Each completed trial's best `{metric}` and the best so far; trial numbers "
+                "are positions in the sweep from 0 (failed trials leave gaps).",
                 "",
             ]
             _image(lines, "Optimisation history", path, out_dir)
@@ -559,12 +597,16 @@ def write_report(
         _not_drawn(lines, f"needs at least 2 completed trials, the sweep has {len(completed)}")
     elif not searched:
         _not_drawn(lines, "no parameter was searched (all are constants)")
+    elif not (varying := _varying(completed, searched)):
+        _not_drawn(lines, "no searched parameter takes more than one value")
     else:
         path = out_dir / "parallel_coordinate.png"
         error = _optuna_plot(
             optuna.visualization.matplotlib.plot_parallel_coordinate,
             path,
+            size=(max(8.0, 1.6 * (len(varying) + 1)), 5.0),
             study=study,
+            params=varying,
             target_name=metric,
         )
         if error is None:
@@ -600,7 +642,7 @@ def write_report(
             optuna.visualization.matplotlib.plot_param_importances,
             path,
             study=study,
-            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            evaluator=_KnownImportances(importances),
             params=usable,
             target_name=metric,
         )
@@ -622,8 +664,11 @@ def write_report(
         rows = [[rung, n, f"{n / len(records):.0%}"] for rung, n in survival]
         lines += _table(["rung (epoch)", "trials reached", "share"], rows)
         path = out_dir / "rung_survival.png"
-        _plot_rungs(survival, len(records), path)
-        _image(lines, "ASHA rung survival", path, out_dir)
+        error = _draw(_plot_rungs, survival, len(records), path)
+        if error is None:
+            _image(lines, "ASHA rung survival", path, out_dir)
+        else:
+            _not_drawn(lines, f"the chart failed ({error})")
     else:
         _not_drawn(lines, "no trials or no ASHA rungs (max_t < 1)")
 
@@ -632,8 +677,11 @@ def write_report(
     if scored:
         best_record, _, at = scored[0]
         path = out_dir / "best_trial_curves.png"
-        _plot_curves(best_record, metric, at, path)
-        _image(lines, f"Learning curves of trial {best_record.trial_id}", path, out_dir)
+        error = _draw(_plot_curves, best_record, metric, at, path)
+        if error is None:
+            _image(lines, f"Learning curves of trial {best_record.trial_id}", path, out_dir)
+        else:
+            _not_drawn(lines, f"the chart failed ({error})")
     else:
         _not_drawn(lines, "no trial has a value, so there is no best trial")
 

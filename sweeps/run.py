@@ -16,6 +16,7 @@ from emovae.config import ConfigError
 from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
 from sweeps.driver import SweepFailedError, SweepResult, run_sweep
+from sweeps.report import TrialRecord, best_value, epochs_run
 from sweeps.space import load_space
 from sweeps.tracking import TrackingError
 
@@ -62,24 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
 def print_summary(result: SweepResult) -> None:
     print(f"\nSweep finished: {result.sweep_dir}")
     print(f"{'trial':<14}{'status':<16}{'epochs':>7}  {result.metric:>12}  params")
-    ranked = sorted(
-        result.trials,
-        key=lambda t: (
-            t.best_value is None,
-            (t.best_value or 0) * (1 if result.mode == "min" else -1),
-        ),
-    )
-    for t in ranked:
-        value = f"{t.best_value:.5f}" if t.best_value is not None else "-"
+    for t in sorted(result.trials, key=lambda t: _sort_key(t, result)):
+        score = best_value(t, result.metric, result.mode)
+        value = f"{score:.5f}" if score is not None else "-"
         params = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
         )
-        print(f"{t.trial_id:<14}{t.status:<16}{t.epochs:>7}  {value:>12}  {params}")
+        print(f"{t.trial_id:<14}{t.status:<16}{epochs_run(t):>7}  {value:>12}  {params}")
     if result.best is not None:
-        print(
-            f"\nBest trial {result.best.trial_id}: {result.metric} = {result.best.best_value:.5f}"
-        )
-    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}  (tracking URI above)")
+        print(f"\nBest trial {result.best.trial_id}: {result.metric} = {result.best_value:.5f}")
+    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+def _sort_key(trial: TrialRecord, result: SweepResult) -> tuple[bool, float]:
+    score = best_value(trial, result.metric, result.mode)
+    sign = 1 if result.mode == "min" else -1
+    return (score is None, sign * (score or 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:

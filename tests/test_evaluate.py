@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from emovae.checkpoint import load_model
+from emovae.checkpoint import build_model, load_model
 from emovae.config import FeatureConfig, TrainConfig
 from emovae.data.splits import SpeakerSplit
 from emovae.dataset import PreparedData, Split
 from emovae.evaluate import (
-    DB_PER_NEPER,
+    DB_PER_LN,
     evaluate_checkpoint,
     latent_silhouette,
     log_spectral_distance,
@@ -53,6 +54,16 @@ METRIC_KEYS = {
     "test_spectral_convergence",
     "test_snr_db",
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tensors this small gain nothing from intra-op threads, and on a busy CPU the threads'
+    barriers made a two-epoch training run take 10-50 s instead of 1 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _log_mels(rng: np.random.Generator, labels: list[int]) -> np.ndarray:
@@ -150,7 +161,7 @@ def test_spectral_metrics_on_log_mels() -> None:
     reference = np.log(np.random.default_rng(4).uniform(1e-3, 1.0, (2, 8, 6)) + floor)
     perfect = spectral_metrics(reference, reference, floor)
     assert perfect == {"lsd_db": 0.0, "spectral_convergence": 0.0, "snr_db": math.inf}
-    shifted = spectral_metrics(reference, reference + 4.0 / DB_PER_NEPER, floor)
+    shifted = spectral_metrics(reference, reference + 4.0 / DB_PER_LN, floor)
     assert shifted["lsd_db"] == pytest.approx(4.0)
     assert 0 < shifted["spectral_convergence"] < 1
     assert math.isfinite(shifted["snr_db"])
@@ -187,6 +198,18 @@ def test_reconstruct_decodes_the_posterior_mean_in_eval_mode(trained) -> None:
     torch.testing.assert_close(mu, expected_mu, rtol=1e-4, atol=1e-5)
     recon_again, _ = reconstruct(model, data.test, batch_size=64)
     torch.testing.assert_close(recon, recon_again, rtol=1e-4, atol=1e-5)
+
+
+def test_reconstruct_passes_labels_to_a_conditional_model(trained) -> None:
+    data, _, _ = trained
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(TRAIN, conditional=True), FEATURES, len(EMOTIONS))
+    recon, _ = reconstruct(model, data.test, batch_size=4)
+    with torch.no_grad():
+        expected, _, _ = model(data.test.features, data.test.labels, sample=False)
+        flipped, _, _ = model(data.test.features, (data.test.labels + 1) % 3, sample=False)
+    torch.testing.assert_close(recon, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(recon, flipped)
 
 
 def test_reconstruction_metrics_are_finite_and_match_the_trainer(trained) -> None:

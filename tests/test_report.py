@@ -101,8 +101,8 @@ def _expected_best(records: list[TrialRecord], mode: str) -> tuple[str, float]:
 
 
 def _table_rows(text: str, heading: str) -> list[str]:
-    """The data rows of the first table after `## heading`."""
-    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    """The data rows of the first table under the heading `heading`."""
+    section = re.split(rf"^#+ {re.escape(heading)}.*$", text, flags=re.M)[1].split("\n#", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     return rows[2:]  # header and separator
 
@@ -141,8 +141,15 @@ def test_asha_rungs_and_survival() -> None:
     records = [
         TrialRecord(str(i), {}, status, _history([1.0] * n))
         for i, (n, status) in enumerate(
-            [(10, "FINISHED"), (9, "FINISHED"), (4, "KILLED_BY_ASHA"), (3, "KILLED_BY_ASHA"),
-             (2, "KILLED_BY_ASHA"), (1, "FAILED"), (0, "FAILED")]
+            [
+                (10, "FINISHED"),
+                (9, "FINISHED"),
+                (4, "KILLED_BY_ASHA"),
+                (3, "KILLED_BY_ASHA"),
+                (2, "KILLED_BY_ASHA"),
+                (1, "FAILED"),
+                (0, "FAILED"),
+            ]
         )
     ]
     # epoch >= rung: 2 -> {10, 9, 4, 3, 2}; 4 -> {10, 9, 4}; 8 -> {10, 9}; 10 -> {10}
@@ -164,15 +171,15 @@ def test_study_from_records() -> None:
     assert study.best_trial.user_attrs["trial_id"] == best_id
 
 
-@pytest.mark.parametrize("mode", ["min", "max"])
-def test_full_report(tmp_path: Path, mode: str) -> None:
+def test_full_report(tmp_path: Path) -> None:
     records = _records()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna's ExperimentalWarning must be suppressed
-        report = write_report(records, METRIC, mode, SPEC, ASHA, tmp_path / "out", title="Test")
+        report = write_report(records, METRIC, "min", SPEC, ASHA, tmp_path / "out", title="Test")
     assert report == tmp_path / "out" / "report.md"
     text = report.read_text()
-    best_id, best = _expected_best(records, mode)
+    assert text.startswith("# Test\n")
+    best_id, best = _expected_best(records, "min")
     assert f"trial `{best_id}`" in text
     assert f"{best:.6g}" in text
     epochs = 10 + 2 + 4 + 2 + 10 + 8 + 0 + 2
@@ -199,6 +206,20 @@ def test_full_report(tmp_path: Path, mode: str) -> None:
         "rung_survival.png",
         "best_trial_curves.png",
     }
+
+
+def test_max_mode_without_searched_params(tmp_path: Path) -> None:
+    records = _records()
+    report = write_report(records, METRIC, "max", {"lr": 1e-3}, ASHA, tmp_path)
+    text = report.read_text()
+    best_id, best = _expected_best(records, "max")
+    assert best_id != _expected_best(records, "min")[0]
+    assert f"{METRIC} = {best:.6g} in trial `{best_id}`" in text
+    assert "(maximise;" in text
+    assert f"| 1 | {best_id} |" in _table_rows(text, "Best configurations (top 5)")[0]
+    assert "no parameter was searched" in text
+    names = {p.name for p in _assert_pngs(report)}
+    assert names == {"optimization_history.png", "rung_survival.png", "best_trial_curves.png"}
 
 
 def test_all_failed(tmp_path: Path) -> None:
@@ -232,8 +253,12 @@ def test_single_trial(tmp_path: Path) -> None:
 def test_no_variation_and_odd_choices(tmp_path: Path) -> None:
     spec = {"layers": {"choice": [[1, 2], [3]]}, "lr": {"loguniform": [1e-4, 1e-2]}}
     records = [
-        TrialRecord(f"t{i}", {"layers": [1, 2], "lr": 1e-3, "bogus": "x|y"}, "FINISHED",
-                    _history([0.5 - 0.1 * i]))
+        TrialRecord(
+            f"t{i}",
+            {"layers": [1, 2], "lr": 1e-3, "bogus": "x|y"},
+            "FINISHED",
+            _history([0.5 - 0.1 * i]),
+        )
         for i in range(3)
     ]
     report = write_report(records, METRIC, "max", spec, ASHA, tmp_path)
@@ -249,8 +274,6 @@ def test_final_section(tmp_path: Path) -> None:
     elsewhere.mkdir()
     out = tmp_path / "out"
     (out / "final").mkdir(parents=True)
-    png = _records  # placeholder to keep names distinct below
-    del png
     curves = elsewhere / "curves.png"
     inside = out / "final" / "recon.png"
     for path in (curves, inside):
@@ -262,9 +285,11 @@ def test_final_section(tmp_path: Path) -> None:
         "reconstructions": inside,
         "latent_pca": elsewhere / "missing.png",
     }
-    report = write_report(_records(), METRIC, "min", SPEC, ASHA, out, final=final)
+    records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
+    report = write_report(records, METRIC, "min", SPEC, ASHA, out, final=final)
     text = report.read_text()
-    assert len(_table_rows(text, "Final model")) == 2
+    assert len(_table_rows(text, "Configuration")) == 2
+    assert len(_table_rows(text, "Test metrics")) == 2
     assert "| test_recon | 0.123 |" in text
     assert "(final_learning_curves.png)" in text
     assert "(final/recon.png)" in text

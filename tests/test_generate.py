@@ -1,0 +1,201 @@
+"""Sampling WAVs from a checkpoint: files, manifest, emotion handling, determinism."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import emovae.generate as generate_module
+from emovae.checkpoint import build_model, model_state, save_checkpoint
+from emovae.config import FeatureConfig, TrainConfig
+from emovae.features import Normalizer
+from emovae.generate import (
+    MANIFEST_COLUMNS,
+    generate,
+    log_mel_to_mel_power,
+    peak_normalize,
+)
+
+FEATURES = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, duration=0.5)
+EMOTIONS = ["anger", "happiness", "sadness"]
+N_SAMPLES = round(FEATURES.duration * FEATURES.sample_rate)
+PEAK = 10.0 ** (-1.0 / 20.0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tensors this small gain nothing from intra-op threads, and on a busy CPU the threads'
+    barriers made a two-epoch training run take 10-50 s instead of 1 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _checkpoint(path: Path, conditional: bool) -> Path:
+    """An untrained tiny model: generation only needs weights and statistics, not good ones."""
+    torch.manual_seed(0)
+    config = TrainConfig(latent_dim=4, base_channels=4, conditional=conditional)
+    model = build_model(config, FEATURES, len(EMOTIONS))
+    # Typical speech log-mel statistics, so the decoded power spans a realistic range.
+    normalizer = Normalizer(
+        np.linspace(-3.0, -9.0, FEATURES.n_mels, dtype=np.float32),
+        np.full(FEATURES.n_mels, 2.0, dtype=np.float32),
+    )
+    save_checkpoint(path, model_state(model, config, FEATURES, EMOTIONS, normalizer, 1, {}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "conditional": _checkpoint(root / "cvae.pt", conditional=True),
+        "unconditional": _checkpoint(root / "vae.pt", conditional=False),
+    }
+
+
+def _manifest(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == MANIFEST_COLUMNS
+        return list(reader)
+
+
+def test_log_mel_to_mel_power_inverts_the_log_and_clamps() -> None:
+    floor = 1e-5
+    power = np.array([0.0, 1e-6, 0.5, 3.0])
+    np.testing.assert_allclose(
+        log_mel_to_mel_power(np.log(power + floor), floor), power, atol=1e-12
+    )
+    as_tensor = log_mel_to_mel_power(torch.log(torch.from_numpy(power) + floor), floor)
+    assert isinstance(as_tensor, torch.Tensor)
+    torch.testing.assert_close(as_tensor, torch.from_numpy(power), atol=1e-12, rtol=0)
+    # Below log(floor) a decoder output has no power to invert to: it is zero, not negative.
+    assert log_mel_to_mel_power(np.array([-50.0]), floor)[0] == 0.0
+
+
+def test_peak_normalize_sets_each_peak_and_leaves_silence() -> None:
+    audio = np.array([[0.1, -0.5, 0.2], [0.0, 0.0, 0.0], [2.0, 1.0, -1.0]])
+    out = peak_normalize(audio)
+    np.testing.assert_allclose(np.abs(out).max(axis=1), [PEAK, 0.0, PEAK])
+    np.testing.assert_allclose(out[0] / out[0, 1], audio[0] / audio[0, 1])
+
+
+def test_unconditional_generation_writes_wavs_and_manifest(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    manifest = generate(checkpoints["unconditional"], 3, tmp_path, seed=7, n_iter=4, batch_size=2)
+    assert manifest == tmp_path / "manifest.csv"
+    rows = _manifest(manifest)
+    assert [row["file"] for row in rows] == [
+        "sample_0000.wav",
+        "sample_0001.wav",
+        "sample_0002.wav",
+    ]
+    assert all(row["emotion"] == "" and row["seed"] == "7" for row in rows)
+    assert [row["index"] for row in rows] == ["0", "1", "2"]
+    for row in rows:
+        info = sf.info(tmp_path / row["file"])
+        assert (info.samplerate, info.frames, info.channels) == (
+            FEATURES.sample_rate,
+            N_SAMPLES,
+            1,
+        )
+        assert info.subtype == "PCM_16"
+        audio, _ = sf.read(tmp_path / row["file"], dtype="float64")
+        assert np.abs(audio).max() == pytest.approx(PEAK, abs=1 / 32767)
+    assert sorted(p.name for p in tmp_path.glob("*.wav")) == [row["file"] for row in rows]
+
+
+def test_conditional_generation_spreads_emotions_round_robin(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    rows = _manifest(generate(checkpoints["conditional"], 5, tmp_path, n_iter=2))
+    assert [row["emotion"] for row in rows] == [
+        "anger",
+        "happiness",
+        "sadness",
+        "anger",
+        "happiness",
+    ]
+    assert len(list(tmp_path.glob("sample_*.wav"))) == 5
+
+
+def test_conditional_generation_of_one_emotion(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    rows = _manifest(generate(checkpoints["conditional"], 2, tmp_path, emotion="sadness", n_iter=2))
+    assert [row["emotion"] for row in rows] == ["sadness", "sadness"]
+
+
+def test_emotion_errors_name_the_problem(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=r"'boredom'.*anger, happiness, sadness"):
+        generate(checkpoints["conditional"], 2, tmp_path, emotion="boredom")
+    with pytest.raises(ValueError, match="'anger'.*unconditional"):
+        generate(checkpoints["unconditional"], 2, tmp_path, emotion="anger")
+    with pytest.raises(ValueError, match="n: expected"):
+        generate(checkpoints["unconditional"], 0, tmp_path)
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    def run(name: str, seed: int) -> list[bytes]:
+        generate(checkpoints["conditional"], 3, tmp_path / name, seed=seed, n_iter=3)
+        return [(tmp_path / name / f"sample_{i:04d}.wav").read_bytes() for i in range(3)]
+
+    first = run("a", seed=1)
+    assert run("b", seed=1) == first
+    assert run("c", seed=2) != first
+
+
+def test_interrupted_run_leaves_no_manifest(
+    tmp_path: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate(checkpoints["unconditional"], 2, tmp_path, n_iter=2)
+    assert (tmp_path / "manifest.csv").exists()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("vocoder crashed")
+
+    monkeypatch.setattr(generate_module, "mel_to_audio", broken)
+    with pytest.raises(RuntimeError, match="vocoder crashed"):
+        generate(checkpoints["unconditional"], 2, tmp_path, n_iter=2)
+    # The earlier run's manifest must not vouch for a set this run may have half replaced.
+    assert not (tmp_path / "manifest.csv").exists()
+
+
+def test_mel_to_audio_receives_the_feature_settings(
+    tmp_path: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake(mel_power: torch.Tensor, **kwargs) -> torch.Tensor:
+        calls.append((tuple(mel_power.shape), float(mel_power.min()), kwargs))
+        return torch.zeros(mel_power.shape[0], kwargs["length"])
+
+    monkeypatch.setattr(generate_module, "mel_to_audio", fake)
+    generate(checkpoints["unconditional"], 5, tmp_path, seed=3, n_iter=9, batch_size=2)
+    assert [shape for shape, _, _ in calls] == [(2, 32, 63), (2, 32, 63), (1, 32, 63)]
+    assert all(minimum >= 0.0 for _, minimum, _ in calls)
+    assert calls[0][2] == {
+        "sample_rate": 8000,
+        "n_fft": 256,
+        "hop_length": 64,
+        "n_iter": 9,
+        "fmin": 0.0,
+        "fmax": None,
+        "seed": 3,
+        "length": N_SAMPLES,
+    }
+    # All-zero audio from the vocoder stays silent instead of dividing by zero.
+    audio, _ = sf.read(tmp_path / "sample_0000.wav")
+    assert not audio.any()
