@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from emovae import __version__
-from emovae.config import ConfigError
+from emovae.config import ConfigError, apply_overrides
 from emovae.data.corpus import FORMATS, CorpusError
 from emovae.data.labels import LabelError
 
 # Errors caused by the user's input (paths, names, config values): reported in one line, because
 # a traceback would only hide the message. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (CorpusError, LabelError, ConfigError, OSError)
+USER_ERRORS = (CorpusError, LabelError, ConfigError, OSError, ValueError)
 
 EXIT_USER_ERROR = 2  # same code argparse uses for bad arguments
 
@@ -58,6 +58,108 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     summary.set_defaults(func=_cmd_data_summary)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from emovae.config import ExperimentConfig, experiment_from_dict, load_experiment
+    from emovae.dataset import prepare_data
+    from emovae.evaluate import evaluate_checkpoint
+    from emovae.train import train
+
+    if args.config:
+        experiment = load_experiment(args.config, args.overrides)
+    else:
+        experiment = experiment_from_dict(
+            apply_overrides(dataclasses.asdict(ExperimentConfig()), args.overrides)
+        )
+    if args.data:
+        experiment.data.path = args.data
+    if args.skip_bad_files:
+        experiment.data.skip_bad_files = True
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(
+        yaml.safe_dump(dataclasses.asdict(experiment), sort_keys=False)
+    )
+
+    data = prepare_data(experiment.data, experiment.features, progress=True)
+    if data.bad_files:
+        (out / "bad_files.json").write_text(json.dumps(data.bad_files, indent=1))
+        print(f"skipped {len(data.bad_files)} unreadable file(s): see {out / 'bad_files.json'}")
+    print(
+        f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test clips, "
+        f"emotions: {', '.join(data.label_names)}"
+    )
+    result = train(experiment.train, data, out / "checkpoints", progress=True)
+    (out / "history.json").write_text(json.dumps(result.history, indent=1))
+    metrics = evaluate_checkpoint(
+        result.best_checkpoint, data, out / "evaluation", result.history, experiment.train.device
+    )
+    print(f"best epoch {result.best_epoch}; test metrics (held-out speakers):")
+    for key, value in sorted(metrics.items()):
+        print(f"  {key} = {value:.5g}")
+    print(f"checkpoint: {result.best_checkpoint}\nplots: {out / 'evaluation'}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from emovae.generate import generate
+
+    manifest = generate(
+        args.checkpoint,
+        args.n,
+        args.out,
+        emotion=args.emotion,
+        seed=args.seed,
+        n_iter=args.iters,
+        device=args.device,
+    )
+    print(f"wrote {args.n} WAV files; manifest: {manifest}")
+    return 0
+
+
+def _add_model_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train one VAE, evaluate it on the held-out test speakers",
+        description="Train one VAE. Writes checkpoints/, evaluation/ (metrics.json, plots), "
+        "history.json and config.yaml into --out.",
+    )
+    train.add_argument("--data", help="corpus folder, CSV manifest, or 'synthetic'")
+    train.add_argument("--config", help="experiment YAML with sections data, features, train")
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config entry, e.g. --set train.max_epochs=5 (repeatable)",
+    )
+    train.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="skip unreadable WAVs (listed in bad_files.json) instead of stopping",
+    )
+    train.set_defaults(func=_cmd_train)
+
+    gen = commands.add_parser(
+        "generate",
+        help="sample latents -> mel -> Griffin-Lim -> WAV files plus manifest.csv",
+    )
+    gen.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
+    gen.add_argument("--n", type=int, default=100, help="number of clips (default 100)")
+    gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument("--emotion", help="conditional models: only this emotion")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
+    gen.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    gen.set_defaults(func=_cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m emovae",
@@ -66,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_data_commands(commands)
-    # Further commands (train, generate) register here, each with an `_add_*_commands` helper
-    # and a `_cmd_*` function that sets `func`.
+    _add_model_commands(commands)
     return parser
 
 

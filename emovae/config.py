@@ -7,6 +7,7 @@ error at load time, naming the key and the closest valid one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -161,7 +162,30 @@ def experiment_from_dict(values: dict[str, Any], where: str = "config") -> Exper
     return ExperimentConfig(**sections)
 
 
-def load_experiment(path: str | Path) -> ExperimentConfig:
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings (value parsed as YAML) applied to a copy of `raw`."""
+    result = copy.deepcopy(raw)
+    for override in overrides:
+        dotted, sep, text = override.partition("=")
+        parts = dotted.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"--set {override!r}: expected section.key=value, e.g. sweep.num_samples=4"
+            )
+        section, key = parts
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {override!r}: value is not valid YAML ({exc})") from exc
+        if result.get(section) is None:
+            result[section] = {}
+        if not isinstance(result[section], dict):
+            raise ConfigError(f"--set {override!r}: section '{section}' is not a mapping")
+        result[section][key] = value
+    return result
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text())
@@ -169,7 +193,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: config file not found") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return experiment_from_dict(values, where=str(path))
+    return experiment_from_dict(apply_overrides(values or {}, overrides or []), where=str(path))
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from emovae.checkpoint import load_model
+from emovae.config import FeatureConfig
 from emovae.dataset import PreparedData, Split
 from emovae.features import Normalizer
 from emovae.generate import log_mel_to_mel_power
@@ -383,7 +384,9 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path) 
     return _save(figure, path)
 
 
-def _check_features(loaded_features: object, data_features: object, checkpoint: Path) -> None:
+def _check_features(
+    loaded_features: FeatureConfig, data_features: FeatureConfig, checkpoint: Path
+) -> None:
     ours, theirs = dataclasses.asdict(loaded_features), dataclasses.asdict(data_features)
     differ = [f"{k} ({ours[k]} vs {theirs.get(k)})" for k in ours if ours[k] != theirs.get(k)]
     if differ:

@@ -92,7 +92,9 @@ class VAE(nn.Module):
         self.to_logvar = nn.Linear(flat + n_classes, latent_dim)
         self.from_latent = nn.Linear(latent_dim + n_classes, flat)
         ups = list(reversed(widths))
-        self.decoder = nn.Sequential(*[_up(c_in, c_out) for c_in, c_out in zip(ups[:-1], ups[1:], strict=True)])
+        self.decoder = nn.Sequential(
+            *[_up(c_in, c_out) for c_in, c_out in zip(ups[:-1], ups[1:], strict=True)]
+        )
         # Last layer has no BN/activation: targets are z-scored, any real value is valid.
         self.to_output = nn.ConvTranspose2d(widths[0], 1, 3, stride=2, padding=1, output_padding=1)
 
@@ -142,3 +144,17 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)
         return self.decode(z, labels)
+
+
+class MeanReconstruction(nn.Module):
+    """(B, 1, n_mels, frames) -> its reconstruction through the posterior mean: the one-tensor
+    interface model servers (MLflow's pyfunc) expect from an unconditional VAE."""
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        if vae.n_classes:
+            raise ValueError("MeanReconstruction needs an unconditional VAE")
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae(x, sample=False)[0]

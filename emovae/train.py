@@ -225,7 +225,9 @@ def train(
             bad_epochs += 1
         # Tells a sweep whether the run ended by itself (budget or early stopping), so a trial
         # that stops without this flag was stopped by the scheduler.
-        metrics["is_last_epoch"] = float(bad_epochs >= config.patience or epoch == config.max_epochs)
+        metrics["is_last_epoch"] = float(
+            bad_epochs >= config.patience or epoch == config.max_epochs
+        )
         weights = model_state(
             model, config, data.features, data.label_names, data.normalizer, epoch, metrics
         )

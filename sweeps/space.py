@@ -16,7 +16,6 @@ distributions, low > high, values of the wrong type for the field.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
 import typing
@@ -32,6 +31,7 @@ from emovae.config import (
     ExperimentConfig,
     FeatureConfig,
     TrainConfig,
+    apply_overrides,
     check_value,
     from_dict,
 )
@@ -99,29 +99,6 @@ def resolve_space_path(name_or_path: str, spaces_dir: Path = SPACES_DIR) -> Path
             "or pass a path to a .yaml file)"
         )
     return path
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` strings (value parsed as YAML) applied to a copy of `raw`."""
-    result = copy.deepcopy(raw)
-    for override in overrides:
-        dotted, sep, text = override.partition("=")
-        parts = dotted.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                f"--set {override!r}: expected section.key=value, e.g. sweep.num_samples=4"
-            )
-        section, key = parts
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {override!r}: value is not valid YAML ({exc})") from exc
-        if result.get(section) is None:
-            result[section] = {}
-        if not isinstance(result[section], dict):
-            raise ConfigError(f"--set {override!r}: section '{section}' is not a mapping")
-        result[section][key] = value
-    return result
 
 
 def _check_distribution(key: str, spec: dict[str, Any], annotation: Any, where: str) -> None:
