@@ -82,9 +82,8 @@ def generate(
     Latents are drawn on the CPU from a generator seeded with `seed`, all `n` at once, so they
     do not depend on `device` or `batch_size`; Griffin-Lim's random initial phase is seeded with
     `seed` per batch, so the WAV bytes are reproducible for the same seed, device and
-    `batch_size`. A conditional model cycles
-    through its emotions (round-robin) unless `emotion` names one; an unconditional model takes
-    no `emotion`. Clips are peak-normalised to -1 dBFS, 16-bit mono at the feature sample rate,
+    `batch_size`. A conditional model cycles through its emotions (round-robin) unless `emotion`
+    names one; an unconditional model takes no `emotion`. Clips are peak-normalised to -1 dBFS, 16-bit mono at the feature sample rate,
     of the features' clip duration. manifest.csv has columns file, emotion (empty for an
     unconditional model), seed, index.
     """

@@ -239,8 +239,9 @@ def run_sweep(
                 f"{sweep_dir}: a sweep already exists here; pass --resume to continue it "
                 "or --out to start a new one"
             )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri or default_tracking_uri(sweep_dir)
+        check_tracking_uri(uri)  # before anything is written: a typo'd server leaves no folder
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
         _write_state(sweep_dir, state)
 
@@ -303,6 +304,7 @@ def run_sweep(
         spec.sweep.mode,
         trials,
         best,
+        best_score,
         state.tracking_uri,
         state.parent_run_id,
     )

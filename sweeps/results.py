@@ -38,11 +38,17 @@ def trial_status(ray_status: str, last_result: dict[str, Any] | None) -> str:
     return "KILLED_BY_ASHA"
 
 
-def _error(trial: Any) -> str | None:
+def trial_error_text(trial: Any) -> str | None:
+    """The trial's error trace: the local error file (written before Ray's callbacks run),
+    else the copy in storage (a restored sweep), else a placeholder."""
     if trial.status != "ERROR":
         return None
+    text = None
     try:
-        text = trial.get_error()
+        if trial.error_file and Path(trial.error_file).is_file():
+            text = Path(trial.error_file).read_text()
+        else:
+            text = trial.get_error()
     except Exception:  # the error file may be gone with a lost node; the status still stands
         text = None
     return str(text).strip() if text else "trial raised an error (no trace saved)"
@@ -76,7 +82,7 @@ def load_trial_records(tune_dir: str | Path) -> list[TrialRecord]:
             params={k: (v.item() if hasattr(v, "item") else v) for k, v in trial.config.items()},
             status=trial_status(trial.status, trial.last_result),
             history=_history(frames.get(trial.trial_id)),
-            error=_error(trial),
+            error=trial_error_text(trial),
         )
         for trial in analysis.trials
     ]

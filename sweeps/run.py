@@ -16,8 +16,6 @@ from emovae.config import ConfigError
 from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
 from sweeps.driver import SweepFailedError, SweepResult, run_sweep
-from sweeps.finalise import print_final
-from sweeps.finaliser import finalise
 from sweeps.report import TrialRecord, best_value, epochs_run
 from sweeps.space import load_space
 from sweeps.tracking import TrackingError
@@ -91,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sweep(spec, sweep_dir, args.tracking_uri, args.address, resume=args.resume)
         print_summary(result)
         if not args.no_finalise:
+            from sweeps.finalise import print_final  # torch-heavy imports only when needed
+            from sweeps.finaliser import finalise
+
             print("\nFinalising: retraining the best configuration ...")
             print_final(finalise(sweep_dir))
     except USER_ERRORS as exc:

@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
+from sweeps.results import trial_error_text, trial_status
+
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_ROLE = "emovae.role"  # sweep | trial | final
 TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
@@ -124,23 +126,7 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     )
 
 
-def _trial_status(trial: Any) -> tuple[str, str]:
-    """(MLflow run status, emovae trial status tag) of a trial that has ended."""
-    if trial.status == "ERROR":
-        return RunStatus.to_string(RunStatus.FAILED), "FAILED"
-    last = trial.last_result or {}
-    if last.get("is_last_epoch", 0.0) >= 1.0:
-        return RunStatus.to_string(RunStatus.FINISHED), "FINISHED"
-    return RunStatus.to_string(RunStatus.KILLED), "KILLED_BY_ASHA"
-
-
-def _error_text(trial: Any) -> str:
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # the error file may be gone with a lost node; the status still stands
-        text = ""
-    text = str(text).strip()
-    return text[-MAX_TAG_LENGTH:] if text else "trial raised an error (no trace saved)"
+RUN_STATUS = {"FINISHED": "FINISHED", "KILLED_BY_ASHA": "KILLED", "FAILED": "FAILED"}
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -233,10 +219,12 @@ class MlflowTrialLogger(tune.Callback):
 
     def _finish(self, trial: Any) -> None:
         run_id = self._run_for(trial)
-        status, tag = _trial_status(trial)
+        tag = trial_status(trial.status, trial.last_result)
+        status = RUN_STATUS[tag]
         self.client.set_tag(run_id, TAG_TRIAL_STATUS, tag)
         if tag == "FAILED":
-            self.client.set_tag(run_id, TAG_ERROR, _error_text(trial))
+            error = trial_error_text(trial) or ""
+            self.client.set_tag(run_id, TAG_ERROR, error[-MAX_TAG_LENGTH:])
         elif self.log_checkpoints:
             self._log_checkpoint(run_id, trial)
         self.client.set_terminated(run_id, status)

@@ -1,0 +1,219 @@
+"""The real sweep, end to end: the CLI, a real local Ray cluster, a real MLflow sqlite store.
+
+Each test shrinks the shipped `quick` space (fewer clips, epochs and samples) instead of
+inventing its own, so what is tested is what the README runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeps.tracking import TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_STATUS
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SHRINK = [
+    "data.synthetic_speakers=5",
+    "data.synthetic_per_emotion=2",
+    "features.duration=1.0",
+    "train.max_epochs=4",
+    "train.base_channels=8",
+    "sweep.grace_period=1",
+]
+
+
+def sweep_command(out: Path, cache: Path, *extra: str, space: str = "quick") -> list[str]:
+    overrides = [*SHRINK, f"data.cache_dir={cache}", *extra]
+    command = [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", space, "--out", str(out)]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
+
+
+def mlflow_runs(sweep_dir: Path) -> tuple[MlflowClient, list]:
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    experiments = [e for e in client.search_experiments() if e.name.startswith("emovae-")]
+    assert len(experiments) == 1
+    return client, client.search_runs([experiments[0].experiment_id], max_results=1000)
+
+
+def by_role(runs: list, role: str) -> list:
+    return [r for r in runs if r.data.tags.get(TAG_ROLE) == role]
+
+
+def epoch_steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(int(m.step) for m in client.get_metric_history(run_id, "val_recon"))
+
+
+def test_quick_sweep_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = run(
+        sweep_command(
+            out,
+            tmp_path / "cache",
+            "sweep.num_samples=8",
+            "finalise.max_epochs=2",
+            "finalise.n_samples=6",
+        )
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "Best trial" in result.stdout
+
+    client, runs = mlflow_runs(out)
+    parents, trials, finals = by_role(runs, "sweep"), by_role(runs, "trial"), by_role(runs, "final")
+    assert len(parents) == 1 and len(finals) == 1 and len(trials) == 8
+    parent_id = parents[0].info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials + finals)
+    assert len({r.data.tags[TAG_TRIAL_ID] for r in trials}) == 8
+    assert parents[0].data.params["data_fingerprint"]
+    assert "best_val_recon" in parents[0].data.metrics
+
+    statuses = Counter(r.data.tags[TAG_TRIAL_STATUS] for r in trials)
+    assert statuses["KILLED_BY_ASHA"] >= 1, statuses
+    assert statuses["FAILED"] == 0, statuses
+    for r in trials:
+        steps = epoch_steps(client, r.info.run_id)
+        assert steps == list(range(1, len(steps) + 1)), steps  # one value per epoch, no gaps
+        expected = "FINISHED" if r.data.tags[TAG_TRIAL_STATUS] == "FINISHED" else "KILLED"
+        assert r.info.status == expected
+        assert r.data.params["lr"] and r.data.params["latent_dim"]
+    killed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "KILLED_BY_ASHA"]
+    assert all(len(epoch_steps(client, r.info.run_id)) < 4 for r in killed)
+
+    final = finals[0]
+    assert final.info.status == "FINISHED"
+    assert "test_recon" in final.data.metrics and "test_snr_db" in final.data.metrics
+    versions = client.search_model_versions("name='emovae'")
+    assert len(versions) == 1 and versions[0].run_id == final.info.run_id
+
+    wavs = sorted((out / "final" / "samples").glob("*.wav"))
+    assert len(wavs) == 6
+    report = (out / "final" / "report" / "report.md").read_text()
+    assert parents[0].data.tags["best.trial_id"] in report
+    assert (out / "trials.csv").read_text().count("\n") == 9  # header + one row per trial
+
+
+def _wait_for_epochs(sweep_dir: Path, trials: int, timeout: float) -> None:
+    """Until `trials` child runs in MLflow have at least one epoch logged."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (sweep_dir / "mlflow.db").exists():
+            try:
+                client, runs = mlflow_runs(sweep_dir)
+                started = [r for r in by_role(runs, "trial") if "val_recon" in r.data.metrics]
+                if len(started) >= trials:
+                    return
+            except Exception:  # the store may be mid-migration while the driver creates it
+                pass
+        time.sleep(1.0)
+    raise AssertionError(f"no {trials} trials with an epoch within {timeout} s")
+
+
+def test_sigkill_driver_then_resume_keeps_one_run_per_trial(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    command = sweep_command(out, tmp_path / "cache", "sweep.num_samples=6", "train.max_epochs=6")
+    driver = subprocess.Popen(
+        [*command, "--no-finalise"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the driver leads a process group holding the Ray it starts
+    )
+    try:
+        _wait_for_epochs(out, trials=2, timeout=300)
+    finally:
+        # SIGKILL the whole group: the driver and the Ray processes it started (agents that
+        # would otherwise outlive it, re-parented to init).
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    time.sleep(2)
+    client, runs = mlflow_runs(out)
+    assert any(r.info.status == "RUNNING" for r in by_role(runs, "trial"))  # killed mid-sweep
+
+    resumed = run(
+        [
+            sys.executable,
+            str(REPO / "sweeps" / "run.py"),
+            "--out",
+            str(out),
+            "--resume",
+            "--no-finalise",
+        ]
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+
+    client, runs = mlflow_runs(out)
+    trials = by_role(runs, "trial")
+    trial_ids = Counter(r.data.tags[TAG_TRIAL_ID] for r in trials)
+    assert len(trial_ids) == 6 and set(trial_ids.values()) == {1}, trial_ids
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for r in trials:
+        steps = epoch_steps(client, r.info.run_id)
+        assert steps == list(range(1, len(steps) + 1)), (r.data.tags[TAG_TRIAL_ID], steps)
+        assert r.data.tags[TAG_TRIAL_STATUS] in ("FINISHED", "KILLED_BY_ASHA")
+    assert len(by_role(runs, "sweep")) == 1
+
+
+def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> None:
+    # lr = 1e30 makes the first epoch's loss NaN; the trainer raises, the trial fails.
+    out = tmp_path / "mixed"
+    result = run(
+        sweep_command(
+            out,
+            tmp_path / "cache",
+            "sweep.num_samples=4",
+            "params.lr={choice: [1.0e+30, 1.0e-3]}",
+            "sweep.seed=3",
+            "train.max_epochs=2",
+        )
+        + ["--no-finalise"]
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    client, runs = mlflow_runs(out)
+    trials = by_role(runs, "trial")
+    failed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "FAILED"]
+    assert failed and len(failed) < len(trials) == 4
+    for r in failed:
+        assert r.info.status == "FAILED"
+        assert "non-finite" in r.data.tags["emovae.error"]
+        assert r.data.params["lr"] == "1e+30"
+
+    all_bad = run(
+        sweep_command(
+            tmp_path / "all-bad",
+            tmp_path / "cache",
+            "sweep.num_samples=2",
+            "params.lr=1.0e+30",
+        )
+        + ["--no-finalise"]
+    )
+    assert all_bad.returncode == 2
+    assert "all 2 trials failed" in all_bad.stderr and "non-finite" in all_bad.stderr
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = run(
+        sweep_command(out, tmp_path / "cache") + ["--tracking-uri", "http://127.0.0.1:9"],
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
+    assert not (out / "tune").exists()
