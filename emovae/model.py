@@ -141,8 +141,9 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw z ~ N(0, I) and decode: (n, 1, n_mels, frames)."""
+        # z is drawn on the CPU so a seeded CPU generator gives the same samples on any device.
         device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
         return self.decode(z, labels)
 
 

@@ -263,36 +263,47 @@ def test_plots_write_valid_pngs(tmp_path: Path, trained) -> None:
 # --- evaluate_checkpoint --------------------------------------------------------------------
 
 
-def test_evaluate_checkpoint_writes_metrics_and_plots(tmp_path: Path, trained) -> None:
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, trained) -> tuple[dict[str, float], Path]:
+    """One full evaluation shared by the tests below: drawing the plots is its main cost."""
     data, checkpoint, history = trained
-    metrics = evaluate_checkpoint(checkpoint, data, tmp_path / "eval", history=history)
+    out_dir = tmp_path_factory.mktemp("evaluated") / "eval"
+    return evaluate_checkpoint(checkpoint, data, out_dir, history=history), out_dir
+
+
+def test_evaluate_checkpoint_writes_metrics_and_plots(trained, evaluated) -> None:
+    data, checkpoint, _ = trained
+    metrics, out_dir = evaluated
     assert set(metrics) == METRIC_KEYS | {"test_latent_silhouette"}
     assert all(math.isfinite(v) for v in metrics.values())
     assert -1.0 <= metrics["test_latent_silhouette"] <= 1.0
     for name in ("reconstructions.png", "latent_pca.png", "learning_curves.png"):
-        assert _is_png(tmp_path / "eval" / name), name
-    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert _is_png(out_dir / name), name
+    written = json.loads((out_dir / "metrics.json").read_text())
     assert written == pytest.approx(metrics)
-
-    again = evaluate_checkpoint(checkpoint, data, tmp_path / "again")
-    assert again == pytest.approx(metrics)
-    assert not (tmp_path / "again" / "learning_curves.png").exists()
+    loaded = load_model(checkpoint)
+    direct = reconstruction_metrics(
+        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer
+    )
+    assert direct == pytest.approx({k: metrics[k] for k in METRIC_KEYS})
 
 
 def test_evaluate_checkpoint_renormalises_data_scored_with_other_statistics(
-    tmp_path: Path, trained
+    tmp_path: Path, trained, evaluated
 ) -> None:
     data, checkpoint, _ = trained
-    reference = evaluate_checkpoint(checkpoint, data, tmp_path / "a")
+    reference, _ = evaluated
     other = Normalizer(data.normalizer.mean + 1.0, data.normalizer.std * 2.0)
     log_mels = data.normalizer.denormalize(data.test.features[:, 0].numpy())
     test = dataclasses.replace(
         data.test, features=torch.from_numpy(other.normalize(log_mels)).unsqueeze(1)
     )
     shifted = dataclasses.replace(data, test=test, normalizer=other)
-    assert evaluate_checkpoint(checkpoint, shifted, tmp_path / "b") == pytest.approx(
-        reference, rel=1e-4, abs=1e-5
-    )
+    metrics = evaluate_checkpoint(checkpoint, shifted, tmp_path)
+    assert metrics == pytest.approx(reference, rel=1e-4, abs=1e-5)
+    # Without a history there is no learning-curve plot.
+    assert not (tmp_path / "learning_curves.png").exists()
+    assert _is_png(tmp_path / "reconstructions.png")
 
 
 def test_evaluate_checkpoint_rejects_other_features(tmp_path: Path, trained) -> None:
