@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
@@ -75,7 +76,16 @@ def _register_model(
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
-            module, name="model", signature=signature, registered_model_name=model_name
+            module,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),  # MLflow's pt2 format traces forward() with it
+            # Stated, not inferred: inference imports the world and records torch's "+cpu" tag.
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
+            registered_model_name=model_name,
         )
     return info.model_uri
 

@@ -99,7 +99,7 @@ def test_base_image_is_pinned_to_the_projects_python():
     assert bases, "no FROM"
     minor = re.search(r">=\s*3\.(\d+)", _pyproject()["project"]["requires-python"]).group(1)
     for base in bases:
-        name, _, tag = base.partition(":")
+        _, _, tag = base.partition(":")
         assert tag and tag != "latest", f"{base}: pin an exact tag, not latest or none"
         assert re.fullmatch(r"\d+\.\d+\.\d+-[\w.-]+", tag), f"{base}: not an exact version tag"
     assert bases[0].startswith(f"python:3.{minor}."), (
@@ -136,7 +136,10 @@ def test_dependencies_layer_is_cached_apart_from_the_source():
 def test_image_runs_unprivileged_and_unbuffered():
     instructions = _instructions()
     users = [args for keyword, args in instructions if keyword == "USER"]
-    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    assert users, "no USER: the image would run as root"
+    build_args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
+    user = re.sub(r"\$\{?(\w+)\}?", lambda m: build_args.get(m.group(1), "?"), users[-1])
+    assert user.split(":")[0] not in ("root", "0", "?"), f"USER {users[-1]} is root or unknown"
     assert ("WORKDIR", "/app") in instructions
     envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
     assert re.search(r"\bPYTHONUNBUFFERED=1\b", envs)
@@ -414,6 +417,7 @@ def test_guide_documents_every_route():
 
 def test_guide_sweep_commands_parse_and_write_to_shared_storage():
     from sweeps.run import build_parser
+    from sweeps.space import load_space
 
     sweeps = [words for words in _guide_commands() if "sweeps/run.py" in words]
     assert len(sweeps) >= 4
@@ -422,6 +426,7 @@ def test_guide_sweep_commands_parse_and_write_to_shared_storage():
             args = build_parser().parse_args(_sweep_args(words))
         except SystemExit:
             pytest.fail(f"sweeps/run.py rejects: {shlex.join(words)}")
+        load_space(args.space, args.overrides)  # the space exists, every --set key is real
         # Multi-node sweeps need Tune's storage_path (= --out) on storage every node shares.
         assert args.out is not None and str(args.out).startswith(f"{SHARED_RUNS}/"), (
             f"--out must be under {SHARED_RUNS}: {shlex.join(words)}"
