@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
-        final = finalise(args.sweep, device=args.device)
+        final = finalise(args.sweep, device=args.device, progress=True)
     except (ConfigError, CorpusError, AudioError, CheckpointError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -90,7 +90,7 @@ def _register_model(
     return info.model_uri
 
 
-def finalise(sweep_dir: str | Path, device: str = "auto") -> FinalResult:
+def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False) -> FinalResult:
     """Retrain the sweep's best configuration, evaluate it on the test speakers, export samples,
     write the report and register the model."""
     sweep_dir = Path(sweep_dir).resolve()
@@ -101,7 +101,7 @@ def finalise(sweep_dir: str | Path, device: str = "auto") -> FinalResult:
     if not leaders:
         raise ConfigError(f"{sweep_dir}: no trial has a {spec.sweep.metric} value to pick from")
     best, best_score, _ = leaders[0]
-    return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device)
+    return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device, progress)
 
 
 def _retrain_and_report(
@@ -112,6 +112,7 @@ def _retrain_and_report(
     best: TrialRecord,
     best_score: float,
     device: str,
+    progress: bool,
 ) -> FinalResult:
     settings = spec.finalise
     config = dataclasses.replace(
@@ -136,7 +137,13 @@ def _retrain_and_report(
             flatten("", dataclasses.asdict(config))
             | {"best_trial_id": best.trial_id, f"sweep_best_{spec.sweep.metric}": str(best_score)},
         )
-        result = train(config, data, out / "checkpoints", on_epoch=_epoch_logger(client, run_id))
+        result = train(
+            config,
+            data,
+            out / "checkpoints",
+            on_epoch=_epoch_logger(client, run_id),
+            progress=progress,
+        )
         metrics = evaluate_checkpoint(
             result.best_checkpoint, data, out / "evaluation", result.history, config.device
         )

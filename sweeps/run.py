@@ -8,7 +8,12 @@ python sweeps/run.py --space quick --out runs/quick --resume     # after a crash
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# With CheckpointConfig(num_to_keep=1) Tune snapshots its state at every trial checkpoint, which
+# is what keeps --resume consistent with the checkpoints; its warning about it is noise here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 from pathlib import Path
 
 from emovae.checkpoint import CheckpointError
@@ -48,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="sweep folder (default: runs/<space name>)")
     parser.add_argument(
         "--tracking-uri",
-        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: sqlite in the sweep folder)",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI, e.g. http://127.0.0.1:5000 (default: $MLFLOW_TRACKING_URI, "
+        "else sqlite in the sweep folder)",
     )
     parser.add_argument(
         "--address", help="join a running Ray cluster (e.g. auto); default: start one"
@@ -86,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = None if args.resume else load_space(args.space, args.overrides)
         sweep_dir = args.out or Path("runs") / (spec.name if spec else args.space)
+        if args.address and not sweep_dir.is_absolute():
+            raise ConfigError(
+                f"--out {sweep_dir}: on a cluster the sweep folder is Ray's storage path and must "
+                "be an absolute path on storage every node shares (NFS, EFS), e.g. /app/runs/quick"
+            )
         result = run_sweep(spec, sweep_dir, args.tracking_uri, args.address, resume=args.resume)
         print_summary(result)
         if not args.no_finalise:
@@ -93,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             from sweeps.finaliser import finalise
 
             print("\nFinalising: retraining the best configuration ...")
-            print_final(finalise(sweep_dir))
+            print_final(finalise(sweep_dir, progress=True))
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -36,7 +36,15 @@ from emovae.config import (
     from_dict,
 )
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """search_spaces/ beside the package (a checkout or editable install), else in the current
+    directory (a plain install run from the project folder)."""
+    beside = Path(__file__).resolve().parents[1] / "search_spaces"
+    return beside if beside.is_dir() else Path.cwd() / "search_spaces"
+
+
+SPACES_DIR = _spaces_dir()
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice")
 # Metrics every trial reports each epoch; the objective must be one of them and must not
 # depend on beta, or beta -> 0 would always win (so val_loss and val_kl are refused).

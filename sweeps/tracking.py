@@ -11,6 +11,7 @@ driver can no longer finish are closed at the end of the sweep.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -68,9 +69,24 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
         raise TrackingError(
             f"MLflow tracking server {uri} answered {response.status_code} on /health"
         )
+    # /health is exempt from MLflow's Host-header check; a real API call is not.
+    api = requests.get(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 1},
+        timeout=timeout_s,
+    )
+    if api.status_code != 200:
+        raise TrackingError(
+            f"MLflow tracking server {uri} refused an API call ({api.status_code}: "
+            f"{api.text[:200]}); if it names the Host header, add this host to the server's "
+            "--allowed-hosts"
+        )
 
 
 def git_commit(repo: Path) -> str:
+    """The checkout's commit; images without .git set EMOVAE_GIT_COMMIT at build time."""
+    if os.environ.get("EMOVAE_GIT_COMMIT"):
+        return os.environ["EMOVAE_GIT_COMMIT"]
     try:
         result = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
