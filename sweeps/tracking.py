@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
+from emovae.checkpoint import read_checkpoint
+from emovae.evaluate import plot_learning_curves
 from sweeps.results import trial_error_text, trial_status
 
 TAG_TRIAL_ID = "ray.trial_id"
@@ -247,13 +250,18 @@ class MlflowTrialLogger(tune.Callback):
         self._closed.add(run_id)
 
     def _log_checkpoint(self, run_id: str, trial: Any) -> None:
+        """The trial's best weights, and its learning curves drawn from last.pt's history."""
         checkpoint = trial.checkpoint
         if checkpoint is None:
             return
-        with checkpoint.as_directory() as folder:
-            best = Path(folder) / "best.pt"
+        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
+            best, last = Path(folder) / "best.pt", Path(folder) / "last.pt"
             if best.exists():
                 self.client.log_artifact(run_id, str(best), artifact_path="checkpoint")
+            if last.exists():
+                history = read_checkpoint(last)["history"]
+                curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
+                self.client.log_artifact(run_id, str(curves), artifact_path="plots")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Close every child run the sweep can no longer finish (no run left RUNNING)."""

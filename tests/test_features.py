@@ -42,7 +42,9 @@ def _write(path: Path, audio: np.ndarray, rate: int = RATE, subtype: str = "FLOA
 
 
 def _corpus(root: Path, n: int = 4) -> list[Path]:
-    return [_write(root / f"clip{i}.wav", _tone(0.6, RATE, 200.0 + 60 * i, seed=i)) for i in range(n)]
+    return [
+        _write(root / f"clip{i}.wav", _tone(0.6, RATE, 200.0 + 60 * i, seed=i)) for i in range(n)
+    ]
 
 
 def _dominant_frequency(audio: np.ndarray, rate: int) -> float:

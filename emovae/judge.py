@@ -1,0 +1,422 @@
+"""The emotion judge: a compact CNN speech-emotion classifier on z-scored log-mels.
+
+It scores what the VAE makes: a reconstruction or a sample that keeps its emotion is one the
+judge still classifies correctly (see `emovae.emotion`). Like the paper's ResNet-based judge it
+learns from the real training speakers only, and its accuracy on the held-out test speakers is
+the ceiling the VAE's outputs are compared with. It is sized for a CPU: three conv blocks of
+16-32-64 channels train on EmoDB in well under a minute.
+
+A sweep trains it once: `ensure_judge` caches it on disk under a key made of the data
+fingerprint and the judge's configuration, and every trial of the sweep loads that file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emovae.config import from_dict
+from emovae.dataset import PreparedData
+from emovae.train import configure_threads, select_device
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: concurrent trials may then train it twice
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT_VERSION = 1
+# Part of the cache key: bump when the architecture or the training procedure changes, so a
+# judge cached by older code is not reused.
+JUDGE_VERSION = 1
+PREDICT_BATCH = 256
+# Fields that choose where and how fast the judge trains, not what it learns: trials with other
+# thread counts or devices share one cached judge.
+_RUNTIME_FIELDS = ("num_threads", "device")
+
+
+@dataclass
+class JudgeConfig:
+    epochs: int = 30
+    lr: float = 2e-3
+    batch_size: int = 32
+    channels: int = 16  # block widths are channels * (1, 2, 4, ...): 16-32-64 with 3 blocks
+    n_blocks: int = 3
+    embedding_dim: int = 64
+    dropout: float = 0.3
+    weight_decay: float = 1e-3
+    patience: int = 10  # epochs without a better validation accuracy before stopping
+    augment: bool = True  # SpecAugment-style frequency and time masks on training batches
+    freq_mask: float = 0.15  # largest masked band, as a share of the mel bins
+    time_mask: float = 0.15  # largest masked stretch, as a share of the frames
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op threads; 0 = leave as is
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+class EmotionJudge(nn.Module):
+    """(B, 1, n_mels, frames) -> (B, n_classes) logits.
+
+    Conv-BN-ReLU x 2 + max-pool per block, then global average pooling over frequency and time,
+    so the judge accepts any clip length and mel count, a linear + ReLU embedding, and a linear
+    classifier on it.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        channels: int = 16,
+        n_blocks: int = 3,
+        embedding_dim: int = 64,
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"EmotionJudge: needs at least 2 emotions, got {n_classes}")
+        self.n_classes = n_classes
+        widths = [channels * 2**i for i in range(n_blocks)]
+        blocks = []
+        for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True):
+            blocks += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+        self.features = nn.Sequential(*blocks)
+        self.to_embedding = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(widths[-1], embedding_dim), nn.ReLU()
+        )
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, n_classes))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, n_mels, frames) -> (B, embedding_dim): the penultimate layer."""
+        return self.to_embedding(self.features(x).mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@dataclass
+class TrainedJudge:
+    model: EmotionJudge  # in eval mode
+    label_names: list[str]
+    config: JudgeConfig
+    test_accuracy: float  # on the real held-out test speakers: the ceiling for VAE outputs
+    test_uar: float  # unweighted average recall (mean per-emotion recall) on the same clips
+    val_accuracy: float  # of the kept (best) epoch
+    best_epoch: int
+    fingerprint: str  # of the data it was trained on
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _module(judge: TrainedJudge | EmotionJudge) -> EmotionJudge:
+    return judge.model if isinstance(judge, TrainedJudge) else judge
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Restores the caller's mode: predicting mid-training must not leave dropout switched off.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _batched(
+    judge: TrainedJudge | EmotionJudge, x: torch.Tensor, batch_size: int, embed: bool
+) -> torch.Tensor:
+    model = _module(judge)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected features of shape (N, 1, n_mels, frames), got {tuple(x.shape)}")
+    device = next(model.parameters()).device
+    outputs = []
+    with torch.no_grad(), _eval_mode(model):
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size].to(device, torch.float32)
+            outputs.append((model.embed(batch) if embed else model(batch)).cpu())
+    if not outputs:
+        width = model.to_embedding[1].out_features if embed else model.n_classes
+        return torch.zeros(0, width)
+    return torch.cat(outputs)
+
+
+def predict(
+    judge: TrainedJudge | EmotionJudge, x: torch.Tensor, batch_size: int = PREDICT_BATCH
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted label indices (N,) int64 and class probabilities (N, n_classes) float32."""
+    probs = torch.softmax(_batched(judge, x, batch_size, embed=False), dim=1)
+    return probs.argmax(dim=1).numpy().astype(np.int64), probs.numpy().astype(np.float32)
+
+
+def embeddings(
+    judge: TrainedJudge | EmotionJudge, x: torch.Tensor, batch_size: int = PREDICT_BATCH
+) -> np.ndarray:
+    """Penultimate-layer embeddings (N, embedding_dim) float64, for Frechet distances."""
+    return _batched(judge, x, batch_size, embed=True).numpy().astype(np.float64)
+
+
+def _accuracy_and_uar(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[float, float]:
+    if len(labels) == 0:
+        return math.nan, math.nan
+    correct = pred == labels
+    recalls = [correct[labels == c].mean() for c in range(n_classes) if (labels == c).any()]
+    return float(correct.mean()), float(np.mean(recalls))
+
+
+def _spec_augment(
+    x: torch.Tensor, freq_mask: float, time_mask: float, generator: torch.Generator
+) -> torch.Tensor:
+    """One random frequency band and one time stretch per clip set to 0, the z-scored mean."""
+    n, _, n_mels, n_frames = x.shape
+
+    def mask(size: int, share: float) -> torch.Tensor:
+        widest = int(size * share)
+        if widest < 1:
+            return torch.zeros(n, size, dtype=torch.bool)
+        width = torch.randint(0, widest + 1, (n, 1), generator=generator)
+        start = (torch.rand(n, 1, generator=generator) * (size - width + 1)).long()
+        index = torch.arange(size)[None, :]
+        return (index >= start) & (index < start + width)
+
+    masked = mask(n_mels, freq_mask)[:, None, :, None] | mask(n_frames, time_mask)[:, None, None, :]
+    return x.masked_fill(masked.to(x.device), 0.0)
+
+
+def train_judge(
+    data: PreparedData,
+    config: JudgeConfig | None = None,
+    extra_train: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> TrainedJudge:
+    """Train a judge on `data.train` (plus `extra_train` = (features, labels), e.g. generated
+    clips for the augmentation experiment), keeping the epoch with the best validation accuracy
+    (ties: lower validation loss). Test accuracy is measured on `data.test` with that epoch.
+
+    Seeded and isolated: the global torch RNG is restored afterwards, so training a judge inside
+    a trial does not change the trial's own random stream.
+    """
+    config = config or JudgeConfig()
+    train_x, train_y = data.train.features, data.train.labels
+    if extra_train is not None:
+        extra_x, extra_y = extra_train
+        if extra_x.shape[1:] != train_x.shape[1:] or extra_x.shape[0] != extra_y.shape[0]:
+            raise ValueError(
+                f"extra_train: expected features (M, {', '.join(map(str, train_x.shape[1:]))}) "
+                f"and M labels, got {tuple(extra_x.shape)} and {tuple(extra_y.shape)}"
+            )
+        train_x = torch.cat([train_x, extra_x.detach().cpu().to(train_x.dtype)])
+        train_y = torch.cat([train_y, extra_y.detach().cpu().to(torch.int64)])
+    if len(train_x) < 2:
+        raise ValueError(f"train_judge: need at least 2 training clips, got {len(train_x)}")
+    n_classes = len(data.label_names)
+    configure_threads(config.num_threads)
+    device = select_device(config.device)
+    fork_devices = [device] if device.type == "cuda" else []
+
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        model = EmotionJudge(
+            n_classes, config.channels, config.n_blocks, config.embedding_dim, config.dropout
+        ).to(device)
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(config.epochs, 1)
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        val_x, val_y = data.val.features, data.val.labels.numpy()
+        has_val = len(val_y) > 0
+
+        history: list[dict[str, float]] = []
+        best_key = (-math.inf, -math.inf)
+        best_state: dict[str, torch.Tensor] | None = None
+        best_epoch, bad_epochs = 0, 0
+        n = len(train_x)
+        # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
+        usable = n - 1 if n % config.batch_size == 1 else n
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = torch.randperm(n, generator=generator)
+            loss_sum = 0.0
+            for start in range(0, usable, config.batch_size):
+                index = order[start : start + config.batch_size]
+                x = train_x[index]
+                if config.augment:
+                    x = _spec_augment(x, config.freq_mask, config.time_mask, generator)
+                logits = model(x.to(device))
+                loss = F.cross_entropy(logits, train_y[index].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(index)
+            scheduler.step()
+            row = {"epoch": float(epoch), "train_loss": loss_sum / usable}
+            if has_val:
+                logits = _batched(model, val_x, PREDICT_BATCH, embed=False)
+                val_loss = float(F.cross_entropy(logits, torch.from_numpy(val_y)))
+                val_acc, _ = _accuracy_and_uar(logits.argmax(1).numpy(), val_y, n_classes)
+                row |= {"val_loss": val_loss, "val_accuracy": val_acc}
+                key = (val_acc, -val_loss)
+            else:
+                # Without validation speakers the last epoch is kept.
+                key = (float(epoch), 0.0)
+            history.append(row)
+            if key > best_key:
+                best_key, best_epoch, bad_epochs = key, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+                if bad_epochs >= config.patience:
+                    break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    pred, _ = predict(model, data.test.features)
+    test_acc, test_uar = _accuracy_and_uar(pred, data.test.labels.numpy(), n_classes)
+    return TrainedJudge(
+        model=model,
+        label_names=list(data.label_names),
+        config=config,
+        test_accuracy=test_acc,
+        test_uar=test_uar,
+        val_accuracy=history[best_epoch - 1].get("val_accuracy", math.nan),
+        best_epoch=best_epoch,
+        fingerprint=data.fingerprint,
+        history=history,
+    )
+
+
+def save_judge(path: str | Path, trained: TrainedJudge) -> Path:
+    """Atomic write (tmp file + rename) of tensors and plain data only, so concurrent trials
+    never read half a file and `torch.load(weights_only=True)` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": {k: v.detach().cpu() for k, v in trained.model.state_dict().items()},
+        "n_classes": trained.model.n_classes,
+        "config": dataclasses.asdict(trained.config),
+        "label_names": list(trained.label_names),
+        "test_accuracy": trained.test_accuracy,
+        "test_uar": trained.test_uar,
+        "val_accuracy": trained.val_accuracy,
+        "best_epoch": trained.best_epoch,
+        "fingerprint": trained.fingerprint,
+        "history": [dict(row) for row in trained.history],
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_judge(path: str | Path, device: str | torch.device = "cpu") -> TrainedJudge:
+    """Rebuild a judge written by `save_judge`, in eval mode on `device`."""
+    path = Path(path)
+    state = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not an emotion-judge file of format {FORMAT_VERSION}")
+    config = from_dict(JudgeConfig, state["config"], f"{path}: config")
+    model = EmotionJudge(
+        state["n_classes"], config.channels, config.n_blocks, config.embedding_dim, config.dropout
+    )
+    model.load_state_dict(state["model"])
+    return TrainedJudge(
+        model=model.to(device).eval(),
+        label_names=list(state["label_names"]),
+        config=config,
+        test_accuracy=float(state["test_accuracy"]),
+        test_uar=float(state["test_uar"]),
+        val_accuracy=float(state["val_accuracy"]),
+        best_epoch=int(state["best_epoch"]),
+        fingerprint=str(state["fingerprint"]),
+        history=[dict(row) for row in state["history"]],
+    )
+
+
+def judge_key(fingerprint: str, config: JudgeConfig) -> str:
+    """Cache key of a judge: the data it learns from and every setting that changes it."""
+    settings = {
+        k: v for k, v in dataclasses.asdict(config).items() if k not in _RUNTIME_FIELDS
+    }
+    text = json.dumps([JUDGE_VERSION, fingerprint, settings], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def judge_path(cache_dir: str | Path, fingerprint: str, config: JudgeConfig) -> Path:
+    return Path(cache_dir) / f"judge-{judge_key(fingerprint, config)}.pt"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    # Trials that start together would otherwise each train the same judge; with the lock the
+    # first trains and the others wait, then load its file.
+    if fcntl is None:
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _load_cached(path: Path, data: PreparedData, device: torch.device) -> TrainedJudge | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = load_judge(path, device)
+    except Exception:  # a damaged file (e.g. a full disk) is retrained, not fatal
+        return None
+    if cached.label_names != list(data.label_names) or cached.fingerprint != data.fingerprint:
+        return None
+    return cached
+
+
+def ensure_judge(
+    data: PreparedData, cache_dir: str | Path, config: JudgeConfig | None = None
+) -> TrainedJudge:
+    """The judge for `data` and `config` from `cache_dir`, trained and written there first if
+    it is missing (`judge-<key>.pt`, key from `judge_key`). Safe for concurrent trials."""
+    config = config or JudgeConfig()
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = judge_path(cache_dir, data.fingerprint, config)
+    device = select_device(config.device)
+    cached = _load_cached(path, data, device)
+    if cached is not None:
+        # Same key, same learned settings; the caller's runtime fields (threads, device) apply.
+        return dataclasses.replace(cached, config=config)
+    with _exclusive(path.with_suffix(".lock")):
+        cached = _load_cached(path, data, device)
+        if cached is not None:
+            return dataclasses.replace(cached, config=config)
+        trained = train_judge(data, config)
+        save_judge(path, trained)
+        return trained
