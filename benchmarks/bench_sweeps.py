@@ -599,6 +599,10 @@ class TimedMlflowTrialLogger(MlflowTrialLogger):
             super().on_trial_error(iteration, trials, trial, **info)
         self.ended[trial.trial_id] = time.time()
 
+    def _log_checkpoint(self, run_id: str, trial: Any) -> None:
+        with self._timed(trial.trial_id, "n/a artifact"):  # inside "complete": not added twice
+            super()._log_checkpoint(run_id, trial)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         with self._timed("_sweep", "experiment_end"):
             super().on_experiment_end(trials, **info)
@@ -640,7 +644,7 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trials = []
     for t in result.trials:
         tm = timings.get(t.trial_id, {})
-        mlflow_s = sum(v for k, v in tm.items() if not k.startswith("n_"))
+        mlflow_s = sum(v for k, v in tm.items() if not k.startswith(("n_", "n/a")))
         start = TimedMlflowTrialLogger.started.get(t.trial_id)
         end = TimedMlflowTrialLogger.ended.get(t.trial_id)
         wall = (end - start) if start and end else math.nan
@@ -657,6 +661,8 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "start_ms": 1000 * tm.get("start", 0.0),
                 "log_batch_ms_mean": 1000 * tm.get("result", 0.0) / max(1, n_results),
                 "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
+                "artifact_ms": 1000 * tm.get("n/a artifact", 0.0),
+                "in_trial_s": rec["now"] - rec["entered"] if rec else math.nan,
                 "peak_rss_mb": rec.get("maxrss_mb", math.nan),
                 "worker_pid": rec.get("pid"),
             }
@@ -775,7 +781,8 @@ def show_mlflow(r: dict[str, Any]) -> None:
             f"  {t['trial_id']} {t['status']:15s} {t['epochs']} ep  wall {_f(t['trial_wall_s'], 1)} s"
             f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
             f"  (start {_f(t['start_ms'], 0)}, log_batch {_f(t['log_batch_ms_mean'], 0)}/epoch,"
-            f" finish {_f(t['finish_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
+            f" finish {_f(t['finish_ms'], 0)} ms of which best.pt artifact"
+            f" {_f(t['artifact_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
         )
     print(
         f"MLflow per trial: mean {_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"

@@ -3,8 +3,8 @@
 It scores what the VAE makes: a reconstruction or a sample that keeps its emotion is one the
 judge still classifies correctly (see `emovae.emotion`). Like the paper's ResNet-based judge it
 learns from the real training speakers only, and its accuracy on the held-out test speakers is
-the ceiling the VAE's outputs are compared with. It is sized for a CPU: three conv blocks of
-16-32-64 channels train on EmoDB in well under a minute.
+the ceiling the VAE's outputs are compared with. It is sized for a CPU: four single-conv
+blocks of 8-16-32-64 channels.
 
 A sweep trains it once: `ensure_judge` caches it on disk under a key made of the data
 fingerprint and the judge's configuration, and every trial of the sweep loads that file.
@@ -52,8 +52,8 @@ class JudgeConfig:
     epochs: int = 30
     lr: float = 2e-3
     batch_size: int = 32
-    channels: int = 16  # block widths are channels * (1, 2, 4, ...): 16-32-64 with 3 blocks
-    n_blocks: int = 3
+    channels: int = 8  # block widths are channels * (1, 2, 4, ...): 8-16-32-64 with 4 blocks
+    n_blocks: int = 4
     embedding_dim: int = 64
     dropout: float = 0.3
     weight_decay: float = 1e-3
@@ -69,16 +69,16 @@ class JudgeConfig:
 class EmotionJudge(nn.Module):
     """(B, 1, n_mels, frames) -> (B, n_classes) logits.
 
-    Conv-BN-ReLU x 2 + max-pool per block, then global average pooling over frequency and time,
-    so the judge accepts any clip length and mel count, a linear + ReLU embedding, and a linear
+    Conv-BN-ReLU + max-pool blocks, then global average pooling over frequency and time, so the
+    judge accepts any clip length and mel count, a linear + ReLU embedding, and a linear
     classifier on it.
     """
 
     def __init__(
         self,
         n_classes: int,
-        channels: int = 16,
-        n_blocks: int = 3,
+        channels: int = 8,
+        n_blocks: int = 4,
         embedding_dim: int = 64,
         dropout: float = 0.3,
     ):
@@ -88,12 +88,12 @@ class EmotionJudge(nn.Module):
         self.n_classes = n_classes
         widths = [channels * 2**i for i in range(n_blocks)]
         blocks = []
+        # One conv per block and a narrow first block: the full-resolution layers dominate
+        # the cost, and two convs per block of 16-64 channels trained 10x slower on a CPU for
+        # a few points of accuracy.
         for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True):
             blocks += [
                 nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
@@ -103,6 +103,8 @@ class EmotionJudge(nn.Module):
             nn.Dropout(dropout), nn.Linear(widths[-1], embedding_dim), nn.ReLU()
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embedding_dim, n_classes))
+        # oneDNN convolutions on the CPU run about 1.5x faster in this layout.
+        self.to(memory_format=torch.channels_last)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, n_mels, frames) -> (B, embedding_dim): the penultimate layer."""

@@ -33,6 +33,7 @@ from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
 from sweeps.tracking import (
     TAG_ROLE,
     MlflowTrialLogger,
+    TrackingError,
     check_tracking_uri,
     default_tracking_uri,
     ensure_experiment,
@@ -44,6 +45,7 @@ from sweeps.trainable import train_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
+BACKLOG_FILE = "mlflow_backlog.jsonl"  # MLflow operations a server outage kept from logging
 TUNE_DIR = "tune"
 
 
@@ -194,6 +196,30 @@ def _tpe(seed: int) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+def _log_outcome(
+    client: MlflowClient,
+    state: SweepState,
+    spec: SweepSpec,
+    trials: list[TrialRecord],
+    best: TrialRecord | None,
+    best_score: float | None,
+    csv_path: Path,
+) -> None:
+    client.log_artifact(state.parent_run_id, str(csv_path))
+    for status in ("FINISHED", "KILLED_BY_ASHA", "FAILED"):
+        count = sum(t.status == status for t in trials)
+        client.set_tag(state.parent_run_id, f"trials.{status.lower()}", str(count))
+    if best is None:
+        client.set_tag(state.parent_run_id, "emovae.error", "every trial failed")
+        client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
+        return
+    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best_score)
+    # Tags, not params: a resumed sweep may find a new best, and MLflow params are write-once.
+    for key, value in flatten("best", best.params | {"trial_id": best.trial_id}).items():
+        client.set_tag(state.parent_run_id, key, value)
+    client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
 def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, mode: str) -> Path:
     import pandas as pd
 
@@ -270,7 +296,11 @@ def run_sweep(
                 k: str(v) for k, v in experiment["train"].items() if k not in spec.params
             }
             logger = MlflowTrialLogger(
-                state.tracking_uri, state.experiment_id, state.parent_run_id, base_params
+                state.tracking_uri,
+                state.experiment_id,
+                state.parent_run_id,
+                base_params,
+                backlog_path=str(sweep_dir / BACKLOG_FILE),
             )
             tuner = _tuner(spec, sweep_dir, trainable, logger)
         tuner.fit()
@@ -282,22 +312,22 @@ def run_sweep(
     leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode)
     best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
     csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
-    client.log_artifact(state.parent_run_id, str(csv_path))
-    counts = {
-        s: sum(t.status == s for t in trials) for s in ("FINISHED", "KILLED_BY_ASHA", "FAILED")
-    }
-    for status, count in counts.items():
-        client.set_tag(state.parent_run_id, f"trials.{status.lower()}", str(count))
+    try:
+        _log_outcome(client, state, spec, trials, best, best_score, csv_path)
+    except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
+        raise TrackingError(
+            f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
+            f"failed while recording it ({type(exc).__name__}: {exc})"
+        ) from exc
+    backlog = sweep_dir / BACKLOG_FILE
+    if backlog.exists() and backlog.stat().st_size:
+        raise TrackingError(
+            f"the sweep finished (results: {csv_path}) but some trial logging never reached "
+            f"MLflow at {state.tracking_uri}; the operations are listed in {backlog}"
+        )
     if best is None:
-        client.set_tag(state.parent_run_id, "emovae.error", "every trial failed")
-        client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
         first_error = next((t.error for t in trials if t.error), "no trial reported a result")
         raise SweepFailedError(f"all {len(trials)} trials failed; first error:\n{first_error}")
-    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best_score)
-    # Tags, not params: a resumed sweep may find a new best, and MLflow params are write-once.
-    for key, value in flatten("best", best.params | {"trial_id": best.trial_id}).items():
-        client.set_tag(state.parent_run_id, key, value)
-    client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
     return SweepResult(
         sweep_dir,
         spec.sweep.metric,

@@ -14,6 +14,11 @@ import sys
 # With CheckpointConfig(num_to_keep=1) Tune snapshots its state at every trial checkpoint, which
 # is what keeps --resume consistent with the checkpoints; its warning about it is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# MLflow's client retries a dead server for about two minutes per call by default, and the
+# driver logs from Tune's event loop: fail fast instead and let the logger queue and retry.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 from pathlib import Path
 
 from emovae.checkpoint import CheckpointError

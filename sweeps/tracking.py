@@ -10,11 +10,14 @@ driver can no longer finish are closed at the end of the sweep.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import subprocess
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ from emovae.checkpoint import read_checkpoint
 from emovae.evaluate import plot_learning_curves
 from sweeps.results import trial_error_text, trial_status
 
+LOG = logging.getLogger(__name__)
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_ROLE = "emovae.role"  # sweep | trial | final
 TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
@@ -150,7 +154,13 @@ RUN_STATUS = {"FINISHED": "FINISHED", "KILLED_BY_ASHA": "KILLED", "FAILED": "FAI
 
 class MlflowTrialLogger(tune.Callback):
     """Logs each trial as a child run of `parent_run_id`: params, per-epoch metrics (step =
-    epoch), final status tag and its best checkpoint."""
+    epoch), final status tag, its best checkpoint and learning curves.
+
+    Every hook only queues an operation and then drains the queue in order, so an MLflow
+    server that goes away does not stop the sweep: trials keep training, operations wait
+    (retried at most every `retry_every_s`), and once it is back they are logged in order.
+    What is still unlogged when the sweep ends is written to `backlog_path` as JSON lines.
+    """
 
     def __init__(
         self,
@@ -158,23 +168,45 @@ class MlflowTrialLogger(tune.Callback):
         experiment_id: str,
         parent_run_id: str,
         base_params: dict[str, Any],
+        backlog_path: str,
         log_checkpoints: bool = True,
+        retry_every_s: float = 10.0,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.base_params = base_params  # constants shared by every trial, logged with each
+        self.backlog_path = backlog_path
         self.log_checkpoints = log_checkpoints
+        self.retry_every_s = retry_every_s
+        self._reset()
+
+    def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._closed: set[str] = set()
+        self._queue: deque[tuple] = deque()
+        self._down_since: float | None = None
+        self._last_attempt = 0.0
+        self._indexed = False
 
-    # The callback is pickled into Ray's experiment state; the client is rebuilt on restore.
+    # The callback is pickled into Ray's experiment state; its live state is rebuilt on restore.
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={}, _closed=set())
-        return state
+        keep = (
+            "tracking_uri",
+            "experiment_id",
+            "parent_run_id",
+            "base_params",
+            "backlog_path",
+            "log_checkpoints",
+            "retry_every_s",
+        )
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
     @property
     def client(self) -> MlflowClient:
@@ -182,78 +214,155 @@ class MlflowTrialLogger(tune.Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def setup(self, **info: Any) -> None:
-        """Index the child runs that exist already (a resumed sweep) by trial id."""
-        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
-            trial_id = run.data.tags.get(TAG_TRIAL_ID)
-            if trial_id:
-                self._runs[trial_id] = run.info.run_id
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
 
-    def _run_for(self, trial: Any) -> str:
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is None:
-            run_id = create_child_run(
-                self.client,
-                self.experiment_id,
-                self.parent_run_id,
-                f"trial-{trial.trial_id}",
-                {TAG_TRIAL_ID: trial.trial_id, TAG_ROLE: "trial"},
-            )
-            self._runs[trial.trial_id] = run_id
-        if run_id not in self._last_step:
-            history = self.client.get_metric_history(run_id, "epoch")
-            self._last_step[run_id] = max((int(m.step) for m in history), default=0)
-        return run_id
+    # ---- hooks: queue an operation, then drain ---------------------------------------------
+
+    def setup(self, **info: Any) -> None:
+        self._drain()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_for(trial)
-        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        self._closed.discard(run_id)
-        log_params(self.client, run_id, flatten("", self.base_params) | flatten("", trial.config))
+        params = flatten("", self.base_params) | flatten("", trial.config)
+        self._push(("start", trial.trial_id, params))
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        run_id = self._run_for(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(run_id, 0):
-            return  # re-reported after a restore: this epoch is in MLflow already
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(value), now, step)
+        metrics = {
+            key: float(value)
             for key, value in result.items()
             if key not in RAY_RESULT_KEYS
             and isinstance(value, (int, float))
             and not isinstance(value, bool)
             and math.isfinite(value)
-        ]
-        self.client.log_batch(run_id, metrics=metrics)
-        self._last_step[run_id] = step
+        }
+        self._push(("metrics", trial.trial_id, step, metrics, int(time.time() * 1000)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial)
+        self._push(self._finish_op(trial))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial)
+        self._push(self._finish_op(trial))
 
-    def _finish(self, trial: Any) -> None:
-        run_id = self._run_for(trial)
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Finish what can be finished, close runs the sweep can no longer finish (none left
+        RUNNING), and keep what MLflow would not take in the backlog file."""
+        queued = {op[1] for op in self._queue if op[0] == "finish"}
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in queued:
+                run_id = self._runs.get(trial.trial_id)
+                if run_id is None or run_id not in self._closed:
+                    self._queue.append(self._finish_op(trial))
+        self._queue.append(("close_orphans",))
+        for attempt in range(3):
+            self._last_attempt = 0.0
+            if self._drain():
+                return
+            time.sleep(2.0 * (attempt + 1))
+        self._write_backlog()
+
+    # ---- the queue ---------------------------------------------------------------------------
+
+    def _finish_op(self, trial: Any) -> tuple:
         tag = trial_status(trial.status, trial.last_result)
-        status = RUN_STATUS[tag]
-        self.client.set_tag(run_id, TAG_TRIAL_STATUS, tag)
-        if tag == "FAILED":
-            error = trial_error_text(trial) or ""
-            self.client.set_tag(run_id, TAG_ERROR, error[-MAX_TAG_LENGTH:])
-        elif self.log_checkpoints:
-            self._log_checkpoint(run_id, trial)
-        self.client.set_terminated(run_id, status)
-        self._closed.add(run_id)
+        error = trial_error_text(trial) if tag == "FAILED" else None
+        checkpoint = trial.checkpoint if self.log_checkpoints and tag != "FAILED" else None
+        return ("finish", trial.trial_id, tag, error, checkpoint)
 
-    def _log_checkpoint(self, run_id: str, trial: Any) -> None:
+    def _push(self, op: tuple) -> None:
+        self._queue.append(op)
+        self._drain()
+
+    def _drain(self) -> bool:
+        """Run queued operations in order until one fails; True when the queue is empty."""
+        if (
+            self._down_since is not None
+            and time.monotonic() - self._last_attempt < self.retry_every_s
+        ):
+            return False
+        self._last_attempt = time.monotonic()
+        while self._queue:
+            try:
+                self._run(self._queue[0])
+            except Exception as exc:  # server down, network, store errors: retry later
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    LOG.warning(
+                        "MLflow at %s failed (%s: %s); trials go on, %d logging operation(s) "
+                        "queued and retried every %.0f s",
+                        self.tracking_uri,
+                        type(exc).__name__,
+                        str(exc)[:300],
+                        len(self._queue),
+                        self.retry_every_s,
+                    )
+                return False
+            self._queue.popleft()
+        if self._down_since is not None:
+            LOG.warning("MLflow at %s reachable again; queued operations logged", self.tracking_uri)
+            self._down_since = None
+        return True
+
+    def _run(self, op: tuple) -> None:
+        kind = op[0]
+        if kind == "start":
+            _, trial_id, params = op
+            run_id = self._run_id(trial_id)
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            self._closed.discard(run_id)
+            log_params(self.client, run_id, params)
+        elif kind == "metrics":
+            _, trial_id, step, metrics, timestamp = op
+            run_id = self._run_id(trial_id)
+            if step <= self._last_step[run_id]:
+                return  # re-reported after a restore: this epoch is in MLflow already
+            batch = [Metric(k, v, timestamp, step) for k, v in metrics.items()]
+            self.client.log_batch(run_id, metrics=batch)
+            self._last_step[run_id] = step
+        elif kind == "finish":
+            _, trial_id, tag, error, checkpoint = op
+            run_id = self._run_id(trial_id)
+            self.client.set_tag(run_id, TAG_TRIAL_STATUS, tag)
+            if error is not None:
+                self.client.set_tag(run_id, TAG_ERROR, error[-MAX_TAG_LENGTH:])
+            if checkpoint is not None:
+                self._log_checkpoint(run_id, checkpoint)
+            self.client.set_terminated(run_id, RUN_STATUS[tag])
+            self._closed.add(run_id)
+        elif kind == "close_orphans":
+            self._close_orphans()
+
+    def _index_existing_runs(self) -> None:
+        """Child runs that exist already (a resumed sweep), by trial id: reused, not duplicated."""
+        for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id:
+                self._runs[trial_id] = run.info.run_id
+        self._indexed = True
+
+    def _run_id(self, trial_id: str) -> str:
+        if not self._indexed:
+            self._index_existing_runs()
+        run_id = self._runs.get(trial_id)
+        if run_id is None:
+            run_id = create_child_run(
+                self.client,
+                self.experiment_id,
+                self.parent_run_id,
+                f"trial-{trial_id}",
+                {TAG_TRIAL_ID: trial_id, TAG_ROLE: "trial"},
+            )
+            self._runs[trial_id] = run_id
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "epoch")
+            self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+        return run_id
+
+    def _log_checkpoint(self, run_id: str, checkpoint: Any) -> None:
         """The trial's best weights, and its learning curves drawn from last.pt's history."""
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return
         with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
             best, last = Path(folder) / "best.pt", Path(folder) / "last.pt"
             if best.exists():
@@ -263,15 +372,21 @@ class MlflowTrialLogger(tune.Callback):
                 curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
                 self.client.log_artifact(run_id, str(curves), artifact_path="plots")
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Close every child run the sweep can no longer finish (no run left RUNNING)."""
-        for trial in trials:
-            run_id = self._runs.get(trial.trial_id)
-            if run_id is None or run_id in self._closed:
-                continue
-            if trial.status in ("TERMINATED", "ERROR"):
-                self._finish(trial)
+    def _close_orphans(self) -> None:
         for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
             if run.info.status == "RUNNING" and run.data.tags.get(TAG_ROLE) == "trial":
                 self.client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, "INTERRUPTED")
                 self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def _write_backlog(self) -> None:
+        path = Path(self.backlog_path)
+        with path.open("a") as handle:
+            for op in self._queue:
+                plain = [getattr(x, "path", x) for x in op]  # a Checkpoint becomes its path
+                handle.write(json.dumps(plain, default=str) + "\n")
+        LOG.error(
+            "MLflow at %s: %d operation(s) could not be logged; kept in %s",
+            self.tracking_uri,
+            len(self._queue),
+            path,
+        )

@@ -134,8 +134,6 @@ def test_train_then_generate_on_emodb(emodb_dir: Path, tmp_path: Path) -> None:
             out,
             tmp_path / "cache",
             "train.max_epochs=2",
-            "train.batch_size=32",
-            "train.lr=0.002",
             "features.duration=2.0",
         )
     )
@@ -159,28 +157,39 @@ def test_train_then_generate_on_emodb(emodb_dir: Path, tmp_path: Path) -> None:
     check_generated(samples, 2, 2.0)
 
 
-def test_skip_bad_files_lists_a_corrupt_wav(corpus: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "corpus"
+def _corpus_with_a_corrupt_wav(corpus: Path, folder: Path) -> Path:
     shutil.copytree(corpus, folder)
     corrupt = folder / "03a01Wz.wav"  # an EmoDB name, so only its content is wrong
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    return corrupt
+
+
+def test_a_corrupt_wav_stops_training_naming_it(corpus: Path, tmp_path: Path) -> None:
+    corrupt = _corpus_with_a_corrupt_wav(corpus, tmp_path / "corpus")
+    command = train_command(
+        tmp_path / "corpus", tmp_path / "run", tmp_path / "cache", "features.duration=0.75"
+    )
+    result = emovae(*command)
+    assert result.returncode == 2, _explain(result)
+    assert str(corrupt) in result.stderr and "unreadable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_skip_bad_files_lists_a_corrupt_wav(corpus: Path, tmp_path: Path) -> None:
+    corrupt = _corpus_with_a_corrupt_wav(corpus, tmp_path / "corpus")
     out = tmp_path / "run"
     command = train_command(
-        folder, out, tmp_path / "cache", "train.max_epochs=1", "features.duration=0.75"
+        tmp_path / "corpus", out, tmp_path / "cache", "train.max_epochs=1", "features.duration=0.75"
     )
-
-    refused = emovae(*command)
-    assert refused.returncode == 2, _explain(refused)
-    assert str(corrupt) in refused.stderr
-    assert "Traceback" not in refused.stderr
-
     result = emovae(*command, "--skip-bad-files")
     assert result.returncode == 0, _explain(result)
     bad = json.loads((out / "bad_files.json").read_text())
     assert [entry[0] for entry in bad] == [str(corrupt)]
-    assert str(corrupt) in bad[0][1]
+    assert str(corrupt) in bad[0][1]  # the reason, naming the file
     assert "skipped 1 unreadable file(s)" in result.stdout
     assert (out / "checkpoints" / "best.pt").is_file()
+    assert json.loads((out / "evaluation" / "metrics.json").read_text())["test_recon"] is not None
 
 
 def test_unknown_config_key_exits_2_suggesting_the_right_one(corpus: Path, tmp_path: Path) -> None:

@@ -1,0 +1,378 @@
+"""Emotion preservation metrics: does what the VAE outputs keep its emotion?
+
+All of them go through the emotion judge (`emovae.judge`), trained on real training speakers:
+
+- reconstruction: the judge's accuracy on reconstructions of a split vs on the real clips (the
+  drop is what the VAE loses), the Frechet distance between the two in the judge's embedding
+  space, and the silhouette of the latent means by emotion;
+- generation (conditional VAE): the judge's accuracy on samples drawn per emotion, its confusion
+  matrix, Frechet distances to real clips overall and per emotion (FAD-like, on the judge's
+  embeddings rather than VGGish), and diversity, so mode collapse shows as generated diversity
+  far below the real one;
+- augmentation value (the paper's headline): a judge trained on real + generated clips vs one
+  trained on real clips only, both tested on the real test speakers.
+
+Costs on a CPU are in benchmarks/RESULTS_emotion.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import scipy.linalg
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy.spatial.distance import pdist
+from sklearn.decomposition import PCA
+
+from emovae.dataset import PreparedData, Split
+from emovae.evaluate import latent_silhouette, reconstruct
+from emovae.judge import PREDICT_BATCH, JudgeConfig, TrainedJudge, embeddings, predict, train_judge
+from emovae.model import VAE
+
+FD_EPS = 1e-6
+
+
+def _labels_np(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    return np.asarray(labels, dtype=np.int64)
+
+
+def accuracy(
+    judge: TrainedJudge,
+    features: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    batch_size: int = PREDICT_BATCH,
+) -> float:
+    """Share of clips the judge assigns their label; NaN for no clips."""
+    truth = _labels_np(labels)
+    if len(truth) == 0:
+        return math.nan
+    pred, _ = predict(judge, features, batch_size)
+    return float((pred == truth).mean())
+
+
+def _confusion_of(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (truth, pred), 1)
+    return matrix
+
+
+def confusion(
+    judge: TrainedJudge,
+    features: torch.Tensor,
+    labels: torch.Tensor | np.ndarray,
+    n_classes: int,
+    batch_size: int = PREDICT_BATCH,
+) -> np.ndarray:
+    """(n_classes, n_classes) counts: row = true emotion, column = the judge's prediction."""
+    pred, _ = predict(judge, features, batch_size)
+    return _confusion_of(pred, _labels_np(labels), n_classes)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FD_EPS) -> float:
+    """Frechet distance between Gaussians fitted to two sets of embeddings (N, D) and (M, D):
+
+        ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))
+
+    as in FID/FAD. `eps * I` is added to both covariances so the matrix square root exists when
+    there are fewer samples than dimensions (then the covariances are singular). The estimate is
+    biased upwards with few samples (it is positive even for two draws from one distribution and
+    shrinks as N grows), so only compare values computed from equal sample sizes. NaN when either
+    set has fewer than 2 samples.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance: expected (N, D) and (M, D), got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    ridge = eps * np.eye(a.shape[1])
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False)) + ridge
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False)) + ridge
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    # sqrtm of a product of PSD matrices is real in theory; round-off leaves tiny imaginary parts.
+    root = np.real(root)
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    value = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    # Round-off can push an exact match a hair below zero.
+    return max(value, 0.0)
+
+
+def diversity(emb: np.ndarray) -> float:
+    """Mean pairwise Euclidean distance between embeddings (N, D); NaN for fewer than 2.
+
+    It is an unbiased estimate of the expected distance between two draws, so sets of
+    different sizes compare fairly. Mode collapse: generated diversity well below the real one.
+    """
+    emb = np.asarray(emb, dtype=np.float64)
+    if emb.ndim != 2:
+        raise ValueError(f"diversity: expected embeddings (N, D), got {emb.shape}")
+    if len(emb) < 2:
+        return math.nan
+    return float(pdist(emb).mean())
+
+
+def _within_diversity(emb: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over emotions of the diversity within each (emotions with < 2 clips skipped)."""
+    values = [diversity(emb[labels == c]) for c in np.unique(labels) if (labels == c).sum() >= 2]
+    return float(np.mean(values)) if values else math.nan
+
+
+def reconstruction_emotion_metrics(
+    judge: TrainedJudge,
+    vae: VAE,
+    split: Split,
+    prefix: str = "test",
+    batch_size: int = PREDICT_BATCH,
+) -> dict[str, float]:
+    """The judge on `split` and on the VAE's reconstructions of it (posterior means decoded).
+
+    `<prefix>_emotion_acc_real` / `_recon` / `_drop` (real - recon; positive = emotion lost),
+    `<prefix>_latent_silhouette` of the latent means by emotion, and `<prefix>_fd_recon`, the
+    Frechet distance between real and reconstructed clips in the judge's embedding space.
+    """
+    if len(split) == 0:
+        raise ValueError("reconstruction_emotion_metrics: the split is empty")
+    recon, mu = reconstruct(vae, split)
+    truth = _labels_np(split.labels)
+    real_pred, _ = predict(judge, split.features, batch_size)
+    recon_pred, _ = predict(judge, recon, batch_size)
+    acc_real = float((real_pred == truth).mean())
+    acc_recon = float((recon_pred == truth).mean())
+    return {
+        f"{prefix}_emotion_acc_real": acc_real,
+        f"{prefix}_emotion_acc_recon": acc_recon,
+        f"{prefix}_emotion_acc_drop": acc_real - acc_recon,
+        f"{prefix}_latent_silhouette": latent_silhouette(mu, truth),
+        f"{prefix}_fd_recon": frechet_distance(
+            embeddings(judge, split.features, batch_size), embeddings(judge, recon, batch_size)
+        ),
+    }
+
+
+def sample_per_emotion(
+    vae: VAE, n_classes: int, n_per_emotion: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n_per_emotion` samples of each emotion from a conditional VAE (decoded in eval mode,
+    z from a CPU generator seeded with `seed`): features (n_classes * n, 1, n_mels, frames) and
+    labels, both on the CPU."""
+    if not vae.n_classes:
+        raise ValueError(
+            "generation emotion metrics need a conditional VAE (n_classes > 0); "
+            "use unconditional_generation_metrics for an unconditional one"
+        )
+    if vae.n_classes != n_classes:
+        raise ValueError(f"the VAE knows {vae.n_classes} emotions, the judge {n_classes}")
+    if n_per_emotion < 1:
+        raise ValueError(f"n_per_emotion: expected a positive integer, got {n_per_emotion}")
+    device = next(vae.parameters()).device
+    labels = torch.arange(n_classes).repeat_interleave(n_per_emotion)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = vae.training
+    vae.eval()
+    try:
+        samples = vae.sample(len(labels), labels.to(device), generator)
+    finally:
+        vae.train(was_training)
+    return samples.cpu(), labels
+
+
+class GenerationMetrics(NamedTuple):
+    metrics: dict[str, float]
+    confusion: np.ndarray  # (n_classes, n_classes) counts: row = emotion asked for, column = judged
+
+
+def generation_emotion_metrics(
+    judge: TrainedJudge,
+    vae: VAE,
+    label_names: Sequence[str],
+    n_per_emotion: int,
+    seed: int,
+    real_split: Split,
+    batch_size: int = PREDICT_BATCH,
+) -> GenerationMetrics:
+    """The judge on `n_per_emotion` samples per emotion of a conditional VAE, against
+    `real_split` (z-scored like the VAE's training data).
+
+    Metrics: `gen_emotion_acc` (overall, also `gen_emotion_acc_<emotion>`), `gen_fd` (Frechet
+    distance, all samples vs all real clips; also `gen_fd_<emotion>` within each emotion, NaN
+    where the split has fewer than 2 clips of it), `gen_diversity` / `real_diversity` (mean
+    pairwise embedding distance over all clips), `gen_diversity_within` /
+    `real_diversity_within` (the same within each emotion, averaged) and `gen_diversity_ratio`
+    (within, generated / real: well below 1 means mode collapse). Per-emotion FDs rest on few
+    real clips (10-30 per emotion in an EmoDB test split) and are biased upwards accordingly.
+    Raises ValueError for an unconditional VAE.
+    """
+    names = list(label_names)
+    samples, labels = sample_per_emotion(vae, len(names), n_per_emotion, seed)
+    truth = labels.numpy()
+    pred, _ = predict(judge, samples, batch_size)
+    gen_emb = embeddings(judge, samples, batch_size)
+    real_emb = embeddings(judge, real_split.features, batch_size)
+    real_truth = _labels_np(real_split.labels)
+
+    correct = pred == truth
+    metrics = {"gen_emotion_acc": float(correct.mean())}
+    metrics |= {f"gen_emotion_acc_{name}": float(correct[truth == c].mean()) for c, name in enumerate(names)}
+    metrics["gen_fd"] = frechet_distance(gen_emb, real_emb)
+    for c, name in enumerate(names):
+        metrics[f"gen_fd_{name}"] = frechet_distance(gen_emb[truth == c], real_emb[real_truth == c])
+    gen_within = _within_diversity(gen_emb, truth)
+    real_within = _within_diversity(real_emb, real_truth)
+    metrics |= {
+        "gen_diversity": diversity(gen_emb),
+        "real_diversity": diversity(real_emb),
+        "gen_diversity_within": gen_within,
+        "real_diversity_within": real_within,
+        "gen_diversity_ratio": gen_within / real_within if real_within > 0 else math.nan,
+    }
+    return GenerationMetrics(metrics, _confusion_of(pred, truth, len(names)))
+
+
+def unconditional_generation_metrics(
+    judge: TrainedJudge,
+    vae: VAE,
+    n_samples: int,
+    seed: int,
+    real_split: Split,
+    batch_size: int = PREDICT_BATCH,
+) -> dict[str, float]:
+    """Samples of an unconditional VAE have no emotion asked for, so no accuracy: `gen_fd` to
+    `real_split`, `gen_diversity`, `real_diversity` and `gen_diversity_ratio` (generated / real)."""
+    if n_samples < 2:
+        raise ValueError(f"n_samples: expected at least 2, got {n_samples}")
+    was_training = vae.training
+    vae.eval()
+    try:
+        samples = vae.sample(n_samples, None, torch.Generator().manual_seed(seed)).cpu()
+    finally:
+        vae.train(was_training)
+    gen_emb = embeddings(judge, samples, batch_size)
+    real_emb = embeddings(judge, real_split.features, batch_size)
+    gen_div, real_div = diversity(gen_emb), diversity(real_emb)
+    return {
+        "gen_fd": frechet_distance(gen_emb, real_emb),
+        "gen_diversity": gen_div,
+        "real_diversity": real_div,
+        "gen_diversity_ratio": gen_div / real_div if real_div > 0 else math.nan,
+    }
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, format="png")
+    return path
+
+
+def plot_confusion(
+    matrix: np.ndarray, label_names: Sequence[str], path: str | Path, title: str = "Confusion"
+) -> Path:
+    """Row-normalised confusion matrix (colour = share of the row) with the counts written in."""
+    counts = np.asarray(matrix)
+    n = len(label_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"plot_confusion: expected a ({n}, {n}) matrix, got {counts.shape}")
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    size = 1.0 + 0.75 * n
+    figure = Figure(figsize=(size + 1.2, size))
+    figure.subplots_adjust(left=0.22, right=0.95, bottom=0.22, top=0.9)
+    ax = figure.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(n):
+        for col in range(n):
+            # White text on dark cells, dark text on light ones.
+            colour = "white" if shares[row, col] > 0.5 else "black"
+            ax.text(col, row, str(int(counts[row, col])), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_xticks(range(n), list(label_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), list(label_names), fontsize=8)
+    ax.set_xlabel("judged emotion")
+    ax.set_ylabel("true (or requested) emotion")
+    ax.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=ax, label="share of row")
+    return _save(figure, path)
+
+
+def plot_embeddings(
+    real_emb: np.ndarray,
+    real_labels: np.ndarray | torch.Tensor,
+    gen_emb: np.ndarray,
+    gen_labels: np.ndarray | torch.Tensor,
+    label_names: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """Real (dots) and generated (crosses) clips in the judge's embedding space, projected on
+    the real clips' first two principal components, coloured by emotion. Mode collapse shows as
+    tight clusters of crosses inside wider clouds of dots; diversities are in the title."""
+    real_emb, gen_emb = np.asarray(real_emb, np.float64), np.asarray(gen_emb, np.float64)
+    real_y, gen_y = _labels_np(real_labels), _labels_np(gen_labels)
+    if len(real_emb) < 2:
+        raise ValueError("plot_embeddings: need at least 2 real clips")
+    pca = PCA(n_components=min(2, real_emb.shape[1], len(real_emb))).fit(real_emb)
+    real_2d, gen_2d = pca.transform(real_emb), pca.transform(gen_emb)
+    if real_2d.shape[1] < 2:
+        real_2d, gen_2d = (np.pad(p, ((0, 0), (0, 1))) for p in (real_2d, gen_2d))
+
+    figure = Figure(figsize=(7, 5.5))
+    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.9)
+    ax = figure.subplots()
+    for c, name in enumerate(label_names):
+        colour = f"C{c % 10}"
+        ax.scatter(*real_2d[real_y == c].T, s=14, alpha=0.5, color=colour, label=f"{name} real")
+        if (gen_y == c).any():
+            ax.scatter(*gen_2d[gen_y == c].T, s=22, marker="x", color=colour, label=f"{name} gen")
+    ax.set_xlabel("PC1 of real embeddings")
+    ax.set_ylabel("PC2 of real embeddings")
+    ax.set_title(
+        f"Judge embeddings: diversity generated {diversity(gen_emb):.2f} vs real "
+        f"{diversity(real_emb):.2f}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    return _save(figure, path)
+
+
+def augmentation_value(
+    data: PreparedData,
+    vae: VAE,
+    judge_config: JudgeConfig,
+    n_per_emotion: int,
+    seed: int,
+    baseline: TrainedJudge | None = None,
+) -> dict[str, float]:
+    """Does adding generated clips to the judge's training data help on real test speakers?
+
+    Trains a judge on `data.train` + `n_per_emotion` samples per emotion of the conditional
+    `vae` (z seeded with `seed`) and compares its test accuracy with a judge trained on
+    `data.train` alone (`baseline` if given, e.g. the sweep's cached judge of the same config,
+    else trained here). Both use `judge_config`, so the same initialisation and batch order
+    seed. Returns `aug_acc_real_only`, `aug_acc_real_plus_generated`, `aug_acc_gain`
+    (difference) and the same three for UAR (`aug_uar_*`).
+
+    One seed measures one draw: on EmoDB-sized test splits (~100 clips) judges that differ only
+    in their seed differ by several accuracy points, so a gain of that size is not evidence;
+    repeat over seeds (and VAEs) before claiming one. The number costs one judge training, far
+    more than the other emotion metrics: compute it once per finished sweep, not per epoch.
+    """
+    if baseline is not None and baseline.fingerprint != data.fingerprint:
+        raise ValueError("augmentation_value: the baseline judge was trained on other data")
+    samples, labels = sample_per_emotion(vae, len(data.label_names), n_per_emotion, seed)
+    real_only = baseline if baseline is not None else train_judge(data, judge_config)
+    augmented = train_judge(data, dataclasses.replace(judge_config), extra_train=(samples, labels))
+    return {
+        "aug_acc_real_only": real_only.test_accuracy,
+        "aug_acc_real_plus_generated": augmented.test_accuracy,
+        "aug_acc_gain": augmented.test_accuracy - real_only.test_accuracy,
+        "aug_uar_real_only": real_only.test_uar,
+        "aug_uar_real_plus_generated": augmented.test_uar,
+        "aug_uar_gain": augmented.test_uar - real_only.test_uar,
+    }
