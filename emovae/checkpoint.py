@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emovae.config import FeatureConfig, TrainConfig, from_dict
+from emovae.config import ConfigError, FeatureConfig, TrainConfig, from_dict
 from emovae.features import Normalizer, n_frames
 from emovae.model import VAE
 
@@ -95,8 +95,13 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict[str,
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model from a checkpoint alone, in eval mode on `device`."""
     state = read_checkpoint(path, device)
-    train = from_dict(TrainConfig, state["train_config"], f"{path}: train_config")
-    features = from_dict(FeatureConfig, state["feature_config"], f"{path}: feature_config")
+    try:
+        train = from_dict(TrainConfig, state["train_config"], f"{path}: train_config")
+        features = from_dict(FeatureConfig, state["feature_config"], f"{path}: feature_config")
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{path}: stored configuration does not fit this version ({exc})"
+        ) from exc
     model = build_model(train, features, len(state["label_names"]))
     try:
         model.load_state_dict(state["model"])

@@ -65,10 +65,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from emovae.config import ExperimentConfig, experiment_from_dict, load_experiment
-    from emovae.dataset import prepare_data
-    from emovae.evaluate import evaluate_checkpoint
-    from emovae.train import train
 
+    # The config is checked before torch and friends are imported: a typo fails in a blink.
     if args.config:
         experiment = load_experiment(args.config, args.overrides)
     else:
@@ -79,6 +77,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         experiment.data.path = args.data
     if args.skip_bad_files:
         experiment.data.skip_bad_files = True
+    from emovae.dataset import prepare_data
+    from emovae.evaluate import evaluate_checkpoint
+    from emovae.train import train
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(

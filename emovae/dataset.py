@@ -6,7 +6,6 @@ slices of one tensor: no DataLoader workers, no per-batch Python collation.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -102,15 +101,9 @@ def prepare_data(data: DataConfig, features: FeatureConfig, progress: bool = Fal
         name: _split_tensors(part_items, part_mels, normalizer, label_index)
         for name, (part_items, part_mels) in parts.items()
     }
+    # The feature cache key covers every file's content and every feature parameter.
     fingerprint = hashlib.sha256(
-        json.dumps(
-            [
-                split_file.name,
-                dataclasses.asdict(features),
-                data.label_set,
-                sorted(map(str, extracted.paths)),
-            ]
-        ).encode()
+        json.dumps([extracted.key, split_file.name, data.label_set]).encode()
     ).hexdigest()[:16]
     return PreparedData(
         **splits,

@@ -90,7 +90,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FD_EPS) -> float
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"frechet_distance: expected (N, D) and (M, D), got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"frechet_distance: expected (N, D) and (M, D), got {a.shape} and {b.shape}"
+        )
     if len(a) < 2 or len(b) < 2:
         return math.nan
     ridge = eps * np.eye(a.shape[1])
@@ -220,7 +222,9 @@ def generation_emotion_metrics(
 
     correct = pred == truth
     metrics = {"gen_emotion_acc": float(correct.mean())}
-    metrics |= {f"gen_emotion_acc_{name}": float(correct[truth == c].mean()) for c, name in enumerate(names)}
+    metrics |= {
+        f"gen_emotion_acc_{name}": float(correct[truth == c].mean()) for c, name in enumerate(names)
+    }
     metrics["gen_fd"] = frechet_distance(gen_emb, real_emb)
     for c, name in enumerate(names):
         metrics[f"gen_fd_{name}"] = frechet_distance(gen_emb[truth == c], real_emb[real_truth == c])
@@ -292,7 +296,15 @@ def plot_confusion(
         for col in range(n):
             # White text on dark cells, dark text on light ones.
             colour = "white" if shares[row, col] > 0.5 else "black"
-            ax.text(col, row, str(int(counts[row, col])), ha="center", va="center", color=colour, fontsize=8)
+            ax.text(
+                col,
+                row,
+                str(int(counts[row, col])),
+                ha="center",
+                va="center",
+                color=colour,
+                fontsize=8,
+            )
     ax.set_xticks(range(n), list(label_names), rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), list(label_names), fontsize=8)
     ax.set_xlabel("judged emotion")

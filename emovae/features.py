@@ -81,6 +81,7 @@ class FeatureSet:
     log_mels: np.ndarray  # (n_ok, n_mels, frames) float32
     paths: list[Path]  # the files behind log_mels, in order
     bad_files: list[tuple[str, str]]
+    key: str = ""  # the cache key: audio content + feature parameters ("" without a cache)
 
 
 class _HashIndex:
@@ -151,6 +152,7 @@ def extract_features(
         index.save()
         cached = _read_cache(cache_dir, key, paths)
         if cached is not None:
+            cached.key = key
             return cached
 
     arrays, kept, bad = [], [], []
@@ -166,7 +168,7 @@ def extract_features(
                 bad.append((str(path), str(exc)))
     if not arrays:
         raise AudioError(f"no readable audio among {len(paths)} files")
-    result = FeatureSet(np.stack(arrays), kept, bad)
+    result = FeatureSet(np.stack(arrays), kept, bad, key or "")
     if key is not None:
         _write_cache(cache_dir, key, result, paths)
     return result

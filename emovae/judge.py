@@ -363,9 +363,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> TrainedJ
 
 def judge_key(fingerprint: str, config: JudgeConfig) -> str:
     """Cache key of a judge: the data it learns from and every setting that changes it."""
-    settings = {
-        k: v for k, v in dataclasses.asdict(config).items() if k not in _RUNTIME_FIELDS
-    }
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUNTIME_FIELDS}
     text = json.dumps([JUDGE_VERSION, fingerprint, settings], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

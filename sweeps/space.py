@@ -109,7 +109,10 @@ def resolve_space_path(name_or_path: str, spaces_dir: Path = SPACES_DIR) -> Path
     return path
 
 
-def _check_distribution(key: str, spec: dict[str, Any], annotation: Any, where: str) -> None:
+def _check_distribution(
+    key: str, spec: dict[str, Any], annotation: Any, where: str
+) -> dict[str, Any]:
+    """The distribution with its values checked and typed (e.g. YAML 1.1's '1e-3' -> 0.001)."""
     if len(spec) != 1:
         raise ConfigError(
             f"{where}.{key}: a distribution is one mapping entry like "
@@ -127,13 +130,13 @@ def _check_distribution(key: str, spec: dict[str, Any], annotation: Any, where: 
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{at}: expected a non-empty list of values")
-        for value in args:
-            check_value(value, annotation, at)
-        return
+        return {kind: [check_value(value, annotation, at) for value in args]}
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{at}: expected [low, high], got {args!r}")
-    low, high = args
     number = int if kind in ("int", "logint") else float
+    if number is float:
+        args = [_as_float(bound) for bound in args]
+    low, high = args
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise ConfigError(f"{at}: bounds must be numbers, got {bound!r}")
@@ -148,6 +151,14 @@ def _check_distribution(key: str, spec: dict[str, Any], annotation: Any, where: 
         raise ConfigError(f"{at}: low {low} is greater than high {high}")
     if kind in ("loguniform", "logint") and low <= 0:
         raise ConfigError(f"{at}: a log distribution needs low > 0, got {low}")
+    return {kind: [low, high]}
+
+
+def _as_float(bound: Any) -> Any:
+    try:
+        return check_value(bound, float, "")
+    except ConfigError:
+        return bound  # not a number: reported with its name by the caller
 
 
 def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
@@ -157,6 +168,7 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
         raise ConfigError(f"{where}: expected a mapping of TrainConfig fields")
     hints = typing.get_type_hints(TrainConfig)
     valid = [f.name for f in dataclasses.fields(TrainConfig)]
+    checked = {}
     for key, spec in params.items():
         if key not in valid:
             close = difflib.get_close_matches(str(key), valid, n=1)
@@ -165,10 +177,10 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
                 f"{where}: unknown key '{key}'{hint} (TrainConfig fields: {', '.join(valid)})"
             )
         if isinstance(spec, dict):
-            _check_distribution(key, spec, hints[key], where)
+            checked[key] = _check_distribution(key, spec, hints[key], where)
         else:
-            check_value(spec, hints[key], f"{where}.{key}")
-    return dict(params)
+            checked[key] = check_value(spec, hints[key], f"{where}.{key}")
+    return checked
 
 
 SECTIONS = ("sweep", "data", "features", "train", "params", "finalise")

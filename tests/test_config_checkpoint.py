@@ -170,13 +170,6 @@ def test_apply_overrides_parses_yaml_values_into_a_copy() -> None:
     assert apply_overrides(raw, ["train.lr=2", "train.lr=3"])["train"]["lr"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="library bug: values are parsed with PyYAML (YAML 1.1), which reads '1e-3' (no dot) as "
-    "the string '1e-3', so `--set train.lr=1e-3` or `lr: 1e-3` in a config file is rejected with "
-    "'expected float, got '1e-3''; only '1.0e-3' works",
-)
 @pytest.mark.parametrize("text", ["1e-3", "3e-4", "1E5"])
 def test_exponent_floats_without_a_dot_are_accepted(tmp_path: Path, text: str) -> None:
     assert yaml.safe_load("1.0e-3") == 1.0e-3  # the form PyYAML does read as a float

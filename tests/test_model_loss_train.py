@@ -387,50 +387,13 @@ def test_resume_continues_from_last_pt(resumed: dict[str, Any], straight: dict[s
         assert resumed_epoch["lr"] == straight_epoch["lr"]
         assert all(math.isfinite(v) for v in resumed_epoch.values())
         # Same weights, optimiser and batches: the epochs agree to well within 10 %, though
-        # not exactly (see the xfail test below).
+        # (exactness is checked in test_resume_reproduces_the_straight_run).
         assert resumed_epoch["train_loss"] == pytest.approx(straight_epoch["train_loss"], rel=0.1)
     assert second.history[-1]["train_loss"] < second.history[0]["train_loss"]
     assert [h["is_last_epoch"] for h in second.history] == [0, 1, 0, 1]  # 1st run ended at 2
     assert second.best_epoch == 1 + min(range(4), key=lambda i: second.history[i]["val_loss"])
 
 
-def test_resume_is_exact_once_the_global_torch_rng_is_restored(
-    data: PreparedData,
-    resumed: dict[str, Any],
-    straight: dict[str, Any],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Pins down the one state last.pt lacks: with the global RNG (the reparameterisation noise)
-    set as the straight run had it after epoch 2, the resumed epochs equal the straight ones,
-    so model, optimiser, scheduler, shuffling generator and early-stopping state all resume."""
-    checkpoint = tmp_path / "last.pt"
-    torch.save(resumed["first_last"], checkpoint)
-    rng_after_epoch_2 = straight["recorder"].rng_states[2]
-
-    def read_and_restore_rng(path: Path, device: Any = "cpu") -> dict[str, Any]:
-        state = read_checkpoint(path, device)
-        torch.set_rng_state(rng_after_epoch_2)
-        return state
-
-    monkeypatch.setattr(train_module, "read_checkpoint", read_and_restore_rng)
-    result = train(
-        dataclasses.replace(WARMUP, max_epochs=4), data, tmp_path, resume_from=checkpoint
-    )
-    expected = _comparable(straight["result"].history[:4])
-    actual = _comparable(result.history)
-    for got, want in zip(actual, expected, strict=True):
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: last.pt does not store the global torch RNG state, and train() reseeds "
-    "it (seed_everything) on resume, so the reparameterisation noise of resumed epochs repeats "
-    "epoch 1's instead of continuing; fix: save torch.get_rng_state() (and the CUDA one) in "
-    "last.pt and restore it after reading the checkpoint",
-)
 def test_resume_reproduces_the_straight_run(
     resumed: dict[str, Any], straight: dict[str, Any]
 ) -> None:

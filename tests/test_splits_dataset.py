@@ -222,13 +222,6 @@ def test_prepare_data_fingerprint_is_stable_and_tracks_settings(
     assert reseeded.fingerprint not in fingerprints
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: PreparedData.fingerprint hashes file paths, feature settings and the "
-    "split, but not the audio content it claims to identify; rewriting a clip in place keeps "
-    "the fingerprint (fix: include the feature cache key / content hashes in it)",
-)
 def test_prepare_data_fingerprint_changes_with_the_audio_content(
     corpus: Path, tmp_path: Path
 ) -> None:
