@@ -61,20 +61,20 @@ def _for_each_chunk(
 ) -> None:
     """fn(start, state) for every chunk start; state (scratch buffers) is reused within a worker.
 
-    On CPU with several intra-op threads the chunks go to that many Python threads (torch and
-    numpy release the GIL) running single-threaded ops, and the intra-op thread count is set to
-    1 meanwhile and restored afterwards. Chunks of a few clips are too small for intra-op
+    On CPU the chunks go to as many Python threads as torch has intra-op threads (torch and
+    numpy release the GIL), each running single-threaded ops: the intra-op thread count is 1
+    during the call and restored afterwards. Chunks of a few clips are too small for intra-op
     threads to pay off (1.3x from 2 threads, measured), and on a busy machine OpenMP's
     spin-waiting barriers made 2 intra-op threads 12x slower than 1 thread, while independent
     workers degrade gracefully.
     """
-    threads = torch.get_num_threads()
-    workers = min(threads, len(starts)) if device.type == "cpu" else 1
-    if workers <= 1:
+    if device.type != "cpu":
         state = new_state()
         for start in starts:
             fn(start, state)
         return
+    threads = torch.get_num_threads()
+    workers = min(threads, len(starts))
 
     def work(index: int) -> None:
         state = new_state()
@@ -83,9 +83,12 @@ def _for_each_chunk(
 
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            # list() re-raises the first worker exception here.
-            list(pool.map(work, range(workers)))
+        if workers <= 1:
+            work(0)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                # list() re-raises the first worker exception here.
+                list(pool.map(work, range(workers)))
     finally:
         torch.set_num_threads(threads)
 
@@ -202,7 +205,9 @@ def mel_to_stft_magnitude(
     # Frames are independent problems: lay them side by side as columns of one matrix.
     target = mel_power.detach().to(dtype=torch.float32).permute(1, 0, 2).reshape(n_mels, -1)
     columns = target.shape[1]
-    block = _NNLS_CPU_COLUMNS if device.type == "cpu" else max(columns, 1)
+    block = max(columns, 1)
+    if device.type == "cpu":
+        block = max(1, min(_NNLS_CPU_COLUMNS, math.ceil(columns / torch.get_num_threads())))
     power = torch.empty(n_freqs, columns, dtype=torch.float32, device=device)
 
     def run(start: int, _: None) -> None:
@@ -384,7 +389,9 @@ def griffin_lim(
     if device.type == "cpu":
         # Three complex and two real spectra, the frames and the padded signal, per clip.
         per_clip = n_frames * (n_freqs * (3 * 8 + 2 * 4) + n_fft * 4) + segments * hop_length * 4
-        chunk = max(1, min(batch, _CPU_CHUNK_BYTES // max(per_clip, 1)))
+        chunk = max(1, _CPU_CHUNK_BYTES // max(per_clip, 1))
+        # At least one chunk per worker thread (see _for_each_chunk).
+        chunk = min(chunk, math.ceil(batch / torch.get_num_threads()))
     else:
         chunk = max(batch, 1)
 

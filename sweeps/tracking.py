@@ -37,6 +37,7 @@ TAG_ROLE = "emovae.role"  # sweep | trial | final
 TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
 TAG_ERROR = "emovae.error"
 MAX_TAG_LENGTH = 5000
+PLACEMENT_KEYS = ("node_id", "gpu_ids")  # reported by the trainable, tagged on the run
 # Keys Ray adds to every result; only the trainer's own metrics go to MLflow.
 RAY_RESULT_KEYS = frozenset(
     {
@@ -186,6 +187,7 @@ class MlflowTrialLogger(tune.Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._closed: set[str] = set()
+        self._placement: dict[str, dict[str, str]] = {}  # run id -> node/GPU tags set
         self._queue: deque[tuple] = deque()
         self._down_since: float | None = None
         self._last_attempt = 0.0
@@ -239,7 +241,8 @@ class MlflowTrialLogger(tune.Callback):
             and not isinstance(value, bool)
             and math.isfinite(value)
         }
-        self._push(("metrics", trial.trial_id, step, metrics, int(time.time() * 1000)))
+        placement = {f"ray.{k}": str(result[k]) for k in PLACEMENT_KEYS if k in result}
+        self._push(("metrics", trial.trial_id, step, metrics, int(time.time() * 1000), placement))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._push(self._finish_op(trial))
@@ -315,8 +318,13 @@ class MlflowTrialLogger(tune.Callback):
             self._closed.discard(run_id)
             log_params(self.client, run_id, params)
         elif kind == "metrics":
-            _, trial_id, step, metrics, timestamp = op
+            _, trial_id, step, metrics, timestamp, placement = op
             run_id = self._run_id(trial_id)
+            if placement and self._placement.get(run_id) != placement:
+                # A retried trial may land on another node: the tags say where it ran last.
+                for key, value in placement.items():
+                    self.client.set_tag(run_id, key, value)
+                self._placement[run_id] = placement
             if step <= self._last_step[run_id]:
                 return  # re-reported after a restore: this epoch is in MLflow already
             batch = [Metric(k, v, timestamp, step) for k, v in metrics.items()]

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict
@@ -54,8 +55,14 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
     try:
         resume_from = _restore_into(work_dir)
 
+        # Where the trial ran: which node, and the GPU ids Ray assigned (fractions share one).
+        placement = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        }
+
         def report(metrics: dict[str, float], folder: Path) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            tune.report(metrics | placement, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
         train(train_config, data, work_dir, on_epoch=report, resume_from=resume_from)
     finally:
