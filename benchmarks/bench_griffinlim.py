@@ -39,6 +39,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+import emovae.griffinlim as gl_module
 from emovae.griffinlim import griffin_lim, mel_to_stft_magnitude, spectral_convergence
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,23 @@ def torch_straightforward(
     return torch.istft(angles, n_fft, hop, window=window, center=True)
 
 
+def _intra_op_variant(mags: torch.Tensor, n_fft: int, hop: int, n_iter: int) -> torch.Tensor:
+    """emovae's griffin_lim with its chunks run one after another, each op on all intra-op
+    threads: the design that emovae's worker threads replaced (kept to show why)."""
+
+    def serial(fn, starts, new_state, device) -> None:
+        state = new_state()
+        for start in starts:
+            fn(start, state)
+
+    original = gl_module._for_each_chunk
+    gl_module._for_each_chunk = serial
+    try:
+        return griffin_lim(mags, n_fft, hop, n_iter)
+    finally:
+        gl_module._for_each_chunk = original
+
+
 def mean_sc(target: torch.Tensor, audio: torch.Tensor | np.ndarray, n_fft: int, hop: int) -> float:
     audio = torch.as_tensor(audio, dtype=torch.float32)
     window = torch.hann_window(n_fft)
@@ -140,6 +158,11 @@ def main() -> None:
     parser.add_argument("--nnls-clips", type=int, default=10, help="clips for librosa's NNLS")
     parser.add_argument("--pool", action="store_true", help="also librosa over --threads procs")
     parser.add_argument("--no-straightforward", action="store_true")
+    parser.add_argument(
+        "--intra-op",
+        action="store_true",
+        help="also emovae's chunk loop run serially with torch's intra-op threads",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -175,6 +198,10 @@ def main() -> None:
             mags, args.iters, args.n_fft, args.hop
         )
     methods["emovae griffin_lim"] = lambda: griffin_lim(mags, args.n_fft, args.hop, args.iters)
+    if args.intra_op:
+        methods["emovae chunks, intra-op threads"] = lambda: _intra_op_variant(
+            mags, args.n_fft, args.hop, args.iters
+        )
 
     # Warm-up: numba compiles librosa's overlap-add, torch plans its FFTs, the pool forks.
     librosa_loop(mags_np[:1], 2, args.n_fft, args.hop)

@@ -45,6 +45,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 import sweeps.driver as driver  # noqa: E402
+import sweeps.tracking as tracking  # noqa: E402
 from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict  # noqa: E402
 from emovae.dataset import prepare_data  # noqa: E402
 from emovae.train import train  # noqa: E402
@@ -599,9 +600,29 @@ class TimedMlflowTrialLogger(MlflowTrialLogger):
             super().on_trial_error(iteration, trials, trial, **info)
         self.ended[trial.trial_id] = time.time()
 
-    def _log_checkpoint(self, run_id: str, trial: Any) -> None:
-        with self._timed(trial.trial_id, "n/a artifact"):  # inside "complete": not added twice
-            super()._log_checkpoint(run_id, trial)
+    # The breakdown below happens inside the hooks above: its keys start with "n/a" so that
+    # they are not added to the per-trial total twice.
+    current: str = "_sweep"
+
+    def _log_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
+        trial_id = next((t for t, r in self._runs.items() if r == run_id), run_id)
+        type(self).current = trial_id
+        with self._timed(trial_id, "n/a checkpoint"):
+            super()._log_checkpoint(run_id, *args, **kwargs)
+        type(self).current = "_sweep"
+
+    @classmethod
+    def timed_function(cls, fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+        """`fn` timed under the trial whose checkpoint is being logged."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            begun = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cls.timings[cls.current][f"n/a {what}"] += time.perf_counter() - begun
+
+        return timed
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         with self._timed("_sweep", "experiment_end"):
@@ -630,11 +651,16 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     records_dir.mkdir()
     TimedMlflowTrialLogger.timings.clear()
     load_before = load()
-    with (
-        ray_session(),
-        patched(driver, "MlflowTrialLogger", TimedMlflowTrialLogger),
-        patched(driver, "train_trial", measured_trainable(str(records_dir), per_epoch=True)),
-    ):
+    timed = TimedMlflowTrialLogger.timed_function
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ray_session())
+        stack.enter_context(patched(driver, "MlflowTrialLogger", TimedMlflowTrialLogger))
+        trainable = measured_trainable(str(records_dir), per_epoch=True)
+        stack.enter_context(patched(driver, "train_trial", trainable))
+        # The learning-curve plot that _log_checkpoint draws from last.pt, where it exists.
+        for name in ("read_checkpoint", "plot_learning_curves"):
+            if hasattr(tracking, name):
+                stack.enter_context(patched(tracking, name, timed(getattr(tracking, name), name)))
         started = time.perf_counter()
         result = driver.run_sweep(spec, work / "sweep-mlflow")
         sweep_s = time.perf_counter() - started
@@ -661,7 +687,9 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "start_ms": 1000 * tm.get("start", 0.0),
                 "log_batch_ms_mean": 1000 * tm.get("result", 0.0) / max(1, n_results),
                 "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
-                "artifact_ms": 1000 * tm.get("n/a artifact", 0.0),
+                "checkpoint_ms": 1000 * tm.get("n/a checkpoint", 0.0),
+                "curves_ms": 1000
+                * (tm.get("n/a read_checkpoint", 0.0) + tm.get("n/a plot_learning_curves", 0.0)),
                 "in_trial_s": rec["now"] - rec["entered"] if rec else math.nan,
                 "peak_rss_mb": rec.get("maxrss_mb", math.nan),
                 "worker_pid": rec.get("pid"),
@@ -781,8 +809,9 @@ def show_mlflow(r: dict[str, Any]) -> None:
             f"  {t['trial_id']} {t['status']:15s} {t['epochs']} ep  wall {_f(t['trial_wall_s'], 1)} s"
             f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
             f"  (start {_f(t['start_ms'], 0)}, log_batch {_f(t['log_batch_ms_mean'], 0)}/epoch,"
-            f" finish {_f(t['finish_ms'], 0)} ms of which best.pt artifact"
-            f" {_f(t['artifact_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
+            f" finish {_f(t['finish_ms'], 0)} ms of which checkpoint + curves artifacts"
+            f" {_f(t['checkpoint_ms'], 0)} ms, drawing the curves {_f(t['curves_ms'], 0)} ms)"
+            f"  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
         )
     print(
         f"MLflow per trial: mean {_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"

@@ -4,7 +4,7 @@ The VAE emits mel *power* spectrograms computed like `librosa.feature.melspectro
 filters, power 2, `center=True`, zero padding). Turning them into audio takes two steps:
 
 1. `mel_to_stft_magnitude`: undo the mel filterbank. librosa solves the non-negative least
-   squares problem with L-BFGS-B per block, which takes about 0.7 s per 2 s clip and in practice
+   squares problem with L-BFGS-B per block, which takes 0.7-1 s per 2 s clip and in practice
    stops at its starting point, the clipped pseudo-inverse. We start from the same point and run
    a few accelerated projected-gradient (FISTA) steps, batched, using the filterbank's sparsity.
 2. `griffin_lim`: the fast Griffin-Lim of Perraudin et al. (2013) with librosa's update rule
@@ -47,16 +47,16 @@ _CPU_CHUNK_BYTES = 8 * 1024 * 1024
 # as the five (n_freqs, columns) buffers then stay in cache.
 _NNLS_CPU_COLUMNS = 1024
 
-T = TypeVar("T")
+_State = TypeVar("_State")
 
 # librosa divides by |x| + tiny(float32) when it normalises the phase; same here.
 _TINY = float(np.finfo(np.float32).tiny)
 
 
 def _for_each_chunk(
-    fn: Callable[[int, T], None],
+    fn: Callable[[int, _State], None],
     starts: list[int],
-    new_state: Callable[[], T],
+    new_state: Callable[[], _State],
     device: torch.device,
 ) -> None:
     """fn(start, state) for every chunk start; state (scratch buffers) is reused within a worker.
@@ -64,9 +64,9 @@ def _for_each_chunk(
     On CPU the chunks go to as many Python threads as torch has intra-op threads (torch and
     numpy release the GIL), each running single-threaded ops: the intra-op thread count is 1
     during the call and restored afterwards. Chunks of a few clips are too small for intra-op
-    threads to pay off (1.3x from 2 threads, measured), and on a busy machine OpenMP's
-    spin-waiting barriers made 2 intra-op threads 12x slower than 1 thread, while independent
-    workers degrade gracefully.
+    threads to pay off (1.3x from 2 threads on the 2-core test machine), and when other
+    processes kept that machine busy (load ~10) OpenMP's spin-waiting barriers made 2 intra-op
+    threads 12x slower than 1, while independent workers degrade gracefully.
     """
     if device.type != "cpu":
         state = new_state()
@@ -372,6 +372,8 @@ def griffin_lim(
         raise ValueError(f"length must be >= 0, got {length}")
 
     device = magnitude.device
+    if batch == 0:
+        return torch.zeros(0, length, dtype=torch.float32, device=device)
     target_all = magnitude.detach().to(torch.float32)
     generator = torch.Generator(device=device).manual_seed(seed)
     # Drawn in the (B, F, T) layout of the argument so that the phases do not depend on how the

@@ -58,9 +58,15 @@ class JudgeConfig:
     dropout: float = 0.3
     weight_decay: float = 1e-3
     patience: int = 10  # epochs without a better validation accuracy before stopping
-    augment: bool = True  # SpecAugment-style frequency and time masks on training batches
+    augment: bool = True  # blur (below) and SpecAugment-style frequency and time masks
     freq_mask: float = 0.15  # largest masked band, as a share of the mel bins
     time_mask: float = 0.15  # largest masked stretch, as a share of the frames
+    # Share of training clips blurred by a Gaussian of random width (see `_blur`), so the judge
+    # scores emotion rather than sharpness: an MSE-trained decoder smooths its outputs, and a
+    # judge that never saw smooth spectrograms calls them all low-arousal. 0 disables it.
+    blur_prob: float = 0.5
+    blur_time: float = 4.0  # largest Gaussian sigma along time, frames
+    blur_freq: float = 2.0  # largest Gaussian sigma along frequency, mel bins
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = leave as is
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -208,6 +214,38 @@ def _spec_augment(
     return x.masked_fill(masked.to(x.device), 0.0)
 
 
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / max(sigma, 1e-3)) ** 2)
+    return kernel / kernel.sum()
+
+
+def _blur(x: torch.Tensor, sigma_freq: float, sigma_time: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, n_mels, frames), edges replicated."""
+    for sigma, dim in ((sigma_freq, 2), (sigma_time, 3)):
+        if sigma < 0.3:  # a narrower Gaussian leaves the input practically unchanged
+            continue
+        kernel = _gaussian_kernel(sigma)
+        radius = len(kernel) // 2
+        shape = (1, 1, len(kernel), 1) if dim == 2 else (1, 1, 1, len(kernel))
+        pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
+        x = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape).to(x))
+    return x
+
+
+def _augment(x: torch.Tensor, config: JudgeConfig, generator: torch.Generator) -> torch.Tensor:
+    if config.blur_prob > 0:
+        # One blur width per batch keeps this to two small convolutions.
+        chosen = torch.rand(x.shape[0], generator=generator) < config.blur_prob
+        if chosen.any():
+            sigma_freq, sigma_time = torch.rand(2, generator=generator).tolist()
+            blurred = _blur(x[chosen], sigma_freq * config.blur_freq, sigma_time * config.blur_time)
+            x = x.clone()
+            x[chosen] = blurred
+    return _spec_augment(x, config.freq_mask, config.time_mask, generator)
+
+
 def train_judge(
     data: PreparedData,
     config: JudgeConfig | None = None,
@@ -268,7 +306,7 @@ def train_judge(
                 index = order[start : start + config.batch_size]
                 x = train_x[index]
                 if config.augment:
-                    x = _spec_augment(x, config.freq_mask, config.time_mask, generator)
+                    x = _augment(x, config, generator)
                 logits = model(x.to(device))
                 loss = F.cross_entropy(logits, train_y[index].to(device))
                 optimizer.zero_grad(set_to_none=True)

@@ -117,10 +117,24 @@ def test_shapes_dtype_and_device(harmonic_batch: torch.Tensor) -> None:
     assert mel_to_stft_magnitude(mel[0], 16000, 512).shape == (257, 17)
     assert mel_to_audio(mel, 16000, 512, 128, n_iter=2).shape == (2, 128 * 16)
 
+    assert griffin_lim(harmonic_batch[:0], N_FFT, HOP, n_iter=2).shape == (0, HOP * (frames - 1))
+
     sc = spectral_convergence(harmonic_batch, harmonic_batch * 1.1)
     assert sc.shape == (3,)
     torch.testing.assert_close(sc, torch.full((3,), 0.1), rtol=1e-5, atol=1e-6)
     assert torch.equal(spectral_convergence(harmonic_batch, harmonic_batch), torch.zeros(3))
+
+
+def test_restores_the_intra_op_thread_count(harmonic_batch: torch.Tensor) -> None:
+    # On CPU the chunks run on worker threads with single-threaded ops during the call.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        griffin_lim(harmonic_batch, N_FFT, HOP, n_iter=1)
+        mel_to_stft_magnitude(torch.rand(2, 40, 600), 16000, 512, nnls_iter=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_rejects_inconsistent_arguments(harmonic_batch: torch.Tensor) -> None:

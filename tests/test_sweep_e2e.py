@@ -111,17 +111,13 @@ def test_quick_sweep_end_to_end(tmp_path: Path) -> None:
 
 
 def _wait_for_epochs(sweep_dir: Path, trials: int, timeout: float) -> None:
-    """Until `trials` child runs in MLflow have at least one epoch logged."""
+    """Until `trials` trials have reported an epoch (Ray's result.json files: plain file reads,
+    so the watcher never touches the MLflow store the driver is writing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (sweep_dir / "mlflow.db").exists():
-            try:
-                client, runs = mlflow_runs(sweep_dir)
-                started = [r for r in by_role(runs, "trial") if "val_recon" in r.data.metrics]
-                if len(started) >= trials:
-                    return
-            except Exception:  # the store may be mid-migration while the driver creates it
-                pass
+        reported = [p for p in sweep_dir.glob("tune/*/result.json") if p.stat().st_size > 0]
+        if len(reported) >= trials:
+            return
         time.sleep(1.0)
     raise AssertionError(f"no {trials} trials with an epoch within {timeout} s")
 
@@ -137,7 +133,7 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(tmp_path: Path) -> N
         start_new_session=True,  # the driver leads a process group holding the Ray it starts
     )
     try:
-        _wait_for_epochs(out, trials=2, timeout=300)
+        _wait_for_epochs(out, trials=2, timeout=900)
     finally:
         # SIGKILL the whole group: the driver and the Ray processes it started (agents that
         # would otherwise outlive it, re-parented to init).
