@@ -392,7 +392,7 @@ def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def summarise(trials: list, metric: str, mode: str) -> dict[str, Any]:
-    """Best objective over every epoch of every trial, and the epochs trained in all."""
+    """Best objective over every epoch of every trial, the epochs trained in all, the curves."""
     values = [best_value(t, metric, mode) for t in trials]
     values = [v for v in values if v is not None]
     return {
@@ -402,7 +402,45 @@ def summarise(trials: list, metric: str, mode: str) -> dict[str, Any]:
         "statuses": {
             s: sum(t.status == s for t in trials) for s in ("FINISHED", "KILLED_BY_ASHA", "FAILED")
         },
+        "curves": [[round(h[metric], 4) for h in t.history if metric in h] for t in trials],
     }
+
+
+def ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    result = [0.0] * len(values)
+    for rank, index in enumerate(order):
+        result[index] = float(rank)
+    return result
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    if len(x) < 3:
+        return math.nan
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    var = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / var if var else math.nan
+
+
+def rung_fidelity(curves: list[list[float]], rungs: list[int], mode: str) -> dict[str, float]:
+    """Spearman correlation, over the full-budget trials, between the objective at each ASHA
+    rung and the trial's best at full budget: how well a rung ranks configurations."""
+    out = {}
+    for rung in rungs:
+        best = min if mode == "min" else max
+        pairs = [(c[rung - 1], best(c)) for c in curves if len(c) >= rung]
+        out[str(rung)] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
+
+
+def asha_rungs(grace: int, rf: int, max_t: int) -> list[int]:
+    rungs, r = [], grace
+    while r < max_t:
+        rungs.append(r)
+        r *= rf
+    return rungs
 
 
 def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -457,6 +495,9 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "asha_tpe": a | {"wall_s": asha_s},
                     "random_full": b | {"wall_s": random_s},
                     "gap_pct": 100 * sign * (a["best"] - b["best"]) / abs(b["best"]),
+                    "rung_fidelity": rung_fidelity(
+                        b["curves"], asha_rungs(args.grace, args.rf, args.epochs), mode
+                    ),
                     "epoch_ratio": a["epochs"] / b["epochs"],
                 }
             )
@@ -779,6 +820,8 @@ def show_search(r: dict[str, Any]) -> None:
             f"  gap {_f(run['gap_pct'], 2)} % (target <= 2 %), epochs {_f(run['epoch_ratio'], 3)} "
             f"of random's (target <= 0.333)"
         )
+        fidelity = ", ".join(f"epoch {k}: {_f(v)}" for k, v in run["rung_fidelity"].items())
+        print(f"  rank correlation of a rung with the full-budget best (random arm): {fidelity}")
 
 
 def show_throughput(r: dict[str, Any]) -> None:

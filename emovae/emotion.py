@@ -17,9 +17,9 @@ Costs on a CPU are in benchmarks/RESULTS_emotion.md.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,10 +33,19 @@ from sklearn.decomposition import PCA
 
 from emovae.dataset import PreparedData, Split
 from emovae.evaluate import latent_silhouette, reconstruct
-from emovae.judge import PREDICT_BATCH, JudgeConfig, TrainedJudge, embeddings, predict, train_judge
+from emovae.judge import (
+    PREDICT_BATCH,
+    JudgeConfig,
+    JudgeOutputs,
+    TrainedJudge,
+    judge_outputs,
+    predict,
+    train_judge,
+)
 from emovae.model import VAE
 
 FD_EPS = 1e-6
+DECODE_BATCH = 64
 
 
 def _labels_np(labels: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -127,35 +136,87 @@ def _within_diversity(emb: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    # A metric computed mid-training must leave the model in the mode it found it in.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _decode_samples(
+    vae: VAE, n: int, labels: torch.Tensor | None, seed: int, batch_size: int = DECODE_BATCH
+) -> torch.Tensor:
+    """`n` samples z ~ N(0, I) decoded in eval mode, on the CPU. z is drawn at once on the CPU
+    as `VAE.sample` draws it (same seed, same samples on any device); decoding goes in chunks
+    so hundreds of samples do not hold all decoder activations at once."""
+    device = next(vae.parameters()).device
+    z = torch.randn(n, vae.latent_dim, generator=torch.Generator().manual_seed(seed))
+    chunks = []
+    with torch.no_grad(), _eval_mode(vae):
+        for start in range(0, n, batch_size):
+            y = labels[start : start + batch_size].to(device) if labels is not None else None
+            chunks.append(vae.decode(z[start : start + batch_size].to(device), y).cpu())
+    return torch.cat(chunks)
+
+
+class Reference(NamedTuple):
+    """The judge's view of a real split, which does not change while a VAE trains: compute it
+    once per trial (`real_reference`) and pass it to the metric functions each epoch."""
+
+    outputs: JudgeOutputs
+    labels: np.ndarray  # (N,) int64 true emotions
+
+
+def real_reference(judge: TrainedJudge, split: Split, batch_size: int = PREDICT_BATCH) -> Reference:
+    return Reference(judge_outputs(judge, split.features, batch_size), _labels_np(split.labels))
+
+
+def _reference_for(
+    judge: TrainedJudge, split: Split, reference: Reference | None, batch_size: int
+) -> Reference:
+    if reference is None:
+        return real_reference(judge, split, batch_size)
+    if len(reference.labels) != len(split) or not np.array_equal(
+        reference.labels, _labels_np(split.labels)
+    ):
+        raise ValueError("reference: computed from another split than the one given")
+    return reference
+
+
 def reconstruction_emotion_metrics(
     judge: TrainedJudge,
     vae: VAE,
     split: Split,
     prefix: str = "test",
     batch_size: int = PREDICT_BATCH,
+    reference: Reference | None = None,
 ) -> dict[str, float]:
     """The judge on `split` and on the VAE's reconstructions of it (posterior means decoded).
 
     `<prefix>_emotion_acc_real` / `_recon` / `_drop` (real - recon; positive = emotion lost),
     `<prefix>_latent_silhouette` of the latent means by emotion, and `<prefix>_fd_recon`, the
     Frechet distance between real and reconstructed clips in the judge's embedding space.
+    A conditional VAE reconstructs with each clip's true emotion as its condition.
+    `reference` (from `real_reference(judge, split)`) saves re-judging the real clips.
     """
     if len(split) == 0:
         raise ValueError("reconstruction_emotion_metrics: the split is empty")
-    recon, mu = reconstruct(vae, split)
-    truth = _labels_np(split.labels)
-    real_pred, _ = predict(judge, split.features, batch_size)
-    recon_pred, _ = predict(judge, recon, batch_size)
-    acc_real = float((real_pred == truth).mean())
-    acc_recon = float((recon_pred == truth).mean())
+    real = _reference_for(judge, split, reference, batch_size)
+    with _eval_mode(vae):
+        recon, mu = reconstruct(vae, split)
+    rebuilt = judge_outputs(judge, recon, batch_size)
+    acc_real = float((real.outputs.pred == real.labels).mean())
+    acc_recon = float((rebuilt.pred == real.labels).mean())
     return {
         f"{prefix}_emotion_acc_real": acc_real,
         f"{prefix}_emotion_acc_recon": acc_recon,
         f"{prefix}_emotion_acc_drop": acc_real - acc_recon,
-        f"{prefix}_latent_silhouette": latent_silhouette(mu, truth),
-        f"{prefix}_fd_recon": frechet_distance(
-            embeddings(judge, split.features, batch_size), embeddings(judge, recon, batch_size)
-        ),
+        f"{prefix}_latent_silhouette": latent_silhouette(mu, real.labels),
+        f"{prefix}_fd_recon": frechet_distance(real.outputs.emb, rebuilt.emb),
     }
 
 
@@ -174,16 +235,8 @@ def sample_per_emotion(
         raise ValueError(f"the VAE knows {vae.n_classes} emotions, the judge {n_classes}")
     if n_per_emotion < 1:
         raise ValueError(f"n_per_emotion: expected a positive integer, got {n_per_emotion}")
-    device = next(vae.parameters()).device
     labels = torch.arange(n_classes).repeat_interleave(n_per_emotion)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = vae.training
-    vae.eval()
-    try:
-        samples = vae.sample(len(labels), labels.to(device), generator)
-    finally:
-        vae.train(was_training)
-    return samples.cpu(), labels
+    return _decode_samples(vae, len(labels), labels, seed), labels
 
 
 class GenerationMetrics(NamedTuple):
@@ -199,6 +252,7 @@ def generation_emotion_metrics(
     seed: int,
     real_split: Split,
     batch_size: int = PREDICT_BATCH,
+    reference: Reference | None = None,
 ) -> GenerationMetrics:
     """The judge on `n_per_emotion` samples per emotion of a conditional VAE, against
     `real_split` (z-scored like the VAE's training data).
@@ -210,15 +264,16 @@ def generation_emotion_metrics(
     `real_diversity_within` (the same within each emotion, averaged) and `gen_diversity_ratio`
     (within, generated / real: well below 1 means mode collapse). Per-emotion FDs rest on few
     real clips (10-30 per emotion in an EmoDB test split) and are biased upwards accordingly.
+    `reference` (from `real_reference(judge, real_split)`) saves re-judging the real clips.
     Raises ValueError for an unconditional VAE.
     """
     names = list(label_names)
+    real = _reference_for(judge, real_split, reference, batch_size)
     samples, labels = sample_per_emotion(vae, len(names), n_per_emotion, seed)
     truth = labels.numpy()
-    pred, _ = predict(judge, samples, batch_size)
-    gen_emb = embeddings(judge, samples, batch_size)
-    real_emb = embeddings(judge, real_split.features, batch_size)
-    real_truth = _labels_np(real_split.labels)
+    generated = judge_outputs(judge, samples, batch_size)
+    pred, gen_emb = generated.pred, generated.emb
+    real_emb, real_truth = real.outputs.emb, real.labels
 
     correct = pred == truth
     metrics = {"gen_emotion_acc": float(correct.mean())}
@@ -247,22 +302,18 @@ def unconditional_generation_metrics(
     seed: int,
     real_split: Split,
     batch_size: int = PREDICT_BATCH,
+    reference: Reference | None = None,
 ) -> dict[str, float]:
     """Samples of an unconditional VAE have no emotion asked for, so no accuracy: `gen_fd` to
     `real_split`, `gen_diversity`, `real_diversity` and `gen_diversity_ratio` (generated / real)."""
     if n_samples < 2:
         raise ValueError(f"n_samples: expected at least 2, got {n_samples}")
-    was_training = vae.training
-    vae.eval()
-    try:
-        samples = vae.sample(n_samples, None, torch.Generator().manual_seed(seed)).cpu()
-    finally:
-        vae.train(was_training)
-    gen_emb = embeddings(judge, samples, batch_size)
-    real_emb = embeddings(judge, real_split.features, batch_size)
-    gen_div, real_div = diversity(gen_emb), diversity(real_emb)
+    real = _reference_for(judge, real_split, reference, batch_size)
+    samples = _decode_samples(vae, n_samples, None, seed)
+    gen_emb = judge_outputs(judge, samples, batch_size).emb
+    gen_div, real_div = diversity(gen_emb), diversity(real.outputs.emb)
     return {
-        "gen_fd": frechet_distance(gen_emb, real_emb),
+        "gen_fd": frechet_distance(gen_emb, real.outputs.emb),
         "gen_diversity": gen_div,
         "real_diversity": real_div,
         "gen_diversity_ratio": gen_div / real_div if real_div > 0 else math.nan,
@@ -379,7 +430,7 @@ def augmentation_value(
         raise ValueError("augmentation_value: the baseline judge was trained on other data")
     samples, labels = sample_per_emotion(vae, len(data.label_names), n_per_emotion, seed)
     real_only = baseline if baseline is not None else train_judge(data, judge_config)
-    augmented = train_judge(data, dataclasses.replace(judge_config), extra_train=(samples, labels))
+    augmented = train_judge(data, judge_config, extra_train=(samples, labels))
     return {
         "aug_acc_real_only": real_only.test_accuracy,
         "aug_acc_real_plus_generated": augmented.test_accuracy,

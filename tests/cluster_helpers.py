@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,22 +150,35 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
 
 
 @contextlib.contextmanager
-def private_ray_tmpdir() -> Iterator[Path]:
-    """A RAY_TMPDIR of our own for the cluster and every driver started from this process:
-    Ray's session folders and its `ray_current_cluster` address file (which `Cluster`
-    writes and deletes) stay apart from any other Ray on the machine. Short, because Ray's
-    unix socket paths live under it."""
-    previous = os.environ.get("RAY_TMPDIR")
+def loopback_ray_env() -> Iterator[Path]:
+    """Environment for a Ray of our own on 127.0.0.1, for the cluster and for every driver
+    started from this process (they inherit os.environ); restored on exit.
+
+    - RAY_TMPDIR: a private, short (Ray's unix sockets live under it) folder for the session
+      folders and the `ray_current_cluster` address file that `Cluster` writes and deletes,
+      apart from any other Ray on the machine.
+    - RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's single-machine mode. Otherwise every process
+      that joins (a driver, the job server's agent) rewrites a 127.0.0.1 address into the
+      machine's outward IP, where nothing listens since the nodes bind to loopback only.
+    """
     folder = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
-    os.environ["RAY_TMPDIR"] = str(folder)
+    overrides = {"RAY_TMPDIR": str(folder), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    previous = {key: os.environ.get(key) for key in overrides}
+    os.environ.update(overrides)
     try:
         yield folder
     finally:
-        if previous is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = previous
-        subprocess.run(["rm", "-rf", str(folder)], check=False)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        # Node processes may still be flushing their logs for a moment after they die.
+        for _ in range(10):
+            shutil.rmtree(folder, ignore_errors=True)
+            if not folder.exists():
+                break
+            time.sleep(1)
 
 
 @contextlib.contextmanager
@@ -177,7 +191,7 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]] = ()) -> Ite
     loopback = {"node_ip_address": "127.0.0.1"}
     # Ray's fixed default (52365) would clash with any other Ray head on the machine.
     head = {"include_dashboard": False, "dashboard_agent_listen_port": free_port()} | head
-    with private_ray_tmpdir():
+    with loopback_ray_env() as tmp:
         cluster = None
         try:
             cluster = Cluster(
@@ -185,8 +199,12 @@ def ray_cluster(head: dict[str, Any], workers: list[dict[str, Any]] = ()) -> Ite
                 head_node_args=loopback | head,
                 shutdown_at_exit=True,
             )
-            for args in workers:
-                cluster.add_node(**(loopback | args))
+            for index, args in enumerate(workers, 1):
+                # Each node its own temp folder, as on its own machine: nodes sharing one
+                # session folder share runtime_resources/, and a node whose trials end
+                # garbage-collects the job's working_dir copy while the job still runs in it.
+                own = {"temp_dir": str(tmp / f"node{index}")}
+                cluster.add_node(**(loopback | own | args))
             cluster.wait_for_nodes(timeout=120)
             yield cluster
         finally:

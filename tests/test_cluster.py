@@ -8,9 +8,11 @@ job server (`ray job submit`) or as a driver process joining the cluster with `-
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -19,15 +21,23 @@ import pytest
 from cluster_helpers import (
     BIN,
     REPO,
+    MlflowServer,
+    finish_driver,
     free_port,
+    loopback_ray_env,
     mlflow_server,
     ray_cluster,
+    start_driver,
+    stop_group,
+    tail,
     trial_checkpoints,
     trial_results,
+    wait_for,
 )
 from mlflow.tracking import MlflowClient
 from test_sweep_e2e import SHRINK
 
+from sweeps.driver import BACKLOG_FILE
 from sweeps.tracking import TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_STATUS
 
 pytestmark = pytest.mark.slow
@@ -128,7 +138,8 @@ def test_job_submit_on_two_node_cluster_tracks_in_mlflow_server(tmp_path: Path) 
         )
         status = jobs.get_job_status(submission_id)
         logs = jobs.get_job_logs(submission_id)
-        assert status == JobStatus.SUCCEEDED, (status, submit.stderr[-3000:], logs[-6000:])
+        (tmp_path / "job.log").write_text(logs)
+        assert status == JobStatus.SUCCEEDED, f"{status}\n{submit.stderr[-2000:]}\n{logs[-8000:]}"
         assert submit.returncode == 0, submit.stderr[-3000:]
         assert "Sweep finished" in logs
 
@@ -148,3 +159,208 @@ def test_job_submit_on_two_node_cluster_tracks_in_mlflow_server(tmp_path: Path) 
         assert (folders[-1] / "last.pt").is_file() and (folders[-1] / "best.pt").is_file()
     assert (out / "sweep.json").is_file() and (out / "trials.csv").is_file()
     assert list((out / "tune").glob("experiment_state-*.json"))
+
+
+# ---- 2. a worker node dies mid-trial --------------------------------------------------------
+
+
+def driver_command(out: Path, cache: Path, *extra: str, options: tuple[str, ...] = ()) -> list:
+    return [sys.executable, *sweep_args(out, cache, *extra), *options]
+
+
+def epochs(rows: list[dict]) -> list[int]:
+    return [int(row["epoch"]) for row in rows]
+
+
+def test_worker_node_loss_retries_its_trial_from_the_last_checkpoint(tmp_path: Path) -> None:
+    out, log = tmp_path / "sweep", tmp_path / "driver.log"
+    # One CPU per node and two trials at once: the first two trials start one on each node.
+    # grace_period = max_epochs: no ASHA stop, so the interrupted trial has epochs left to run.
+    extra = (
+        "sweep.num_samples=2",
+        "sweep.max_concurrent=2",
+        "sweep.cpus_per_trial=1",
+        "sweep.max_failures=2",
+        "train.max_epochs=5",
+        "sweep.grace_period=5",
+    )
+    with ray_cluster({"num_cpus": 1}, workers=[{"num_cpus": 1}]) as cluster:
+        head_id = cluster.head_node.node_id
+        (worker,) = cluster.worker_nodes
+        command = driver_command(
+            out, tmp_path / "cache", *extra, options=("--address", cluster.address)
+        )
+        driver = start_driver(command, log)
+        try:
+
+            def on_worker() -> tuple[str, list[dict]] | None:
+                for trial_id, rows in trial_results(out / "tune").items():
+                    if rows[-1]["node_id"] == worker.node_id:
+                        return trial_id, rows
+                return None
+
+            victim, before = wait_for(on_worker, 300, "a trial's first epoch on the worker", 0.5)
+            assert driver.poll() is None, tail(log)
+            cluster.remove_node(worker, allow_graceful=False)  # SIGKILL: a lost machine
+            code, output = finish_driver(driver, log, timeout=600)
+        finally:
+            stop_group(driver)
+    assert code == 0, output[-6000:]
+    assert max(epochs(before)) < 5  # it was killed with epochs left to run
+
+    # Ray retried the trial from its last checkpoint, on the head: its history goes on from
+    # there (the first result after the restore is past epoch 1) instead of starting over.
+    results = trial_results(out / "tune")
+    assert len(results) == 2
+    rows = results[victim]
+    restored = [r for r in rows if r["iterations_since_restore"] == 1 and r["epoch"] > 1]
+    assert restored, [(r["epoch"], r["iterations_since_restore"]) for r in rows]
+    assert restored[0]["epoch"] <= max(epochs(before)) + 1
+    assert restored[0]["node_id"] == head_id
+    assert sorted(set(epochs(rows))) == list(range(1, 6)), epochs(rows)
+    last = rows[-1]
+    assert last["iterations_since_restore"] < last["training_iteration"] == 5, last
+
+    from ray.tune import ExperimentAnalysis
+
+    failures = {t.trial_id: t.num_failures for t in ExperimentAnalysis(str(out / "tune")).trials}
+    assert failures[victim] >= 1 and all(n == 0 for t, n in failures.items() if t != victim)
+
+    # MLflow: one run per trial, each epoch once (nothing logged twice after the restore).
+    client, runs = experiment_runs(f"sqlite:///{out / 'mlflow.db'}")
+    trials = check_consistent(client, runs, set(results))
+    by_trial = {r.data.tags[TAG_TRIAL_ID]: r for r in trials}
+    assert epoch_steps(client, by_trial[victim].info.run_id) == [1, 2, 3, 4, 5]
+    assert by_trial[victim].data.tags["ray.node_id"] == head_id  # where it ran last
+    assert by_trial[victim].data.tags[TAG_TRIAL_STATUS] == "FINISHED"
+
+
+# ---- 3. the MLflow server goes away mid-sweep -----------------------------------------------
+
+
+def logged_epochs(uri: str) -> int:
+    """Epochs logged to the server so far, over all trial runs (0 while it has none)."""
+    try:
+        client, runs = experiment_runs(uri)
+    except Exception:  # no experiment yet, or the server is busy starting
+        return 0
+    return sum(len(epoch_steps(client, r.info.run_id)) for r in trial_runs(runs))
+
+
+def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+    out, log = tmp_path / "sweep", tmp_path / "driver.log"
+    # Long enough that trials are still training when the server is back up.
+    extra = ("sweep.num_samples=6", "train.max_epochs=8", "sweep.grace_period=8")
+    with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:
+        command = driver_command(
+            out, tmp_path / "cache", *extra, options=("--tracking-uri", server.uri)
+        )
+        driver = start_driver(command, log)
+        try:
+            wait_for(lambda: logged_epochs(server.uri) >= 1, 300, "a first epoch in MLflow")
+            server.kill()
+            down_at = time.time()
+            time.sleep(18)
+            assert driver.poll() is None, tail(log)  # the sweep goes on without its server
+            server.start()  # same port, same sqlite store
+            up_at = time.time()
+            code, output = finish_driver(driver, log, timeout=600)
+        finally:
+            stop_group(driver)
+        assert code == 0, output[-6000:]
+        assert "MLflow at" in output and "reachable again" in output
+        assert not (out / BACKLOG_FILE).exists() or not (out / BACKLOG_FILE).read_text()
+
+        # Trials trained while the server was down, and every epoch they reported is in it.
+        results = trial_results(out / "tune")
+        assert len(results) == 6
+        during = [r for rows in results.values() for r in rows if down_at < r["timestamp"] < up_at]
+        assert during, "no epoch ended during the outage"
+        client, runs = experiment_runs(server.uri)
+        trials = check_consistent(client, runs, set(results))
+        for r in trials:
+            reported = sorted(set(epochs(results[r.data.tags[TAG_TRIAL_ID]])))
+            assert epoch_steps(client, r.info.run_id) == reported
+        parent = [r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep"]
+        assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+
+
+def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> None:
+    out, log = tmp_path / "sweep", tmp_path / "driver.log"
+    extra = ("sweep.num_samples=2", "train.max_epochs=3", "sweep.grace_period=3")
+    server = MlflowServer(tmp_path / "mlflow")
+    with loopback_ray_env():
+        server.start()
+        try:
+            command = driver_command(
+                out, tmp_path / "cache", *extra, options=("--tracking-uri", server.uri)
+            )
+            driver = start_driver(command, log)
+            try:
+                wait_for(lambda: logged_epochs(server.uri) >= 1, 300, "a first epoch in MLflow")
+                server.kill()
+                code, output = finish_driver(driver, log, timeout=600)
+            finally:
+                stop_group(driver)
+            assert code == 2, output[-6000:]
+            assert BACKLOG_FILE in output, output[-3000:]
+
+            # The backlog holds exactly what MLflow lacks: with the server back, the epochs
+            # logged before the outage plus those in the backlog are each trial's epochs, once.
+            backlog = [json.loads(line) for line in (out / BACKLOG_FILE).read_text().splitlines()]
+            kinds = Counter(op[0] for op in backlog)
+            assert kinds["metrics"] >= 1 and kinds["finish"] == 2, kinds
+            server.start()
+            results = trial_results(out / "tune")
+            client, runs = experiment_runs(server.uri)
+            logged = {
+                r.data.tags[TAG_TRIAL_ID]: epoch_steps(client, r.info.run_id)
+                for r in trial_runs(runs)
+            }
+            for trial_id, rows in results.items():
+                queued = [op[2] for op in backlog if op[0] == "metrics" and op[1] == trial_id]
+                assert sorted(logged.get(trial_id, []) + queued) == sorted(set(epochs(rows)))
+        finally:
+            server.stop()
+
+
+# ---- 4. fractional GPUs -----------------------------------------------------------------------
+
+
+def test_fractional_gpus_share_one_gpu_between_concurrent_trials(tmp_path: Path) -> None:
+    out, log = tmp_path / "sweep", tmp_path / "driver.log"
+    extra = (
+        "sweep.num_samples=4",
+        "sweep.max_concurrent=4",
+        "sweep.cpus_per_trial=0.5",
+        "sweep.gpus_per_trial=0.25",
+        "train.max_epochs=3",
+        "sweep.grace_period=3",
+    )
+    # One node with one (logical) GPU: Ray hands out quarters of it; torch has no CUDA here,
+    # so the trainer runs on the CPU, but Ray's assignment is what is under test.
+    with ray_cluster({"num_cpus": 2, "num_gpus": 1}) as cluster:
+        command = driver_command(
+            out, tmp_path / "cache", *extra, options=("--address", cluster.address)
+        )
+        driver = start_driver(command, log)
+        try:
+            code, output = finish_driver(driver, log, timeout=600)
+        finally:
+            stop_group(driver)
+    assert code == 0, output[-6000:]
+
+    results = trial_results(out / "tune")
+    assert len(results) == 4
+    assert {row["gpu_ids"] for rows in results.values() for row in rows} == {"0"}
+    client, runs = experiment_runs(f"sqlite:///{out / 'mlflow.db'}")
+    trials = check_consistent(client, runs, set(results))
+    assert [r.data.tags["ray.gpu_ids"] for r in trials] == ["0"] * 4
+
+    # Several trials held GPU 0 at once: their training spans overlap.
+    spans = [
+        (rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"])
+        for rows in results.values()
+    ]
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most >= 2, spans
