@@ -158,6 +158,7 @@ def measured_trainable(
         import sweeps.trainable as trainable
 
         imported = time.time()
+        imported_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         trial_id = ray.tune.get_context().get_trial_id()
         path = Path(records_dir) / f"{trial_id}.json"
         epochs, epoch_s, report_s = 0, 0.0, 0.0
@@ -177,6 +178,7 @@ def measured_trainable(
                 "report_s": report_s,
                 "cpu_s": usage.ru_utime + usage.ru_stime,
                 "maxrss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
+                "imported_rss_mb": imported_rss_mb,  # the high-water mark before training
             }
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record))
@@ -729,10 +731,11 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "log_batch_ms_mean": 1000 * tm.get("result", 0.0) / max(1, n_results),
                 "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
                 "checkpoint_ms": 1000 * tm.get("n/a checkpoint", 0.0),
-                "curves_ms": 1000
-                * (tm.get("n/a read_checkpoint", 0.0) + tm.get("n/a plot_learning_curves", 0.0)),
+                "read_last_pt_ms": 1000 * tm.get("n/a read_checkpoint", 0.0),
+                "plot_curves_ms": 1000 * tm.get("n/a plot_learning_curves", 0.0),
                 "in_trial_s": rec["now"] - rec["entered"] if rec else math.nan,
                 "peak_rss_mb": rec.get("maxrss_mb", math.nan),
+                "rss_before_training_mb": rec.get("imported_rss_mb", math.nan),
                 "worker_pid": rec.get("pid"),
             }
         )
@@ -853,8 +856,9 @@ def show_mlflow(r: dict[str, Any]) -> None:
             f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
             f"  (start {_f(t['start_ms'], 0)}, log_batch {_f(t['log_batch_ms_mean'], 0)}/epoch,"
             f" finish {_f(t['finish_ms'], 0)} ms of which checkpoint + curves artifacts"
-            f" {_f(t['checkpoint_ms'], 0)} ms, drawing the curves {_f(t['curves_ms'], 0)} ms)"
-            f"  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
+            f" {_f(t['checkpoint_ms'], 0)} ms: reading last.pt {_f(t['read_last_pt_ms'], 0)} ms,"
+            f" plotting {_f(t['plot_curves_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
+            f" ({_f(t['rss_before_training_mb'], 0)} MB after imports)"
         )
     print(
         f"MLflow per trial: mean {_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"
