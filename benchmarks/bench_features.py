@@ -170,17 +170,25 @@ def main() -> None:
         ("np.load of the cached array", min(load_times)),
     ]
     if not args.skip_parallel:
-        serial_times, reference = timed(lambda: serial(paths, features), args.cold_repeats)
-        log(f"serial extract_file loop: {fmt(serial_times)} (load {load()})")
-        startup_times, steady_times = [], []
-        for _ in range(args.cold_repeats):
+        # Serial and pooled rounds alternate, so a change of the machine's load hits both.
+        serial_times, startup_times, steady_times = [], [], []
+        for repeat in range(args.cold_repeats):
             start = time.perf_counter()
             with new_pool(args.workers) as pool:
-                result = pooled(pool, paths, features)
+                pooled(pool, paths, features)
                 startup_times.append(time.perf_counter() - start)
-                times, result = timed(lambda pool=pool: pooled(pool, paths, features), 1)
-                steady_times += times
-        assert np.array_equal(result, reference)
+                for _ in range(2):
+                    times, reference = timed(lambda: serial(paths, features), 1)
+                    serial_times += times
+                    times, result = timed(lambda pool=pool: pooled(pool, paths, features), 1)
+                    steady_times += times
+            log(
+                f"  round {repeat + 1}: serial {serial_times[-2]:.2f}, {serial_times[-1]:.2f} s; "
+                f"pool {steady_times[-2]:.2f}, {steady_times[-1]:.2f} s "
+                f"(start-up incl. {startup_times[-1]:.2f} s) (load {load()})"
+            )
+            assert np.array_equal(result, reference)
+        log(f"serial extract_file loop: {fmt(serial_times)}")
         log(f"{args.workers}-process pool incl. start-up: {fmt(startup_times)} (load {load()})")
         log(f"{args.workers}-process pool, warm workers: {fmt(steady_times)}")
         rows += [

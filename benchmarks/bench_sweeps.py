@@ -2,9 +2,11 @@
 
 Every comparison is measured side by side in one run of this script, on the embedded synthetic
 corpus, with the shipped `quick` space shrunk by `--set`-style overrides (so what is measured is
-what the README runs). Nothing in emovae/ or sweeps/ is changed: the instrumentation (timers
-around the MLflow callback, a trainable wrapper that records wall/CPU time and peak RSS) lives
-here.
+what the README runs). Nothing in emovae/ or sweeps/ is changed: the instrumentation lives
+here. A wrapper around sweeps.trainable.train_trial records, inside each trial's process, its
+wall and CPU time, import time, the epochs' own time, time in tune.report and the RSS
+high-water mark; benchmark 4 puts it and a timed MlflowTrialLogger subclass in place of the
+names in sweeps.driver for the length of its run_sweep call.
 
     python benchmarks/bench_sweeps.py overhead      # 1. Tune vs a plain sequential loop
     python benchmarks/bench_sweeps.py search        # 2. TPE + ASHA vs random search, full budget
