@@ -144,7 +144,9 @@ def measured_trainable(
 
     `threads_override` trains with that many torch threads whatever CPUs Ray gave the trial (the
     oversubscription anti-pattern). `per_epoch` rewrites the record at every report, so a trial
-    that ASHA stops (its process is ended mid-training) still leaves one behind.
+    that ASHA stops (its process is ended mid-training) still leaves one behind. Where Tune
+    reuses actors, one worker runs several trials and `maxrss_mb` is that worker's high-water
+    mark so far, not the trial's alone.
     """
 
     def trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_trial: float) -> None:
