@@ -179,10 +179,6 @@ def _tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=spec.sweep.num_samples,
-            # A fresh worker per trial costs ~6 s to start and ~6 s of imports here
-            # (benchmarks/RESULTS_sweeps.md: Tune overhead 269% of the work without reuse, 9.7%
-            # with it); trials reseed everything they use, so reusing the process is safe.
-            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
