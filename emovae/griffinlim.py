@@ -4,9 +4,11 @@ The VAE emits mel *power* spectrograms computed like `librosa.feature.melspectro
 filters, power 2, `center=True`, zero padding). Turning them into audio takes two steps:
 
 1. `mel_to_stft_magnitude`: undo the mel filterbank. librosa solves the non-negative least
-   squares problem with L-BFGS-B per block, which takes 0.7-1 s per 2 s clip and in practice
-   stops at its starting point, the clipped pseudo-inverse. We start from the same point and run
-   a few accelerated projected-gradient (FISTA) steps, batched, using the filterbank's sparsity.
+   squares problem with L-BFGS-B per block, which takes 0.7-2 s per 2 s clip and often stops at
+   its starting point, the clipped pseudo-inverse (8 of 10 EmoDB clips within 1e-4), because
+   its objective is scaled down by the problem size. We start from the same point and run a few
+   accelerated projected-gradient (FISTA) steps, batched, using the filterbank's sparsity; the
+   result reproduces the mel spectrogram 30-100x more closely and the true STFT better.
 2. `griffin_lim`: the fast Griffin-Lim of Perraudin et al. (2013) with librosa's update rule
    (momentum 0.99 by default), batched over clips, on the input's device.
 
@@ -177,8 +179,8 @@ def mel_to_stft_magnitude(
     The filterbank is `librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
     fmax=fmax)`, as `librosa.feature.melspectrogram` uses by default. The power spectrum is the
     non-negative least-squares solution started, like librosa's, from the clipped pseudo-inverse
-    and refined by `nnls_iter` FISTA steps (0 returns the start, which is what
-    `librosa.feature.inverse.mel_to_stft` returns to within 1e-4); the magnitude is its square
+    and refined by `nnls_iter` FISTA steps (0 returns the start, which is also what
+    `librosa.feature.inverse.mel_to_stft` returns for most clips); the magnitude is its square
     root. Runs in float32 on the input's device; a 2-D (n_mels, T) input gives a 2-D result.
     """
     if mel_power.ndim not in (2, 3):
