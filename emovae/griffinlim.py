@@ -15,7 +15,7 @@ filters, power 2, `center=True`, zero padding). Turning them into audio takes tw
 On CPU the Griffin-Lim loop is memory-bound, so it runs on a few clips at a time with buffers
 that are allocated once and reused (fresh 70 MB tensors cost page faults on every iteration),
 and the stft/istft pair is written out as rfft / irfft plus an overlap-add that stays in the
-zero-padded frame domain. See benchmarks/RESULTS_griffinlim.md for the measurements.
+zero-padded frame domain. See benchmarks/RESULTS_library.md for the measurements.
 """
 
 from __future__ import annotations

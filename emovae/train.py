@@ -1,7 +1,8 @@
 """The trainer: Adam, ReduceLROnPlateau, gradient clipping, early stopping, best checkpointing.
 
 It knows nothing of Ray or MLflow: a sweep passes `on_epoch`, called once per epoch with that
-epoch's metrics and the folder holding `last.pt` (resumable state) and `best.pt`.
+epoch's metrics and the folder holding `last.pt` (resumable state) and `best.pt`, and may pass
+`epoch_metrics`, which adds its own per-epoch numbers (e.g. emotion preservation) to them.
 Loss terms are summed on the device and read back once per epoch, so the training step never
 waits for the host.
 """
@@ -30,6 +31,8 @@ MONITORS = ("val_loss", "val_recon")
 EVAL_BATCH = 64
 
 EpochCallback = Callable[[dict[str, float], Path], None]
+# (model, epoch, is_last_epoch) -> extra metrics for that epoch; see `train`.
+EpochMetrics = Callable[[VAE, int, bool], dict[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -142,6 +145,23 @@ def _check_finite(metrics: dict[str, float], epoch: int) -> None:
         )
 
 
+def _extra_metrics(
+    epoch_metrics: EpochMetrics, model: VAE, epoch: int, metrics: dict[str, float]
+) -> dict[str, float]:
+    was_training = model.training
+    try:
+        extra = epoch_metrics(model, epoch, metrics["is_last_epoch"] >= 1.0)
+    finally:
+        model.train(was_training)
+    clashes = sorted(set(extra) & set(metrics))
+    if clashes:
+        # Overwriting val_loss or epoch would silently corrupt the history and the checkpoints.
+        raise ValueError(f"epoch_metrics: returned the trainer's own metrics {clashes}")
+    # Not checked for finiteness: a silhouette is NaN where it is undefined, and only the loss
+    # terms say whether training diverged.
+    return {name: float(value) for name, value in extra.items()}
+
+
 def train(
     config: TrainConfig,
     data: PreparedData,
@@ -149,11 +169,18 @@ def train(
     on_epoch: EpochCallback | None = None,
     resume_from: str | Path | None = None,
     progress: bool = False,
+    epoch_metrics: EpochMetrics | None = None,
 ) -> TrainResult:
     """Train a VAE on `data`; checkpoints go to `out_dir` (best.pt, last.pt).
 
     `resume_from` is a `last.pt` written by an earlier call: training continues after its epoch
     with its optimiser, scheduler, early-stopping state and history.
+
+    `epoch_metrics(model, epoch, is_last_epoch)` is called once per epoch, after validation and
+    before the checkpoints are written; the metrics it returns join the epoch's (history,
+    checkpoints, `on_epoch`). They may be NaN (a metric undefined on a split) and do not drive
+    early stopping, the LR schedule or the best checkpoint. The model is left in the mode it
+    was in, whatever the callback does.
     """
     if config.monitor not in MONITORS:
         raise ValueError(f"monitor: unknown value '{config.monitor}' (expected one of {MONITORS})")
@@ -231,6 +258,8 @@ def train(
         metrics["is_last_epoch"] = float(
             bad_epochs >= config.patience or epoch == config.max_epochs
         )
+        if epoch_metrics is not None:
+            metrics |= _extra_metrics(epoch_metrics, model, epoch, metrics)
         weights = model_state(
             model, config, data.features, data.label_names, data.normalizer, epoch, metrics
         )

@@ -26,7 +26,8 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from emovae.config import ConfigError, DataConfig
-from emovae.dataset import prepare_data
+from emovae.dataset import PreparedData, prepare_data
+from emovae.judge import ensure_judge
 from sweeps.report import TrialRecord, best_value, epochs_run, ranked
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
@@ -39,9 +40,10 @@ from sweeps.tracking import (
     ensure_experiment,
     flatten,
     git_commit,
+    log_learning_curves,
     log_params,
 )
-from sweeps.trainable import train_trial
+from sweeps.trainable import emotion_settings, judge_cache_dir, train_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
@@ -147,11 +149,42 @@ def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, 
         client.log_dict(state.parent_run_id, {"bad_files": data.bad_files}, "bad_files.json")
 
 
+def _prepare_judge(
+    client: MlflowClient, state: SweepState, spec: SweepSpec, data: PreparedData
+) -> None:
+    """With emotion metrics on, train (or load) the sweep's emotion judge once, before any
+    trial, so trials only load it; log its settings and its real-test ceiling to the parent run.
+    """
+    if spec.sweep.emotion_every < 1:
+        return
+    cache_dir = judge_cache_dir(Path(spec.experiment.data.cache_dir).resolve())
+    judge = ensure_judge(data, cache_dir, spec.judge)
+    log_params(client, state.parent_run_id, flatten("judge", dataclasses.asdict(spec.judge)))
+    # The judge's accuracy on real test speakers: the ceiling for the VAE's outputs.
+    for name, value in (
+        ("judge_test_acc", judge.test_accuracy),
+        ("judge_test_uar", judge.test_uar),
+    ):
+        if value == value:  # NaN (no test clips) is left out, as MLflow charts cannot show it
+            client.log_metric(state.parent_run_id, name, value)
+
+
+def _trial_experiment(spec: SweepSpec, experiment: dict[str, Any]) -> dict[str, Any]:
+    """What each trial receives: the experiment constants, plus the emotion settings when the
+    sweep computes emotion metrics. A copy: the driver logs the constants as every child run's
+    params, and the judge's settings belong to the parent run."""
+    if spec.sweep.emotion_every < 1:
+        return experiment
+    return experiment | {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
+
+
 def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
     resources = {"cpu": spec.sweep.cpus_per_trial, "gpu": spec.sweep.gpus_per_trial}
     return tune.with_resources(
         tune.with_parameters(
-            train_trial, experiment=experiment, cpus_per_trial=spec.sweep.cpus_per_trial
+            train_trial,
+            experiment=_trial_experiment(spec, experiment),
+            cpus_per_trial=spec.sweep.cpus_per_trial,
         ),
         resources,
     )
@@ -179,13 +212,19 @@ def _tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=spec.sweep.num_samples,
+            # Trials are short: a fresh actor per trial cost 269% of the work in
+            # benchmarks/RESULTS_sweeps.md, a reused one 9.7%. train_trial keeps no state.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(sweep_dir),
             callbacks=[logger],
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Tune deletes a trial's older checkpoints as soon as a new one registers, but
+            # snapshots its experiment state (what --resume reads) a moment later: with only
+            # one kept, a driver killed in between resumes a trial from a deleted checkpoint.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
         ),
     )
@@ -246,10 +285,12 @@ def run_sweep(
     tracking_uri: str | None = None,
     address: str | None = None,
     resume: bool = False,
-    on_ready: Callable[[SweepState], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run (or with `resume`, continue) the sweep in `sweep_dir`. On resume the space stored in
-    the folder is used, so a resumed sweep is the sweep that was started."""
+    the folder is used, so a resumed sweep is the sweep that was started. `on_stage` hears
+    what the driver is doing before Ray's own progress table starts."""
+    stage = on_stage or (lambda message: None)
     sweep_dir = Path(sweep_dir).resolve()
     tune_path = sweep_dir / TUNE_DIR
     if resume:
@@ -274,12 +315,15 @@ def run_sweep(
 
     experiment = _absolute_cache(spec)
     # Extract features (and generate the synthetic corpus) once, before trials read the cache.
+    stage(f"Preparing features in {experiment['data']['cache_dir']} (cached after the first run)")
     data = prepare_data(DataConfig(**experiment["data"]), spec.experiment.features)
     client = MlflowClient(state.tracking_uri)
     client.update_run(state.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     _log_sweep_params(client, state, spec, data)
-    if on_ready is not None:
-        on_ready(state)
+    if spec.sweep.emotion_every >= 1:
+        stage("Emotion judge: training it once for this data, or loading it from the cache")
+    _prepare_judge(client, state, spec, data)
+    stage(f"Starting the sweep: {spec.sweep.num_samples} trials; MLflow: {state.tracking_uri}")
 
     trainable = _trainable(spec, experiment)
     started_ray = False
@@ -313,18 +357,26 @@ def run_sweep(
     leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode)
     best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
     csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
+    backlog = sweep_dir / BACKLOG_FILE
+    unlogged = (
+        f"; trial logging that never reached it is listed in {backlog}"
+        if backlog.exists() and backlog.stat().st_size
+        else ""
+    )
     try:
+        histories = {t.trial_id: t.history for t in trials}
+        log_learning_curves(client, state.experiment_id, state.parent_run_id, histories)
         _log_outcome(client, state, spec, trials, best, best_score, csv_path)
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
+        reason = f"{type(exc).__name__}: {exc}"[:300]
         raise TrackingError(
             f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
-            f"failed while recording it ({type(exc).__name__}: {exc})"
+            f"failed while recording it ({reason}){unlogged}"
         ) from exc
-    backlog = sweep_dir / BACKLOG_FILE
-    if backlog.exists() and backlog.stat().st_size:
+    if unlogged:
         raise TrackingError(
-            f"the sweep finished (results: {csv_path}) but some trial logging never reached "
-            f"MLflow at {state.tracking_uri}; the operations are listed in {backlog}"
+            f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
+            f"missed some of it{unlogged}"
         )
     if best is None:
         first_error = next((t.error for t in trials if t.error), "no trial reported a result")

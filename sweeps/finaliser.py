@@ -1,12 +1,16 @@
 """The finaliser: best trial -> retrain its configuration -> test metrics, samples, report.
 
 Everything lands in `<sweep>/final/` and in a `final` child run of the sweep's MLflow parent
-run, and the retrained model is registered in the MLflow model registry.
+run, and the retrained model is registered in the MLflow model registry. A sweep with emotion
+metrics (`sweep.emotion_every` >= 1) also scores the retrained model with the sweep's emotion
+judge on the test speakers (`emotion_evaluation`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,24 +24,35 @@ from mlflow.tracking import MlflowClient
 from emovae.checkpoint import load_model
 from emovae.config import ConfigError
 from emovae.dataset import PreparedData, prepare_data
+from emovae.emotion import (
+    augmentation_value,
+    generation_emotion_metrics,
+    plot_confusion,
+    real_reference,
+    reconstruction_emotion_metrics,
+)
 from emovae.evaluate import evaluate_checkpoint
 from emovae.generate import generate
+from emovae.judge import JudgeConfig, ensure_judge
 from emovae.model import MeanReconstruction
-from emovae.train import train
+from emovae.train import select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
 from sweeps.report import TrialRecord, ranked, write_report
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, trial_train_config
 from sweeps.tracking import TAG_ROLE, create_child_run, flatten, log_params
+from sweeps.trainable import judge_cache_dir
 
 FINAL_DIR = "final"
+CONFUSION_FILE = "emotion_confusion.png"
+EMOTION_METRICS_FILE = "emotion_metrics.json"
 
 
 @dataclass
 class FinalResult:
     run_id: str
     config: dict[str, Any]
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # test metrics, and the emotion metrics where the sweep has them
     checkpoint: Path
     samples_manifest: Path
     report: Path
@@ -88,6 +103,62 @@ def _register_model(
             registered_model_name=model_name,
         )
     return info.model_uri
+
+
+@dataclass
+class EmotionEvaluation:
+    metrics: dict[str, float]
+    confusion: Path | None  # the judge's confusion on generated samples (conditional VAE only)
+
+
+def emotion_evaluation(
+    checkpoint: Path,
+    data: PreparedData,
+    judge_config: JudgeConfig,
+    cache_dir: str | Path,
+    out_dir: Path,
+    n_per_emotion: int,
+    seed: int,
+    device: str = "auto",
+) -> EmotionEvaluation:
+    """The sweep's emotion judge on the retrained model, on the test speakers.
+
+    Always: `test_emotion_acc_real/_recon/_drop`, `test_latent_silhouette`, `test_fd_recon`
+    and the judge's own `judge_test_acc` / `judge_test_uar` (the ceiling). A conditional VAE
+    also gets the generation metrics (`gen_*`, `real_diversity*`) of `n_per_emotion` samples
+    per emotion with their confusion matrix (`out_dir/emotion_confusion.png`), and the
+    augmentation test (`aug_*`: one more judge training, against the cached judge). The judge
+    comes from `judge_cache_dir(cache_dir)`, where the sweep's driver left it. Also written to
+    `out_dir/emotion_metrics.json` (NaN as null).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runtime = judge_config.device if judge_config.device != "auto" else device
+    judge = ensure_judge(
+        data, judge_cache_dir(cache_dir), dataclasses.replace(judge_config, device=runtime)
+    )
+    vae = load_model(checkpoint, select_device(device)).model
+    reference = real_reference(judge, data.test)
+    metrics = reconstruction_emotion_metrics(
+        judge, vae, data.test, prefix="test", reference=reference
+    )
+    metrics |= {"judge_test_acc": judge.test_accuracy, "judge_test_uar": judge.test_uar}
+    confusion = None
+    if vae.n_classes:
+        generated = generation_emotion_metrics(
+            judge, vae, data.label_names, n_per_emotion, seed, data.test, reference=reference
+        )
+        metrics |= generated.metrics
+        confusion = plot_confusion(
+            generated.confusion,
+            data.label_names,
+            out_dir / CONFUSION_FILE,
+            title="Judge on generated samples (row: emotion asked for)",
+        )
+        metrics |= augmentation_value(data, vae, judge.config, n_per_emotion, seed, baseline=judge)
+    plain = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    (out_dir / EMOTION_METRICS_FILE).write_text(json.dumps(plain, indent=1))
+    return EmotionEvaluation(metrics, confusion)
 
 
 def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False) -> FinalResult:
@@ -147,11 +218,25 @@ def _retrain_and_report(
         metrics = evaluate_checkpoint(
             result.best_checkpoint, data, out / "evaluation", result.history, config.device
         )
+        emotion = None
+        if spec.sweep.emotion_every >= 1:
+            emotion = emotion_evaluation(
+                result.best_checkpoint,
+                data,
+                spec.judge,
+                data_config.cache_dir,
+                out / "evaluation",
+                settings.emotion_samples,
+                config.seed,
+                config.device,
+            )
+        # Both compute test_latent_silhouette (the same number); MLflow takes a key once.
+        logged = metrics | (emotion.metrics if emotion else {})
         client.log_batch(
             run_id,
             metrics=[
                 Metric(k, float(v), int(time.time() * 1000), 0)
-                for k, v in metrics.items()
+                for k, v in logged.items()
                 if v is not None and v == v
             ],
         )
@@ -183,7 +268,12 @@ def _retrain_and_report(
                 "learning_curves": out / "evaluation" / "learning_curves.png",
                 "reconstructions": out / "evaluation" / "reconstructions.png",
                 "latent_pca": out / "evaluation" / "latent_pca.png",
-            },
+            }
+            | (
+                {"emotion": {"metrics": emotion.metrics, "confusion": emotion.confusion}}
+                if emotion
+                else {}
+            ),
         )
         client.log_artifacts(run_id, str(report.parent), "report")
         client.log_artifacts(state.parent_run_id, str(report.parent), "report")
@@ -202,7 +292,7 @@ def _retrain_and_report(
     return FinalResult(
         run_id,
         dataclasses.asdict(config),
-        metrics,
+        logged,
         result.best_checkpoint,
         manifest,
         report,

@@ -501,7 +501,9 @@ def write_report(
 
     `asha` holds grace_period, reduction_factor and max_t (epochs). `final` (optional) holds
     "config", "metrics" and optional image paths "learning_curves", "reconstructions" and
-    "latent_pca" from retraining the best configuration.
+    "latent_pca" from retraining the best configuration, and optionally "emotion": {"metrics":
+    the emotion-preservation metrics on the test speakers, "confusion": the judge's confusion
+    matrix PNG on generated samples or None}.
     """
     _check_mode(mode)
     out_dir = Path(out_dir)
@@ -713,6 +715,69 @@ def _final_section(final: dict[str, Any], out_dir: Path) -> list[str]:
             continue
         lines += [f"### {caption}", ""]
         placed = _place_image(source, key, out_dir)
+        if placed is None:
+            _not_drawn(lines, f"image not found at {source}")
+        else:
+            _image(lines, caption, placed, out_dir)
+    if final.get("emotion") is not None:
+        lines += _emotion_section(final["emotion"], out_dir)
+    return lines
+
+
+# Groups of the emotion section: (heading, metric-name prefixes, what the numbers say).
+EMOTION_GROUPS = (
+    (
+        "Reconstruction",
+        ("test_emotion_", "test_fd_", "test_latent_"),
+        "The judge on the real test clips and on the model's reconstructions of them: "
+        "`_drop` = real - reconstructed accuracy (positive = emotion lost); `test_fd_recon` = "
+        "Frechet distance between the two in the judge's embedding space (lower = closer); "
+        "silhouette of the latent means by emotion.",
+    ),
+    (
+        "Judge",
+        ("judge_",),
+        "The judge's accuracy and unweighted average recall on the real test speakers: the "
+        "ceiling for the model's outputs.",
+    ),
+    (
+        "Generation (conditional VAE)",
+        ("gen_", "real_"),
+        "The judge on samples drawn per emotion: accuracy (overall and per emotion asked for), "
+        "Frechet distances to the real test clips, and diversity (generated / real within each "
+        "emotion well below 1 = mode collapse).",
+    ),
+    (
+        "Augmentation value",
+        ("aug_",),
+        "Test accuracy and UAR of a judge trained on real + generated clips vs on real clips "
+        "only (one seed: differences of a few points are within seed noise).",
+    ),
+)
+
+
+def _emotion_section(emotion: dict[str, Any], out_dir: Path) -> list[str]:
+    lines = ["### Emotion preservation", ""]
+    metrics = dict(emotion.get("metrics") or {})
+    if not metrics:
+        lines += ["No emotion metrics recorded.", ""]
+    shown: set[str] = set()
+    for heading, prefixes, meaning in EMOTION_GROUPS:
+        rows = [[k, v] for k, v in metrics.items() if k.startswith(prefixes) and k not in shown]
+        if not rows:
+            continue
+        shown |= {row[0] for row in rows}
+        lines += [f"#### {heading}", "", meaning, ""]
+        lines += _table(["metric", "value"], rows)
+    rest = [[k, v] for k, v in metrics.items() if k not in shown]
+    if rest:
+        lines += ["#### Other", ""]
+        lines += _table(["metric", "value"], rest)
+    source = emotion.get("confusion")
+    if source:
+        caption = "Judge's confusion on generated samples"
+        lines += [f"#### {caption}", ""]
+        placed = _place_image(source, "emotion_confusion", out_dir)
         if placed is None:
             _not_drawn(lines, f"image not found at {source}")
         else:

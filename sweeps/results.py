@@ -49,6 +49,10 @@ def trial_error_text(trial: Any) -> str | None:
             text = Path(trial.error_file).read_text()
         else:
             text = trial.get_error()
+        if not text and trial.path and (Path(trial.path) / "error.txt").is_file():
+            # Where Tune writes it in the trial's storage folder, also for errors (such as a
+            # failed restore) whose file name the Trial does not record.
+            text = (Path(trial.path) / "error.txt").read_text()
     except Exception:  # the error file may be gone with a lost node; the status still stands
         text = None
     return str(text).strip() if text else "trial raised an error (no trace saved)"

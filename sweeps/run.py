@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-# With CheckpointConfig(num_to_keep=1) Tune snapshots its state at every trial checkpoint, which
+# With CheckpointConfig(num_to_keep) set, Tune snapshots its state at every trial checkpoint, which
 # is what keeps --resume consistent with the checkpoints; its warning about it is noise here.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # MLflow's client retries a dead server for about two minutes per call by default, and the
@@ -103,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out {sweep_dir}: on a cluster the sweep folder is Ray's storage path and must "
                 "be an absolute path on storage every node shares (NFS, EFS), e.g. /app/runs/quick"
             )
-        result = run_sweep(spec, sweep_dir, args.tracking_uri, args.address, resume=args.resume)
+        result = run_sweep(
+            spec,
+            sweep_dir,
+            args.tracking_uri,
+            args.address,
+            resume=args.resume,
+            on_stage=lambda message: print(message, flush=True),
+        )
         print_summary(result)
         if not args.no_finalise:
             from sweeps.finalise import print_final  # torch-heavy imports only when needed

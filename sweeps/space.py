@@ -1,17 +1,26 @@
 """Search spaces: `search_spaces/<name>.yaml` -> a validated `SweepSpec`.
 
-A space file has five sections; all but `params` are optional:
+A space file has these sections; all but `params` are optional:
 
-    sweep:     SweepSettings fields (trials, concurrency, objective, ASHA, resources per trial)
+    sweep:     SweepSettings fields (trials, concurrency, objective, ASHA, resources per trial,
+               emotion_every: how often trials compute the emotion-preservation metrics)
     data:      emovae DataConfig fields (constants)
     features:  emovae FeatureConfig fields (constants)
     train:     emovae TrainConfig fields held constant in this sweep
     params:    TrainConfig fields to search: a constant or one distribution each, e.g.
                lr: {loguniform: [1.0e-4, 3.0e-3]}   latent_dim: {choice: [16, 32, 64]}
+    judge:     emovae.judge.JudgeConfig fields: the emotion judge that scores the trials when
+               sweep.emotion_every >= 1 (trained once per sweep, cached per data fingerprint)
     finalise:  FinaliseSettings fields
 
+The objective (`sweep.metric`) is one of OBJECTIVES with its direction (`sweep.mode`): the
+validation reconstruction losses (min), or, with emotion_every >= 1, an emotion-preservation
+metric of the validation reconstructions (`val_emotion_acc_recon` max, `val_emotion_acc_drop`
+min, `val_fd_recon` min, `val_latent_silhouette` max).
+
 Everything is checked before Ray starts: unknown keys (with the nearest valid name), unknown
-distributions, low > high, values of the wrong type for the field.
+distributions, low > high, values of the wrong type for the field, an objective the trials do
+not report, a mode against the objective's direction.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from emovae.config import (
     check_value,
     from_dict,
 )
+from emovae.judge import JudgeConfig
 
 
 def _spaces_dir() -> Path:
@@ -46,9 +56,21 @@ def _spaces_dir() -> Path:
 
 SPACES_DIR = _spaces_dir()
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice")
-# Metrics every trial reports each epoch; the objective must be one of them and must not
-# depend on beta, or beta -> 0 would always win (so val_loss and val_kl are refused).
-OBJECTIVES = ("val_recon", "val_spectral")
+# Metrics every trial reports each epoch, with the direction that is better; the objective
+# must be one of them and must not depend on beta, or beta -> 0 would always win (so val_loss
+# and val_kl are refused).
+OBJECTIVES: dict[str, str] = {
+    "val_recon": "min",
+    "val_spectral": "min",
+    # Reported only when sweep.emotion_every >= 1 (see sweeps.trainable).
+    "val_emotion_acc_recon": "max",
+    "val_emotion_acc_drop": "min",
+    "val_fd_recon": "min",
+    "val_latent_silhouette": "max",
+}
+EMOTION_OBJECTIVES = frozenset(
+    name for name in OBJECTIVES if name not in ("val_recon", "val_spectral")
+)
 
 
 @dataclass
@@ -63,6 +85,9 @@ class SweepSettings:
     cpus_per_trial: float = 1.0  # torch threads per trial = this, rounded down (min 1)
     gpus_per_trial: float = 0.0  # fractions such as 0.25 share one GPU between trials
     max_failures: int = 0  # retries of a crashed trial (node loss) from its last checkpoint
+    # Validation emotion metrics (emovae.emotion) every k epochs and on a trial's last epoch;
+    # between them a trial reports the last values again. 0 = none (no judge is trained).
+    emotion_every: int = 0
 
 
 @dataclass
@@ -73,6 +98,9 @@ class FinaliseSettings:
     griffin_lim_iters: int = 32
     register_model: bool = True
     model_name: str = "emovae"  # MLflow model registry name
+    # Generated clips per emotion for a conditional VAE's emotion metrics and augmentation test
+    # (only with sweep.emotion_every >= 1).
+    emotion_samples: int = 16
 
 
 @dataclass
@@ -84,6 +112,7 @@ class SweepSpec:
     params: dict[str, Any]  # TrainConfig field -> constant or {distribution: args}
     finalise: FinaliseSettings
     raw: dict[str, Any] = field(default_factory=dict)  # the validated YAML mapping, for logging
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # used when sweep.emotion_every >= 1
 
 
 def available_spaces(spaces_dir: Path = SPACES_DIR) -> list[str]:
@@ -183,7 +212,7 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
     return checked
 
 
-SECTIONS = ("sweep", "data", "features", "train", "params", "finalise")
+SECTIONS = ("sweep", "data", "features", "train", "params", "judge", "finalise")
 
 
 def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
@@ -203,9 +232,11 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
         train=from_dict(TrainConfig, raw.get("train") or {}, f"{source}: train"),
     )
     params = validate_params(raw.get("params"), f"{source}: params")
+    judge = from_dict(JudgeConfig, raw.get("judge") or {}, f"{source}: judge")
     finalise = from_dict(FinaliseSettings, raw.get("finalise") or {}, f"{source}: finalise")
     _check_settings(sweep, experiment, source)
-    return SweepSpec(name, source, sweep, experiment, params, finalise, raw)
+    _check_emotion(sweep, judge, finalise, source)
+    return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
 
 def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: str) -> None:
@@ -217,6 +248,12 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
         )
     if sweep.mode not in ("min", "max"):
         raise ConfigError(f"{where}.mode: expected 'min' or 'max', got '{sweep.mode}'")
+    if sweep.mode != OBJECTIVES[sweep.metric]:
+        better = "lower" if OBJECTIVES[sweep.metric] == "min" else "higher"
+        raise ConfigError(
+            f"{where}.mode: '{sweep.mode}' contradicts {sweep.metric}, where {better} is "
+            f"better; set sweep.mode: {OBJECTIVES[sweep.metric]}"
+        )
     positive = ("num_samples", "max_concurrent", "grace_period")
     for name in positive:
         if getattr(sweep, name) < 1:
@@ -233,6 +270,30 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
         raise ConfigError(
             f"{where}.grace_period: {sweep.grace_period} exceeds train.max_epochs "
             f"{experiment.train.max_epochs}"
+        )
+
+
+def _check_emotion(
+    sweep: SweepSettings, judge: JudgeConfig, finalise: FinaliseSettings, source: str
+) -> None:
+    if sweep.emotion_every < 0:
+        raise ConfigError(
+            f"{source}: sweep.emotion_every: expected 0 (off) or a number of epochs >= 1, "
+            f"got {sweep.emotion_every}"
+        )
+    if sweep.metric in EMOTION_OBJECTIVES and sweep.emotion_every < 1:
+        raise ConfigError(
+            f"{source}: sweep.emotion_every: the objective {sweep.metric} is an emotion metric, "
+            "which trials only report with sweep.emotion_every >= 1 (e.g. 1: every epoch)"
+        )
+    for name in ("epochs", "batch_size", "channels", "n_blocks", "embedding_dim", "freq_bands"):
+        if getattr(judge, name) < 1:
+            raise ConfigError(
+                f"{source}: judge.{name}: expected at least 1, got {getattr(judge, name)}"
+            )
+    if finalise.emotion_samples < 1:
+        raise ConfigError(
+            f"{source}: finalise.emotion_samples: expected at least 1, got {finalise.emotion_samples}"
         )
 
 

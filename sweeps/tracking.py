@@ -27,7 +27,6 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
 
-from emovae.checkpoint import read_checkpoint
 from emovae.evaluate import plot_learning_curves
 from sweeps.results import trial_error_text, trial_status
 
@@ -151,6 +150,29 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 
 
 RUN_STATUS = {"FINISHED": "FINISHED", "KILLED_BY_ASHA": "KILLED", "FAILED": "FAILED"}
+
+
+def log_learning_curves(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    histories: dict[str, list[dict[str, float]]],
+) -> int:
+    """Each trial's learning curves as `plots/learning_curves.png` of its child run, drawn from
+    its per-epoch history (trial id -> rows); the number of plots logged. Logging again (a
+    resumed sweep) replaces the file."""
+    runs = {
+        run.data.tags.get(TAG_TRIAL_ID): run.info.run_id
+        for run in child_runs(client, experiment_id, parent_run_id)
+    }
+    logged = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        for trial_id, history in histories.items():
+            if history and trial_id in runs:
+                curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
+                client.log_artifact(runs[trial_id], str(curves), artifact_path="plots")
+                logged += 1
+    return logged
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -370,15 +392,13 @@ class MlflowTrialLogger(tune.Callback):
         return run_id
 
     def _log_checkpoint(self, run_id: str, checkpoint: Any) -> None:
-        """The trial's best weights, and its learning curves drawn from last.pt's history."""
-        with checkpoint.as_directory() as folder, tempfile.TemporaryDirectory() as scratch:
-            best, last = Path(folder) / "best.pt", Path(folder) / "last.pt"
+        """The trial's best weights. Its learning curves are drawn after the sweep
+        (`log_learning_curves`): drawing them here took 73% of the MLflow time per trial, on
+        Tune's event loop, while other trials waited (benchmarks/RESULTS_sweeps.md)."""
+        with checkpoint.as_directory() as folder:
+            best = Path(folder) / "best.pt"
             if best.exists():
                 self.client.log_artifact(run_id, str(best), artifact_path="checkpoint")
-            if last.exists():
-                history = read_checkpoint(last)["history"]
-                curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
-                self.client.log_artifact(run_id, str(curves), artifact_path="plots")
 
     def _close_orphans(self) -> None:
         for run in child_runs(self.client, self.experiment_id, self.parent_run_id):

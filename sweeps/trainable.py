@@ -3,6 +3,11 @@
 It maps the trial's config onto a TrainConfig, reads the features from the sweep's cache (the
 driver extracted them once), and reports every epoch's metrics with a checkpoint, so ASHA can
 stop the trial and a restored sweep resumes it from its last epoch.
+
+With `sweep.emotion_every` = k >= 1 the driver adds an "emotion" entry to the experiment
+constants; the trial then loads the sweep's emotion judge from the cache (the driver trained
+it) and reports the validation emotion metrics (emovae.emotion) every k epochs and on its last
+epoch, repeating the last values in between so ASHA and Tune always see them.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import ray
 from ray import tune
 
 from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict
-from emovae.dataset import prepare_data
-from emovae.train import train
+from emovae.dataset import PreparedData, prepare_data
+from emovae.emotion import real_reference, reconstruction_emotion_metrics
+from emovae.judge import JudgeConfig, ensure_judge
+from emovae.model import VAE
+from emovae.train import EpochMetrics, train
 from sweeps.space import trial_train_config
 
 CHECKPOINT_FILES = ("last.pt", "best.pt")
@@ -28,6 +36,44 @@ CHECKPOINT_FILES = ("last.pt", "best.pt")
 def threads_for(cpus_per_trial: float) -> int:
     """Torch threads = the CPUs Ray gave the trial, so concurrent trials do not oversubscribe."""
     return max(1, math.floor(cpus_per_trial))
+
+
+def judge_cache_dir(data_cache_dir: str | Path) -> Path:
+    """Where a sweep's emotion judges are cached: beside the features, keyed by data."""
+    return Path(data_cache_dir) / "judges"
+
+
+def emotion_settings(every: int, judge: JudgeConfig) -> dict[str, Any]:
+    """The experiment entry that switches a trial's emotion metrics on (plain data for Ray)."""
+    return {"every": every, "judge": dataclasses.asdict(judge)}
+
+
+def emotion_epoch_metrics(
+    data: PreparedData, every: int, judge_config: JudgeConfig, cache_dir: str | Path
+) -> EpochMetrics:
+    """The `epoch_metrics` callback of `emovae.train.train` that adds the validation emotion
+    metrics (`val_emotion_acc_real/_recon/_drop`, `val_latent_silhouette`, `val_fd_recon`).
+
+    They are computed on the first epoch the callback sees (epoch 1, or the first after a
+    resume), on every epoch divisible by `every` and on the last epoch; other epochs repeat
+    the last values. The judge comes from `judge_cache_dir(cache_dir)` (trained there first if
+    missing); its view of the real validation clips is computed once here.
+    """
+    if every < 1:
+        raise ValueError(f"every: expected at least 1, got {every}")
+    judge = ensure_judge(data, judge_cache_dir(cache_dir), judge_config)
+    reference = real_reference(judge, data.val)
+    last: dict[str, float] | None = None
+
+    def metrics(model: VAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
+        nonlocal last
+        if last is None or epoch % every == 0 or is_last_epoch:
+            last = reconstruction_emotion_metrics(
+                judge, model, data.val, prefix="val", reference=reference
+            )
+        return dict(last)
+
+    return metrics
 
 
 def _restore_into(work_dir: Path) -> Path | None:
@@ -51,6 +97,17 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
         trial_train_config(base, config), num_threads=threads_for(cpus_per_trial)
     )
     data = prepare_data(data_config, features)
+    epoch_metrics = None
+    emotion = experiment.get("emotion")
+    if emotion:
+        judge = from_dict(JudgeConfig, emotion["judge"])
+        judge = dataclasses.replace(
+            judge,
+            num_threads=train_config.num_threads,
+            # The judge runs where the VAE runs unless the space pins it elsewhere.
+            device=train_config.device if judge.device == "auto" else judge.device,
+        )
+        epoch_metrics = emotion_epoch_metrics(data, emotion["every"], judge, data_config.cache_dir)
     work_dir = Path(tempfile.mkdtemp(prefix="emovae-trial-"))
     try:
         resume_from = _restore_into(work_dir)
@@ -64,6 +121,13 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
         def report(metrics: dict[str, float], folder: Path) -> None:
             tune.report(metrics | placement, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-        train(train_config, data, work_dir, on_epoch=report, resume_from=resume_from)
+        train(
+            train_config,
+            data,
+            work_dir,
+            on_epoch=report,
+            resume_from=resume_from,
+            epoch_metrics=epoch_metrics,
+        )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

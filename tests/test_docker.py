@@ -459,6 +459,10 @@ def test_guide_ray_job_submit_commands_parse():
     for words in submits:
         context = job_cli_group.commands["submit"].make_context("submit", words[3:])
         entrypoint = list(context.params["entrypoint"])
+        if entrypoint[0] == "env":  # `env NAME=value ... python ...` sets variables for the job
+            entrypoint = entrypoint[1:]
+            while "=" in entrypoint[0]:
+                entrypoint = entrypoint[1:]
         assert entrypoint[:2] == ["python", "sweeps/run.py"], shlex.join(words)
         assert context.params["working_dir"] or context.params["runtime_env"]
         if context.params["runtime_env"]:

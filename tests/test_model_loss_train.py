@@ -497,3 +497,66 @@ def test_a_nan_epoch_leaves_the_previous_best(
         state = read_checkpoint(tmp_path / name)
         assert state["epoch"] == 1
         assert all(math.isfinite(v) for v in state["metrics"].values())
+
+
+# --- epoch_metrics ----------------------------------------------------------------------------
+
+
+class ExtraMetrics:
+    """epoch_metrics callback: records its calls and the model's mode, returns one finite and
+    one NaN value, and leaves the model in train mode to check the trainer restores it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool, bool]] = []
+
+    def __call__(self, model: VAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
+        self.calls.append((epoch, is_last_epoch, model.training))
+        model.train()
+        return {"val_extra": 10.0 * epoch, "val_undefined": math.nan}
+
+
+def test_epoch_metrics_join_history_checkpoints_and_on_epoch(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    extra, recorder = ExtraMetrics(), Recorder()
+    config = dataclasses.replace(BASE, max_epochs=3)
+    result = train(config, data, tmp_path, on_epoch=recorder, epoch_metrics=extra)
+    # Called once per epoch after validation (the model is in eval mode then), with the flag.
+    assert extra.calls == [(1, False, False), (2, False, False), (3, True, False)]
+    assert [h["val_extra"] for h in result.history] == [10.0, 20.0, 30.0]
+    assert all(math.isnan(h["val_undefined"]) for h in result.history)  # NaN is allowed
+    assert [m["val_extra"] for m in recorder.metrics] == [10.0, 20.0, 30.0]
+    assert set(recorder.metrics[0]) == METRIC_KEYS | {"val_extra", "val_undefined"}
+    last = read_checkpoint(tmp_path / "last.pt")
+    assert last["metrics"]["val_extra"] == 30.0
+    assert [h["val_extra"] for h in last["history"]] == [10.0, 20.0, 30.0]
+    best = read_checkpoint(tmp_path / "best.pt")
+    assert best["metrics"]["val_extra"] == 10.0 * best["epoch"]
+
+
+def test_epoch_metrics_leave_the_model_mode_and_the_trainer_keys_alone(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    models: list[VAE] = []
+    modes_seen_by_on_epoch: list[bool] = []
+
+    def flip_mode(model: VAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
+        models.append(model)
+        model.train()  # the trainer must put back the mode it called with
+        return {}
+
+    train(
+        dataclasses.replace(BASE, max_epochs=1),
+        data,
+        tmp_path / "mode",
+        on_epoch=lambda metrics, folder: modes_seen_by_on_epoch.append(models[-1].training),
+        epoch_metrics=flip_mode,
+    )
+    assert modes_seen_by_on_epoch == [False]  # eval mode, as after validation
+    with pytest.raises(ValueError, match=r"epoch_metrics: returned the trainer's own.*val_loss"):
+        train(
+            dataclasses.replace(BASE, max_epochs=1),
+            data,
+            tmp_path / "clash",
+            epoch_metrics=lambda model, epoch, last: {"val_loss": 0.0},
+        )

@@ -295,3 +295,72 @@ def test_final_section(tmp_path: Path) -> None:
     assert "(final/recon.png)" in text
     assert "image not found" in text
     _assert_pngs(report)
+
+
+def _final_with(emotion: dict | None) -> dict:
+    final = {"config": {"latent_dim": 32}, "metrics": {"test_recon": 0.1}}
+    return final if emotion is None else final | {"emotion": emotion}
+
+
+def test_emotion_section_of_a_conditional_vae(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    confusion = elsewhere / "emotion_confusion.png"
+    confusion.write_bytes(PNG_SIGNATURE + b"rest")
+    metrics = {
+        "test_emotion_acc_real": 0.8,
+        "test_emotion_acc_recon": 0.5,
+        "test_emotion_acc_drop": 0.3,
+        "test_latent_silhouette": math.nan,
+        "test_fd_recon": 12.5,
+        "judge_test_acc": 0.8,
+        "judge_test_uar": 0.75,
+        "gen_emotion_acc": 0.25,
+        "gen_emotion_acc_anger": 0.5,
+        "real_diversity": 3.0,
+        "aug_acc_gain": -0.02,
+        "something_new": 1.0,
+    }
+    records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
+    out = tmp_path / "out"
+    final = _final_with({"metrics": metrics, "confusion": confusion})
+    report = write_report(records, METRIC, "min", SPEC, ASHA, out, final=final)
+    text = report.read_text()
+    assert "### Emotion preservation" in text
+    # The section comes after the final model's own tables.
+    assert text.index("### Test metrics") < text.index("### Emotion preservation")
+    assert _table_rows(text, "Reconstruction") == [
+        "| test_emotion_acc_real | 0.8 |",
+        "| test_emotion_acc_recon | 0.5 |",
+        "| test_emotion_acc_drop | 0.3 |",
+        "| test_latent_silhouette | nan |",
+        "| test_fd_recon | 12.5 |",
+    ]
+    assert _table_rows(text, "Judge") == ["| judge_test_acc | 0.8 |", "| judge_test_uar | 0.75 |"]
+    assert len(_table_rows(text, "Generation")) == 3  # gen_* and real_*
+    assert _table_rows(text, "Augmentation value") == ["| aug_acc_gain | -0.02 |"]
+    assert _table_rows(text, "Other") == ["| something_new | 1 |"]  # nothing is dropped
+    assert "(final_emotion_confusion.png)" in text
+    images = _assert_pngs(report)
+    assert out / "final_emotion_confusion.png" in images
+
+
+def test_emotion_section_of_an_unconditional_vae_and_without_one(tmp_path: Path) -> None:
+    records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
+    emotion = {"metrics": {"test_emotion_acc_recon": 0.5, "judge_test_acc": 0.8}, "confusion": None}
+    report = write_report(
+        records, METRIC, "min", SPEC, ASHA, tmp_path / "a", final=_final_with(emotion)
+    )
+    text = report.read_text()
+    assert _table_rows(text, "Reconstruction") == ["| test_emotion_acc_recon | 0.5 |"]
+    for absent in ("Generation", "Augmentation value", "confusion", "Other"):
+        assert absent not in text
+    missing = {"metrics": {}, "confusion": tmp_path / "gone.png"}
+    text = write_report(
+        records, METRIC, "min", SPEC, ASHA, tmp_path / "b", final=_final_with(missing)
+    ).read_text()
+    assert "No emotion metrics recorded." in text and "image not found" in text
+    text = write_report(
+        records, METRIC, "min", SPEC, ASHA, tmp_path / "c", final=_final_with(None)
+    ).read_text()
+    assert "Emotion preservation" not in text

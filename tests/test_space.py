@@ -9,7 +9,15 @@ import yaml
 from ray import tune
 
 from emovae.config import ConfigError, TrainConfig
-from sweeps.space import available_spaces, load_space, to_tune_space, trial_train_config
+from emovae.judge import JudgeConfig
+from sweeps.space import (
+    OBJECTIVES,
+    SweepSettings,
+    available_spaces,
+    load_space,
+    to_tune_space,
+    trial_train_config,
+)
 
 
 def write_space(tmp_path: Path, text: str) -> str:
@@ -130,3 +138,70 @@ def test_raw_space_roundtrips_for_resume(tmp_path: Path) -> None:
     again = load_space(write_space(tmp_path, yaml.safe_dump(spec.raw)))
     assert again.sweep == spec.sweep and again.params == spec.params
     assert isinstance(to_tune_space(again.params)["lr"], tune.search.sample.Float)
+
+
+def test_shipped_spaces_compute_emotion_metrics_with_a_judge_section() -> None:
+    quick, default = load_space("quick"), load_space("default")
+    assert (quick.sweep.emotion_every, default.sweep.emotion_every) == (2, 5)
+    assert quick.judge == JudgeConfig(epochs=30)
+    assert default.judge == JudgeConfig()  # no section: the judge's defaults
+    assert SweepSettings().emotion_every == 0  # off unless a space asks for it
+
+
+def test_judge_section_maps_onto_judge_config(tmp_path: Path) -> None:
+    spec = load_space(write_space(tmp_path, "judge:\n  epochs: 3\n  lr: 1e-3\n  augment: false\n"))
+    assert (spec.judge.epochs, spec.judge.lr, spec.judge.augment) == (3, 0.001, False)
+    assert spec.judge.channels == JudgeConfig().channels
+    with pytest.raises(ConfigError, match=r"judge: unknown key 'epoch'.*did you mean 'epochs'"):
+        load_space(write_space(tmp_path, "judge:\n  epoch: 3\n"))
+    with pytest.raises(ConfigError, match=r"judge.epochs: expected int"):
+        load_space(write_space(tmp_path, "judge:\n  epochs: many\n"))
+    with pytest.raises(ConfigError, match=r"judge.epochs: expected at least 1"):
+        load_space(write_space(tmp_path, "judge:\n  epochs: 0\n"))
+    with pytest.raises(ConfigError, match=r"unknown section 'judges'.*'judge'"):
+        load_space(write_space(tmp_path, "judges:\n  epochs: 3\n"))
+
+
+@pytest.mark.parametrize(
+    ("metric", "mode"),
+    [
+        ("val_emotion_acc_recon", "max"),
+        ("val_emotion_acc_drop", "min"),
+        ("val_fd_recon", "min"),
+        ("val_latent_silhouette", "max"),
+    ],
+)
+def test_emotion_objectives_need_emotion_every_and_their_direction(
+    tmp_path: Path, metric: str, mode: str
+) -> None:
+    assert OBJECTIVES[metric] == mode
+    spec = load_space("quick", [f"sweep.metric={metric}", f"sweep.mode={mode}"])
+    assert (spec.sweep.metric, spec.sweep.mode) == (metric, mode)
+    with pytest.raises(ConfigError, match=rf"sweep.emotion_every: the objective {metric} is an"):
+        load_space(
+            "quick", [f"sweep.metric={metric}", f"sweep.mode={mode}", "sweep.emotion_every=0"]
+        )
+    wrong = "min" if mode == "max" else "max"
+    with pytest.raises(ConfigError, match=rf"sweep.mode: '{wrong}' contradicts {metric}.*{mode}"):
+        load_space("quick", [f"sweep.metric={metric}", f"sweep.mode={wrong}"])
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("sweep:\n  mode: max", r"sweep.mode: 'max' contradicts val_recon, where lower is better"),
+        ("sweep:\n  metric: val_spectral\n  mode: max", r"sweep.mode: 'max' contradicts"),
+        ("sweep:\n  emotion_every: -1", r"sweep.emotion_every: expected 0 \(off\)"),
+        ("finalise:\n  emotion_samples: 0", r"finalise.emotion_samples: expected at least 1"),
+    ],
+)
+def test_bad_emotion_settings_fail_by_name(tmp_path: Path, section: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_space(write_space(tmp_path, section + "\n"))
+
+
+def test_judge_section_roundtrips_for_resume(tmp_path: Path) -> None:
+    spec = load_space("quick", ["judge.epochs=5"])
+    again = load_space(write_space(tmp_path, yaml.safe_dump(spec.raw)))
+    assert again.judge == spec.judge == JudgeConfig(epochs=5)
+    assert again.sweep.emotion_every == 2

@@ -30,6 +30,9 @@ SHRINK = [
     "train.base_channels=8",
     "sweep.grace_period=1",
 ]
+# For tests of other things: the emotion judge and metrics cost time (test_quick_sweep_end_to_end
+# covers them).
+NO_EMOTION = ["sweep.emotion_every=0"]
 
 
 def sweep_command(out: Path, cache: Path, *extra: str, space: str = "quick") -> list[str]:
@@ -84,6 +87,9 @@ def test_quick_sweep_end_to_end(tmp_path: Path) -> None:
     assert len({r.data.tags[TAG_TRIAL_ID] for r in trials}) == 8
     assert parents[0].data.params["data_fingerprint"]
     assert "best_val_recon" in parents[0].data.metrics
+    # The emotion judge trained once for the sweep; every trial reported emotion metrics.
+    assert 0.0 <= parents[0].data.metrics["judge_test_acc"] <= 1.0
+    assert all("val_emotion_acc_recon" in r.data.metrics for r in trials)
 
     statuses = Counter(r.data.tags[TAG_TRIAL_STATUS] for r in trials)
     assert statuses["KILLED_BY_ASHA"] >= 1, statuses
@@ -94,12 +100,19 @@ def test_quick_sweep_end_to_end(tmp_path: Path) -> None:
         expected = "FINISHED" if r.data.tags[TAG_TRIAL_STATUS] == "FINISHED" else "KILLED"
         assert r.info.status == expected
         assert r.data.params["lr"] and r.data.params["latent_dim"]
+        artifacts = {
+            a.path
+            for folder in ("checkpoint", "plots")
+            for a in client.list_artifacts(r.info.run_id, folder)
+        }
+        assert artifacts == {"checkpoint/best.pt", "plots/learning_curves.png"}, artifacts
     killed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "KILLED_BY_ASHA"]
     assert all(len(epoch_steps(client, r.info.run_id)) < 4 for r in killed)
 
     final = finals[0]
     assert final.info.status == "FINISHED"
     assert "test_recon" in final.data.metrics and "test_snr_db" in final.data.metrics
+    assert "test_emotion_acc_recon" in final.data.metrics
     versions = client.search_model_versions("name='emovae'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
 
@@ -124,7 +137,9 @@ def _wait_for_epochs(sweep_dir: Path, trials: int, timeout: float) -> None:
 
 def test_sigkill_driver_then_resume_keeps_one_run_per_trial(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    command = sweep_command(out, tmp_path / "cache", "sweep.num_samples=6", "train.max_epochs=6")
+    command = sweep_command(
+        out, tmp_path / "cache", "sweep.num_samples=6", "train.max_epochs=6", *NO_EMOTION
+    )
     driver = subprocess.Popen(
         [*command, "--no-finalise"],
         cwd=REPO,
@@ -178,6 +193,7 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> N
             "params.lr={choice: [1.0e+30, 1.0e-3]}",
             "sweep.seed=3",
             "train.max_epochs=2",
+            *NO_EMOTION,
         )
         + ["--no-finalise"]
     )
@@ -197,6 +213,7 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> N
             tmp_path / "cache",
             "sweep.num_samples=2",
             "params.lr=1.0e+30",
+            *NO_EMOTION,
         )
         + ["--no-finalise"]
     )

@@ -1,0 +1,260 @@
+"""Emotion metrics in the sweep, without Ray: the driver trains the judge once, a trial loads it
+and reports the validation emotion metrics every k epochs (carried forward in between), and the
+finaliser scores the retrained model on the test speakers.
+
+A tiny judge (2 epochs) on a tiny synthetic corpus keeps each test to seconds; the numbers are
+meaningless, the wiring is what is checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import emovae.emotion as emotion_module
+import emovae.judge as judge_module
+import emovae.train as train_module
+import sweeps.trainable as trainable
+from emovae.data.synthetic import generate_synthetic_corpus
+from emovae.dataset import PreparedData, prepare_data
+from emovae.judge import judge_path
+from emovae.train import train
+from sweeps.driver import _absolute_cache, _prepare_judge, _trial_experiment
+from sweeps.finaliser import CONFUSION_FILE, EMOTION_METRICS_FILE, emotion_evaluation
+from sweeps.space import SweepSpec, spec_from_dict
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FEATURES = {"n_mels": 32, "duration": 0.75}
+TINY_JUDGE = {
+    "epochs": 2,
+    "channels": 4,
+    "n_blocks": 2,
+    "embedding_dim": 8,
+    "batch_size": 8,
+    "num_threads": 1,
+    "device": "cpu",
+}
+TRAIN = {
+    "base_channels": 4,
+    "latent_dim": 4,
+    "batch_size": 8,
+    "num_threads": 1,
+    "max_epochs": 4,
+    "device": "cpu",
+}
+EVERY = 3  # with 4 epochs: computed on epochs 1 (first), 3 (divisible) and 4 (last)
+EMOTION_KEYS = {
+    "val_emotion_acc_real",
+    "val_emotion_acc_recon",
+    "val_emotion_acc_drop",
+    "val_latent_silhouette",
+    "val_fd_recon",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_tiny_torch() -> Iterator[None]:
+    """One torch thread (tiny tensors, shared CPU) and no gc pass per epoch (as elsewhere)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "gc", types.SimpleNamespace(collect=lambda: 0))
+        yield
+    torch.set_num_threads(threads)
+
+
+class FakeClient:
+    """The MlflowClient calls `_prepare_judge` makes, kept in dicts."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+
+    def get_run(self, run_id: str) -> Any:
+        return types.SimpleNamespace(data=types.SimpleNamespace(params=dict(self.params)))
+
+    def log_batch(self, run_id: str, params: list | None = None, metrics: list | None = None):
+        for param in params or []:
+            assert param.key not in self.params, f"{param.key} logged twice"
+            self.params[param.key] = param.value
+
+    def log_metric(self, run_id: str, key: str, value: float) -> None:
+        self.metrics[key] = value
+
+
+class CountingTrainJudge:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.real = judge_module.train_judge
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A spec with emotion metrics on, its data, and the driver's judge preparation, run twice
+    (a fresh sweep, then its --resume) with judge training counted."""
+    root = tmp_path_factory.mktemp("emotion-sweep")
+    corpus = generate_synthetic_corpus(
+        root, n_speakers=5, per_emotion=1, duration=FEATURES["duration"], seed=0
+    )
+    raw = {
+        "sweep": {"emotion_every": EVERY, "grace_period": 1},
+        "data": {"path": str(corpus), "cache_dir": str(root / "cache")},
+        "features": FEATURES,
+        "train": TRAIN,
+        "params": {"lr": {"loguniform": [1.0e-3, 3.0e-3]}},
+        "judge": TINY_JUDGE,
+    }
+    spec = spec_from_dict(raw, "tiny", "test")
+    data = prepare_data(spec.experiment.data, spec.experiment.features)
+    client, state = FakeClient(), types.SimpleNamespace(parent_run_id="parent")
+    counter = CountingTrainJudge()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(judge_module, "train_judge", counter)
+        _prepare_judge(client, state, spec, data)
+        path = judge_path(trainable.judge_cache_dir(root / "cache"), data.fingerprint, spec.judge)
+        mtime = path.stat().st_mtime_ns
+        _prepare_judge(client, state, spec, data)  # a resumed sweep: loaded, not retrained
+    return {
+        "spec": spec,
+        "data": data,
+        "client": client,
+        "trainings": counter.calls,
+        "judge_file": path,
+        "mtime": mtime,
+    }
+
+
+def test_the_driver_trains_the_judge_once_and_logs_it(sweep: dict[str, Any]) -> None:
+    assert sweep["trainings"] == 1
+    assert sweep["judge_file"].stat().st_mtime_ns == sweep["mtime"]
+    client = sweep["client"]
+    expected = {f"judge.{k}": str(v) for k, v in dataclasses.asdict(sweep["spec"].judge).items()}
+    assert client.params == expected
+    assert client.params["judge.epochs"] == "2"
+    assert set(client.metrics) == {"judge_test_acc", "judge_test_uar"}
+    assert all(0.0 <= v <= 1.0 for v in client.metrics.values())
+
+
+def test_the_driver_does_nothing_without_emotion_metrics(sweep: dict[str, Any]) -> None:
+    spec: SweepSpec = sweep["spec"]
+    off = dataclasses.replace(spec, sweep=dataclasses.replace(spec.sweep, emotion_every=0))
+    client = FakeClient()
+    _prepare_judge(client, types.SimpleNamespace(parent_run_id="p"), off, sweep["data"])
+    assert client.params == {} and client.metrics == {}
+    experiment = _absolute_cache(off)
+    assert _trial_experiment(off, experiment) is experiment  # no "emotion" entry
+
+
+def test_a_trial_loads_the_judge_and_carries_metrics_forward(
+    sweep: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_trial as Ray runs it (Ray's calls faked): the judge is loaded, not trained, and
+    the metrics are computed on epochs 1, 3, 4 and repeated on epoch 2."""
+    spec: SweepSpec = sweep["spec"]
+    experiment = _trial_experiment(spec, _absolute_cache(spec))
+    assert experiment["emotion"]["every"] == EVERY
+
+    reports: list[dict[str, float]] = []
+    computed: list[dict[str, float]] = []
+    real_metrics = trainable.reconstruction_emotion_metrics
+
+    def spy(*args: Any, **kwargs: Any) -> dict[str, float]:
+        result = real_metrics(*args, **kwargs)
+        computed.append(dict(result))
+        return result
+
+    def report(metrics: dict[str, float], checkpoint: Any) -> None:
+        reports.append(dict(metrics) | {"computed_so_far": len(computed)})
+
+    counter = CountingTrainJudge()
+    monkeypatch.setattr(judge_module, "train_judge", counter)
+    monkeypatch.setattr(trainable, "reconstruction_emotion_metrics", spy)
+    monkeypatch.setattr(
+        trainable,
+        "ray",
+        types.SimpleNamespace(
+            get_runtime_context=lambda: types.SimpleNamespace(get_node_id=lambda: "node"),
+            get_gpu_ids=lambda: [],
+        ),
+    )
+    monkeypatch.setattr(
+        trainable,
+        "tune",
+        types.SimpleNamespace(
+            get_checkpoint=lambda: None,
+            report=report,
+            Checkpoint=types.SimpleNamespace(from_directory=lambda folder: folder),
+        ),
+    )
+    trainable.train_trial({"lr": 2e-3}, experiment, cpus_per_trial=1)
+
+    assert counter.calls == 0
+    assert sweep["judge_file"].stat().st_mtime_ns == sweep["mtime"]
+    assert [r["epoch"] for r in reports] == [1.0, 2.0, 3.0, 4.0]
+    assert [r["computed_so_far"] for r in reports] == [1, 1, 2, 3]
+    for row in reports:
+        assert EMOTION_KEYS <= set(row)
+        values = {k: row[k] for k in EMOTION_KEYS}
+        # What the epoch reports is the latest computation: epoch 2 repeats epoch 1's.
+        latest = computed[int(row["computed_so_far"]) - 1]
+        assert values == pytest.approx(latest, nan_ok=True)
+        assert 0.0 <= row["val_emotion_acc_recon"] <= 1.0
+        assert math.isfinite(row["val_fd_recon"])
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_the_finaliser_scores_the_model_on_the_test_speakers(
+    sweep: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conditional: bool
+) -> None:
+    spec: SweepSpec = sweep["spec"]
+    data: PreparedData = sweep["data"]
+    config = dataclasses.replace(spec.experiment.train, conditional=conditional, max_epochs=1)
+    result = train(config, data, tmp_path / "checkpoints")
+    counter = CountingTrainJudge()
+    monkeypatch.setattr(judge_module, "train_judge", counter)
+    monkeypatch.setattr(emotion_module, "train_judge", counter)  # augmentation_value's
+    evaluation = emotion_evaluation(
+        result.best_checkpoint,
+        data,
+        spec.judge,
+        spec.experiment.data.cache_dir,
+        tmp_path / "evaluation",
+        n_per_emotion=2,
+        seed=0,
+        device="cpu",
+    )
+    metrics = evaluation.metrics
+    assert {
+        "test_emotion_acc_real",
+        "test_emotion_acc_recon",
+        "test_emotion_acc_drop",
+        "test_latent_silhouette",
+        "test_fd_recon",
+        "judge_test_acc",
+        "judge_test_uar",
+    } <= set(metrics)
+    assert metrics["test_emotion_acc_real"] == pytest.approx(metrics["judge_test_acc"])
+    written = json.loads((tmp_path / "evaluation" / EMOTION_METRICS_FILE).read_text())
+    assert set(written) == set(metrics)
+    assert sweep["judge_file"].stat().st_mtime_ns == sweep["mtime"]  # the cached judge is reused
+    if conditional:
+        assert {"gen_emotion_acc", "gen_fd", "gen_diversity_ratio", "aug_acc_gain"} <= set(metrics)
+        assert counter.calls == 1  # only the augmented judge is trained
+        assert evaluation.confusion == tmp_path / "evaluation" / CONFUSION_FILE
+        assert evaluation.confusion.read_bytes()[:8] == PNG_SIGNATURE
+    else:
+        assert not any(k.startswith(("gen_", "aug_")) for k in metrics)
+        assert counter.calls == 0
+        assert evaluation.confusion is None
