@@ -42,6 +42,7 @@ from sweeps.tracking import (
     git_commit,
     log_learning_curves,
     log_params,
+    tag_forgotten_trials,
 )
 from sweeps.trainable import emotion_settings, judge_cache_dir, train_trial
 
@@ -366,6 +367,7 @@ def run_sweep(
     try:
         histories = {t.trial_id: t.history for t in trials}
         log_learning_curves(client, state.experiment_id, state.parent_run_id, histories)
+        tag_forgotten_trials(client, state.experiment_id, state.parent_run_id, set(histories))
         _log_outcome(client, state, spec, trials, best, best_score, csv_path)
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
         reason = f"{type(exc).__name__}: {exc}"[:300]

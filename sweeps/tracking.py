@@ -35,6 +35,8 @@ TAG_TRIAL_ID = "ray.trial_id"
 TAG_ROLE = "emovae.role"  # sweep | trial | final
 TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
 TAG_ERROR = "emovae.error"
+# On a run whose trial Ray no longer knows: see tag_forgotten_trials.
+TAG_FORGOTTEN = "emovae.forgotten_by_ray"
 MAX_TAG_LENGTH = 5000
 PLACEMENT_KEYS = ("node_id", "gpu_ids")  # reported by the trainable, tagged on the run
 # Keys Ray adds to every result; only the trainer's own metrics go to MLflow.
@@ -173,6 +175,23 @@ def log_learning_curves(
                 client.log_artifact(runs[trial_id], str(curves), artifact_path="plots")
                 logged += 1
     return logged
+
+
+def tag_forgotten_trials(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]
+) -> list[str]:
+    """Tag the child runs whose trial is not among `trial_ids` (Ray's trials after the sweep);
+    their trial ids. Ray snapshots its experiment state a moment after each result, so a
+    driver killed in between resumes without the trials that result started or ended, and
+    reruns their slots as new trials; the runs keep what those trials did, marked, not
+    deleted."""
+    forgotten = []
+    for run in child_runs(client, experiment_id, parent_run_id):
+        trial_id = run.data.tags.get(TAG_TRIAL_ID)
+        if run.data.tags.get(TAG_ROLE) == "trial" and trial_id not in trial_ids:
+            client.set_tag(run.info.run_id, TAG_FORGOTTEN, "true")
+            forgotten.append(trial_id)
+    return forgotten
 
 
 class MlflowTrialLogger(tune.Callback):

@@ -256,15 +256,15 @@ def logged_epochs(uri: str) -> int:
 
 def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
-    # Two trials at once, each about 60 s of training on a quiet 2-core machine (more data
-    # per epoch, no ASHA or early stop): still training when the server is back up, even when
-    # the restarted server takes a while to answer.
+    # Two trials at once, each about 80 s of training on a 2-core machine (more data per
+    # epoch, no ASHA or early stop): still training when the server is back up, although a
+    # restarted server took 33 s to answer while the trials kept both cores busy.
     extra = (
         "data.synthetic_per_emotion=8",
         "sweep.num_samples=2",
-        "train.max_epochs=24",
-        "train.patience=24",
-        "sweep.grace_period=24",
+        "train.max_epochs=40",
+        "train.patience=40",
+        "sweep.grace_period=40",
     )
     with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:
         command = driver_command(
@@ -275,7 +275,7 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
             wait_for(lambda: logged_epochs(server.uri) >= 1, 300, "an epoch in MLflow", 2)
             server.kill()
             down_at = time.time()
-            time.sleep(15)  # longer than the logger's 10 s between retries
+            time.sleep(12)  # longer than the logger's 10 s between retries
             assert driver.poll() is None, tail(log)  # the sweep goes on without its server
             server.start()  # same port, same sqlite store
             up_at = time.time()
@@ -304,7 +304,14 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
 
 def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
-    extra = ("sweep.num_samples=2", "train.max_epochs=3", "sweep.grace_period=3")
+    # Trials long enough (about 15 s each) that the server dies while they train.
+    extra = (
+        "data.synthetic_per_emotion=8",
+        "sweep.num_samples=2",
+        "train.max_epochs=8",
+        "train.patience=8",
+        "sweep.grace_period=8",
+    )
     server = MlflowServer(tmp_path / "mlflow")
     with loopback_ray_env():
         server.start()
