@@ -133,7 +133,8 @@ def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, 
     params = flatten("sweep", dataclasses.asdict(spec.sweep))
     params |= flatten("", {k: v for k, v in spec.raw.items() if k != "sweep"})
     params |= {
-        "searcher": f"OptunaSearch(TPESampler(seed={spec.sweep.seed}))",
+        # TPE samples at random for its first 10 trials: a sweep of 10 or fewer is random+ASHA.
+        "searcher": f"OptunaSearch(TPESampler(seed={spec.sweep.seed}, n_startup_trials=10))",
         "scheduler": (
             f"ASHA(time_attr=epoch, max_t={spec.experiment.train.max_epochs}, "
             f"grace_period={spec.sweep.grace_period}, reduction_factor={spec.sweep.reduction_factor})"
@@ -234,7 +235,7 @@ def _tuner(
 def _tpe(seed: int) -> Any:
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
 
 
 def _log_outcome(
