@@ -1,15 +1,27 @@
-"""Shared fixtures: the repository root, the real EmoDB copy, and a fake RAVDESS tree."""
+"""Shared fixtures: the repository root, the real EmoDB copy, a fake RAVDESS tree, and one
+torch thread for modules that train tiny models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 RAVDESS_RATE = 48_000
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests: their tensors are tiny, and on the shared
+    2-core machine a second thread mostly waits at barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +36,7 @@ METRIC_KEYS = {
 UNREPEATABLE = {"epoch_seconds", "is_last_epoch"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_tiny_torch() -> Iterator[None]:
-    """One intra-op thread (tiny tensors, shared CPU), and no full gc.collect() per epoch: the
-    trainer's collection took ~0.5 s an epoch here, as long as the epoch itself, and it does not
-    change any result."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "gc", types.SimpleNamespace(collect=lambda: 0))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- model ------------------------------------------------------------------------------------

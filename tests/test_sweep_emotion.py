@@ -12,16 +12,14 @@ import dataclasses
 import json
 import math
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+from mlflow.tracking import MlflowClient
 
 import emovae.emotion as emotion_module
 import emovae.judge as judge_module
-import emovae.train as train_module
 import sweeps.trainable as trainable
 from emovae.data.synthetic import generate_synthetic_corpus
 from emovae.dataset import PreparedData, prepare_data
@@ -60,34 +58,15 @@ EMOTION_KEYS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_tiny_torch() -> Iterator[None]:
-    """One torch thread (tiny tensors, shared CPU) and no gc pass per epoch (as elsewhere)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "gc", types.SimpleNamespace(collect=lambda: 0))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class FakeClient:
-    """The MlflowClient calls `_prepare_judge` makes, kept in dicts."""
-
-    def __init__(self) -> None:
-        self.params: dict[str, str] = {}
-        self.metrics: dict[str, float] = {}
-
-    def get_run(self, run_id: str) -> Any:
-        return types.SimpleNamespace(data=types.SimpleNamespace(params=dict(self.params)))
-
-    def log_batch(self, run_id: str, params: list | None = None, metrics: list | None = None):
-        for param in params or []:
-            assert param.key not in self.params, f"{param.key} logged twice"
-            self.params[param.key] = param.value
-
-    def log_metric(self, run_id: str, key: str, value: float) -> None:
-        self.metrics[key] = value
+def mlflow_parent_run(root: Path) -> tuple[MlflowClient, Any]:
+    """A real MLflow store (sqlite) with one parent run; the state `_prepare_judge` reads."""
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.create_experiment("emotion-test", (root / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    return client, types.SimpleNamespace(parent_run_id=run_id)
 
 
 class CountingTrainJudge:
@@ -118,7 +97,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     spec = spec_from_dict(raw, "tiny", "test")
     data = prepare_data(spec.experiment.data, spec.experiment.features)
-    client, state = FakeClient(), types.SimpleNamespace(parent_run_id="parent")
+    client, state = mlflow_parent_run(root)
     counter = CountingTrainJudge()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(judge_module, "train_judge", counter)
@@ -129,7 +108,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "spec": spec,
         "data": data,
-        "client": client,
+        "logged": client.get_run(state.parent_run_id).data,
         "trainings": counter.calls,
         "judge_file": path,
         "mtime": mtime,
@@ -139,20 +118,23 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def test_the_driver_trains_the_judge_once_and_logs_it(sweep: dict[str, Any]) -> None:
     assert sweep["trainings"] == 1
     assert sweep["judge_file"].stat().st_mtime_ns == sweep["mtime"]
-    client = sweep["client"]
+    logged = sweep["logged"]
     expected = {f"judge.{k}": str(v) for k, v in dataclasses.asdict(sweep["spec"].judge).items()}
-    assert client.params == expected
-    assert client.params["judge.epochs"] == "2"
-    assert set(client.metrics) == {"judge_test_acc", "judge_test_uar"}
-    assert all(0.0 <= v <= 1.0 for v in client.metrics.values())
+    assert logged.params == expected
+    assert logged.params["judge.epochs"] == "2"
+    assert set(logged.metrics) == {"judge_test_acc", "judge_test_uar"}
+    assert all(0.0 <= v <= 1.0 for v in logged.metrics.values())
 
 
-def test_the_driver_does_nothing_without_emotion_metrics(sweep: dict[str, Any]) -> None:
+def test_the_driver_does_nothing_without_emotion_metrics(
+    sweep: dict[str, Any], tmp_path: Path
+) -> None:
     spec: SweepSpec = sweep["spec"]
     off = dataclasses.replace(spec, sweep=dataclasses.replace(spec.sweep, emotion_every=0))
-    client = FakeClient()
-    _prepare_judge(client, types.SimpleNamespace(parent_run_id="p"), off, sweep["data"])
-    assert client.params == {} and client.metrics == {}
+    client, state = mlflow_parent_run(tmp_path)
+    _prepare_judge(client, state, off, sweep["data"])
+    logged = client.get_run(state.parent_run_id).data
+    assert logged.params == {} and logged.metrics == {}
     experiment = _absolute_cache(off)
     assert _trial_experiment(off, experiment) is experiment  # no "emotion" entry
 
