@@ -41,7 +41,7 @@ from sweeps.report import TrialRecord, ranked, write_report
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, trial_train_config
 from sweeps.tracking import TAG_ROLE, create_child_run, flatten, log_params
-from sweeps.trainable import judge_cache_dir
+from sweeps.trainable import judge_beside_vae, judge_cache_dir
 
 FINAL_DIR = "final"
 CONFUSION_FILE = "emotion_confusion.png"
@@ -133,9 +133,10 @@ def emotion_evaluation(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runtime = judge_config.device if judge_config.device != "auto" else device
     judge = ensure_judge(
-        data, judge_cache_dir(cache_dir), dataclasses.replace(judge_config, device=runtime)
+        data,
+        judge_cache_dir(cache_dir),
+        judge_beside_vae(judge_config, device, judge_config.num_threads),
     )
     vae = load_model(checkpoint, select_device(device)).model
     reference = real_reference(judge, data.test)

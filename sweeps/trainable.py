@@ -43,6 +43,16 @@ def judge_cache_dir(data_cache_dir: str | Path) -> Path:
     return Path(data_cache_dir) / "judges"
 
 
+def judge_beside_vae(judge: JudgeConfig, device: str, num_threads: int) -> JudgeConfig:
+    """`judge` set to run where the VAE runs (its device unless the space pins one, and the
+    VAE's thread count); runtime fields only, so the cached judge is the same file."""
+    return dataclasses.replace(
+        judge,
+        num_threads=num_threads,
+        device=device if judge.device == "auto" else judge.device,
+    )
+
+
 def emotion_settings(every: int, judge: JudgeConfig) -> dict[str, Any]:
     """The experiment entry that switches a trial's emotion metrics on (plain data for Ray)."""
     return {"every": every, "judge": dataclasses.asdict(judge)}
@@ -100,12 +110,10 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
     epoch_metrics = None
     emotion = experiment.get("emotion")
     if emotion:
-        judge = from_dict(JudgeConfig, emotion["judge"])
-        judge = dataclasses.replace(
-            judge,
-            num_threads=train_config.num_threads,
-            # The judge runs where the VAE runs unless the space pins it elsewhere.
-            device=train_config.device if judge.device == "auto" else judge.device,
+        judge = judge_beside_vae(
+            from_dict(JudgeConfig, emotion["judge"]),
+            train_config.device,
+            train_config.num_threads,
         )
         epoch_metrics = emotion_epoch_metrics(data, emotion["every"], judge, data_config.cache_dir)
     work_dir = Path(tempfile.mkdtemp(prefix="emovae-trial-"))
