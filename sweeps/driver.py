@@ -152,13 +152,18 @@ def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, 
 
 
 def _prepare_judge(
-    client: MlflowClient, state: SweepState, spec: SweepSpec, data: PreparedData
+    client: MlflowClient,
+    state: SweepState,
+    spec: SweepSpec,
+    data: PreparedData,
+    stage: Callable[[str], None] = lambda message: None,
 ) -> None:
     """With emotion metrics on, train (or load) the sweep's emotion judge once, before any
     trial, so trials only load it; log its settings and its real-test ceiling to the parent run.
     """
     if spec.sweep.emotion_every < 1:
         return
+    stage("Emotion judge: training it once for this data, or loading it from the cache")
     cache_dir = judge_cache_dir(Path(spec.experiment.data.cache_dir).resolve())
     judge = ensure_judge(data, cache_dir, spec.judge)
     log_params(client, state.parent_run_id, flatten("judge", dataclasses.asdict(spec.judge)))
@@ -322,9 +327,7 @@ def run_sweep(
     client = MlflowClient(state.tracking_uri)
     client.update_run(state.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     _log_sweep_params(client, state, spec, data)
-    if spec.sweep.emotion_every >= 1:
-        stage("Emotion judge: training it once for this data, or loading it from the cache")
-    _prepare_judge(client, state, spec, data)
+    _prepare_judge(client, state, spec, data, stage)
     stage(f"Starting the sweep: {spec.sweep.num_samples} trials; MLflow: {state.tracking_uri}")
 
     trainable = _trainable(spec, experiment)
