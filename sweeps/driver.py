@@ -36,6 +36,7 @@ from sweeps.tracking import (
     MlflowTrialLogger,
     TrackingError,
     check_tracking_uri,
+    child_runs,
     default_tracking_uri,
     ensure_experiment,
     flatten,
@@ -370,8 +371,9 @@ def run_sweep(
     )
     try:
         histories = {t.trial_id: t.history for t in trials}
-        log_learning_curves(client, state.experiment_id, state.parent_run_id, histories)
-        tag_forgotten_trials(client, state.experiment_id, state.parent_run_id, set(histories))
+        runs = child_runs(client, state.experiment_id, state.parent_run_id)
+        log_learning_curves(client, runs, histories)
+        tag_forgotten_trials(client, runs, set(histories))
         _log_outcome(client, state, spec, trials, best, best_score, csv_path)
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
         reason = f"{type(exc).__name__}: {exc}"[:300]

@@ -155,38 +155,30 @@ RUN_STATUS = {"FINISHED": "FINISHED", "KILLED_BY_ASHA": "KILLED", "FAILED": "FAI
 
 
 def log_learning_curves(
-    client: MlflowClient,
-    experiment_id: str,
-    parent_run_id: str,
-    histories: dict[str, list[dict[str, float]]],
+    client: MlflowClient, runs: list, histories: dict[str, list[dict[str, float]]]
 ) -> int:
-    """Each trial's learning curves as `plots/learning_curves.png` of its child run, drawn from
-    its per-epoch history (trial id -> rows); the number of plots logged. Logging again (a
-    resumed sweep) replaces the file."""
-    runs = {
-        run.data.tags.get(TAG_TRIAL_ID): run.info.run_id
-        for run in child_runs(client, experiment_id, parent_run_id)
-    }
+    """Each trial's learning curves as `plots/learning_curves.png` of its child run (among
+    `runs`, from `child_runs`), drawn from its per-epoch history (trial id -> rows); the number
+    of plots logged. Logging again (a resumed sweep) replaces the file."""
+    run_ids = {run.data.tags.get(TAG_TRIAL_ID): run.info.run_id for run in runs}
     logged = 0
     with tempfile.TemporaryDirectory() as scratch:
         for trial_id, history in histories.items():
-            if history and trial_id in runs:
+            if history and trial_id in run_ids:
                 curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
-                client.log_artifact(runs[trial_id], str(curves), artifact_path="plots")
+                client.log_artifact(run_ids[trial_id], str(curves), artifact_path="plots")
                 logged += 1
     return logged
 
 
-def tag_forgotten_trials(
-    client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]
-) -> list[str]:
-    """Tag the child runs whose trial is not among `trial_ids` (Ray's trials after the sweep);
-    their trial ids. Ray snapshots its experiment state a moment after each result, so a
+def tag_forgotten_trials(client: MlflowClient, runs: list, trial_ids: set[str]) -> list[str]:
+    """Tag the child runs (among `runs`, from `child_runs`) whose trial is not among
+    `trial_ids` (Ray's trials after the sweep); their trial ids. Ray snapshots its experiment state a moment after each result, so a
     driver killed in between resumes without the trials that result started or ended, and
     reruns their slots as new trials; the runs keep what those trials did, marked, not
     deleted."""
     forgotten = []
-    for run in child_runs(client, experiment_id, parent_run_id):
+    for run in runs:
         trial_id = run.data.tags.get(TAG_TRIAL_ID)
         if run.data.tags.get(TAG_ROLE) == "trial" and trial_id not in trial_ids:
             client.set_tag(run.info.run_id, TAG_FORGOTTEN, "true")

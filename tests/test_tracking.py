@@ -10,6 +10,7 @@ from sweeps.tracking import (
     TAG_FORGOTTEN,
     TAG_ROLE,
     TAG_TRIAL_ID,
+    child_runs,
     create_child_run,
     ensure_experiment,
     tag_forgotten_trials,
@@ -28,7 +29,8 @@ def test_runs_of_trials_ray_forgot_are_tagged_not_deleted(tmp_path: Path):
     }
     client.log_metric(runs["c"], "val_recon", 1.0, step=1)
 
-    assert tag_forgotten_trials(client, experiment, parent, {"a", "b"}) == ["c"]
+    runs_now = child_runs(client, experiment, parent)
+    assert tag_forgotten_trials(client, runs_now, {"a", "b"}) == ["c"]
     tags = {t: client.get_run(r).data.tags for t, r in runs.items()}
     assert tags["c"][TAG_FORGOTTEN] == "true"
     assert TAG_FORGOTTEN not in tags["a"] and TAG_FORGOTTEN not in tags["b"]
