@@ -463,6 +463,7 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     f"sweep.grace_period={args.grace}",
                     f"sweep.reduction_factor={args.rf}",
                     f"train.max_epochs={args.epochs}",
+                    *args.search_set,
                 ],
             )
             warm_cache(spec)
@@ -516,6 +517,7 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "max_concurrent": 2,
             "cpus_per_trial": 1,
             "model": "quick space + " + " ".join(SMALL),
+            "overrides": args.search_set,
         },
         "runs": runs,
         "load_after": load(),
@@ -607,24 +609,40 @@ def bench_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 class TimedMlflowTrialLogger(MlflowTrialLogger):
-    """MlflowTrialLogger with a stopwatch around every callback, by trial (driver side)."""
+    """MlflowTrialLogger with a stopwatch around every callback and every flush, by trial
+    (driver side). A trial's MLflow time: its start and result hooks (queueing), its end hook
+    (which writes its queue) and the timed flushes of its queue from `on_step_end`."""
 
     timings: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     started: dict[str, float] = {}
     ended: dict[str, float] = {}
+    in_hook: bool = False
 
     @contextlib.contextmanager
-    def _timed(self, key: str, what: str) -> Iterator[None]:
+    def _timed(self, key: str, what: str, hook: bool = True) -> Iterator[None]:
         begun = time.perf_counter()
+        type(self).in_hook = hook
         try:
             yield
         finally:
+            type(self).in_hook = False if hook else type(self).in_hook
             self.timings[key][what] += time.perf_counter() - begun
             self.timings[key][f"n_{what}"] += 1
 
     def setup(self, **info: Any) -> None:
         with self._timed("_sweep", "setup"):
             super().setup(**info)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        flushes_before = self._timed_flush_s()
+        begun = time.perf_counter()
+        super().on_step_end(iteration, trials, **info)
+        # The checks whether a flush is due; the flushes themselves are charged to their trials.
+        checks = time.perf_counter() - begun - (self._timed_flush_s() - flushes_before)
+        self.timings["_sweep"]["step_end_checks"] += checks
+
+    def _timed_flush_s(self) -> float:
+        return sum(tm.get("timed flush", 0.0) for tm in self.timings.values())
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.time()
@@ -647,14 +665,23 @@ class TimedMlflowTrialLogger(MlflowTrialLogger):
             super().on_trial_error(iteration, trials, trial, **info)
         self.ended[trial.trial_id] = time.time()
 
-    # The breakdown below happens inside the hooks above: its keys start with "n/a" so that
+    def _flush_trial(self, trial_id: str) -> None:
+        key = "n/a flush in end hook" if self.in_hook else "timed flush"
+        begun = time.perf_counter()
+        try:
+            super()._flush_trial(trial_id)
+        finally:
+            self.timings[trial_id][key] += time.perf_counter() - begun
+            self.timings[trial_id][f"n_{key}"] += 1
+
+    # The breakdown below happens inside the timings above: its keys start with "n/a" so that
     # they are not added to the per-trial total twice.
     current: str = "_sweep"
 
     def _log_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
         trial_id = next((t for t, r in self._runs.items() if r == run_id), run_id)
         type(self).current = trial_id
-        with self._timed(trial_id, "n/a checkpoint"):
+        with self._timed(trial_id, "n/a checkpoint", hook=False):
             super()._log_checkpoint(run_id, *args, **kwargs)
         type(self).current = "_sweep"
 
@@ -743,8 +770,10 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "trial_wall_s": wall,
                 "mlflow_s": mlflow_s,
                 "mlflow_pct": 100 * mlflow_s / wall,
-                "start_ms": 1000 * tm.get("start", 0.0),
-                "log_batch_ms_mean": 1000 * tm.get("result", 0.0) / max(1, n_results),
+                "queue_ms": 1000 * (tm.get("start", 0.0) + tm.get("result", 0.0)),
+                "results": n_results,
+                "timed_flushes": int(tm.get("n_timed flush", 0)),
+                "timed_flush_ms": 1000 * tm.get("timed flush", 0.0),
                 "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
                 "checkpoint_ms": 1000 * tm.get("n/a checkpoint", 0.0),
                 "read_last_pt_ms": 1000 * tm.get("n/a read_checkpoint", 0.0),
@@ -828,7 +857,8 @@ def show_search(r: dict[str, Any]) -> None:
     s = r["settings"]
     print(
         f"\n== 2. Search efficiency: {s['samples']} samples, max_t {s['max_epochs']}, "
-        f"grace {s['grace_period']}, rf {s['reduction_factor']}, 2 x 1 CPU"
+        f"grace {s['grace_period']}, rf {s['reduction_factor']}, 2 x 1 CPU, "
+        f"overrides {s.get('overrides') or 'none'}"
     )
     for run in r["runs"]:
         a, b = run["asha_tpe"], run["random_full"]
@@ -876,10 +906,9 @@ def show_mlflow(r: dict[str, Any]) -> None:
         print(
             f"  {t['trial_id']} {t['status']:15s} {t['epochs']} ep  wall {_f(t['trial_wall_s'], 1)} s"
             f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
-            f"  (start {_f(t['start_ms'], 0)}, log_batch {_f(t['log_batch_ms_mean'], 0)}/epoch,"
-            f" finish {_f(t['finish_ms'], 0)} ms of which checkpoint + curves artifacts"
-            f" {_f(t['checkpoint_ms'], 0)} ms: reading last.pt {_f(t['read_last_pt_ms'], 0)} ms,"
-            f" plotting {_f(t['plot_curves_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
+            f"  (queueing {t['results']} results {_f(t['queue_ms'], 1)} ms, {t['timed_flushes']}"
+            f" timed flushes {_f(t['timed_flush_ms'], 0)} ms, end {_f(t['finish_ms'], 0)} ms of"
+            f" which best.pt {_f(t['checkpoint_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
             f" ({_f(t['rss_before_training_mb'], 0)} MB after imports)"
         )
     print(
@@ -934,6 +963,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--search-epochs", dest="epochs_2", type=int, default=9)
     g.add_argument("--grace", type=int, default=1)
     g.add_argument("--rf", type=int, default=3)
+    g.add_argument(
+        "--search-set",
+        dest="search_set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="space overrides for both arms (as sweeps/run.py --set), e.g. train.batch_size=8",
+    )
     g = parser.add_argument_group("3. throughput")
     g.add_argument("--throughput-trials", dest="trials_3", type=int, default=4)
     g.add_argument("--throughput-epochs", dest="epochs_3", type=int, default=2)

@@ -158,7 +158,9 @@ def step_flops(frames: int, batch: int, n_mels: int, latent: int, channels: int)
 class BareLoop:
     """forward + loss + backward + clip + Adam on one fixed batch: the step with no library."""
 
-    def __init__(self, frames: int, args: argparse.Namespace, channels_last: bool):
+    def __init__(
+        self, frames: int, args: argparse.Namespace, channels_last: bool, compiled: bool = False
+    ):
         torch.manual_seed(0)
         self.model = VAE(args.n_mels, frames, args.latent, args.base_channels)
         x = torch.randn(args.batch, 1, args.n_mels, frames)
@@ -167,11 +169,16 @@ class BareLoop:
             x = x.contiguous(memory_format=torch.channels_last)
         self.x = x
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4)
-        self.step()  # warm-up: oneDNN primitives, allocator, Adam state
+        # torch.compile (Inductor's C++ backend) could fuse BatchNorm + LeakyReLU passes.
+        self.forward = torch.compile(self.model) if compiled else self.model
+        with Clock() as clock:
+            self.step()  # warm-up: oneDNN primitives, allocator, Adam state, compilation
+            self.step()
+        self.warmup_s = clock.wall
 
     def step(self) -> None:
         self.model.train()
-        recon, mu, logvar = self.model(self.x)
+        recon, mu, logvar = self.forward(self.x)
         loss = vae_loss(recon, self.x, mu, logvar, 0.003125, 0.5)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,11 +302,16 @@ def bench_duration(
 
     steps = max(1, round(args.steps * 173 / frames))
     loops = {"nchw": BareLoop(frames, args, False), "channels_last": BareLoop(frames, args, True)}
+    if args.compile:
+        loops["channels_last_compiled"] = BareLoop(frames, args, True, compiled=True)
+        log(
+            f"  torch.compile warm-up (2 steps, compilation included): {loops['channels_last_compiled'].warmup_s:.1f} s"
+        )
     val_time = val_seconds(data, frames, args)
     log(f"  validation pass (subtracted from epoch_seconds): {val_time:.3f} s")
 
     window = args.window
-    rows: dict[str, list[dict]] = {"nchw": [], "channels_last": [], "library": []}
+    rows: dict[str, list[dict]] = {name: [] for name in loops} | {"library": []}
     for repeat in range(args.repeats):
         before = mm.window(window)
         for name, loop in loops.items():
@@ -451,6 +463,11 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the channels_last bare loop under torch.compile (needs a C++ compiler)",
+    )
     args = parser.parse_args()
     if len(args.clips) == 1:
         args.clips = args.clips * len(args.durations)

@@ -45,7 +45,7 @@ from sweeps.tracking import (
     log_params,
     tag_forgotten_trials,
 )
-from sweeps.trainable import emotion_settings, judge_cache_dir, train_trial
+from sweeps.trainable import best_key, emotion_settings, judge_cache_dir, train_trial
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
@@ -178,12 +178,14 @@ def _prepare_judge(
 
 
 def _trial_experiment(spec: SweepSpec, experiment: dict[str, Any]) -> dict[str, Any]:
-    """What each trial receives: the experiment constants, plus the emotion settings when the
-    sweep computes emotion metrics. A copy: the driver logs the constants as every child run's
-    params, and the judge's settings belong to the parent run."""
+    """What each trial receives: the experiment constants, the objective (whose running best
+    it reports), and the emotion settings when the sweep computes emotion metrics. A copy: the
+    driver logs the constants as every child run's params, and the judge's settings belong to
+    the parent run."""
+    trial = experiment | {"objective": {"metric": spec.sweep.metric, "mode": spec.sweep.mode}}
     if spec.sweep.emotion_every < 1:
-        return experiment
-    return experiment | {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
+        return trial
+    return trial | {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
 
 
 def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
@@ -215,7 +217,8 @@ def _tuner(
         trainable,
         param_space=to_tune_space(spec.params),
         tune_config=tune.TuneConfig(
-            metric=spec.sweep.metric,
+            # The trial's best epoch so far, not its last: see sweeps.trainable.objective_tracker.
+            metric=best_key(spec.sweep.metric),
             mode=spec.sweep.mode,
             search_alg=searcher,
             scheduler=scheduler,
@@ -352,6 +355,7 @@ def run_sweep(
                 state.parent_run_id,
                 base_params,
                 backlog_path=str(sweep_dir / BACKLOG_FILE),
+                flush_every_s=spec.sweep.mlflow_flush_s,
             )
             tuner = _tuner(spec, sweep_dir, trainable, logger)
         tuner.fit()

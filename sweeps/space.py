@@ -3,7 +3,8 @@
 A space file has these sections; all but `params` are optional:
 
     sweep:     SweepSettings fields (trials, concurrency, objective, ASHA, resources per trial,
-               emotion_every: how often trials compute the emotion-preservation metrics)
+               emotion_every: how often trials compute the emotion-preservation metrics,
+               mlflow_flush_s: how often queued trial metrics are written to MLflow)
     data:      emovae DataConfig fields (constants)
     features:  emovae FeatureConfig fields (constants)
     train:     emovae TrainConfig fields held constant in this sweep
@@ -88,6 +89,9 @@ class SweepSettings:
     # Validation emotion metrics (emovae.emotion) every k epochs and on a trial's last epoch;
     # between them a trial reports the last values again. 0 = none (no judge is trained).
     emotion_every: int = 0
+    # Seconds between writes of the trials' queued metrics to MLflow (and at each trial's end):
+    # one write per run covers every epoch queued since the last.
+    mlflow_flush_s: float = 30.0
 
 
 @dataclass
@@ -264,6 +268,10 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
         )
     if sweep.cpus_per_trial <= 0 or sweep.gpus_per_trial < 0:
         raise ConfigError(f"{where}: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+    if sweep.mlflow_flush_s < 0:
+        raise ConfigError(
+            f"{where}.mlflow_flush_s: expected seconds >= 0, got {sweep.mlflow_flush_s}"
+        )
     if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
         raise ConfigError(f"{where}.gpus_per_trial: above 1 it must be a whole number")
     if sweep.grace_period > experiment.train.max_epochs:

@@ -16,12 +16,15 @@ import dataclasses
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
+from emovae.checkpoint import read_checkpoint
 from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, prepare_data
 from emovae.emotion import real_reference, reconstruction_emotion_metrics
@@ -86,6 +89,41 @@ def emotion_epoch_metrics(
     return metrics
 
 
+def best_key(metric: str) -> str:
+    """The running best of `metric` that trials report and ASHA and Optuna compare."""
+    return f"best_{metric}"
+
+
+def objective_tracker(
+    objective: dict[str, str] | None, resume_from: Path | None
+) -> Callable[[dict[str, float]], dict[str, float]]:
+    """metrics -> {best_<metric>: the best value of the sweep's objective over the trial's
+    epochs so far} (empty without an objective).
+
+    ASHA compares trials at a rung, and Optuna scores a finished trial, by this running best
+    rather than by the epoch's value. A trial keeps its best epoch's checkpoint and the sweep
+    ranks trials by their best epoch, and on small data a trial's curve can spike for an epoch
+    or two and come back (benchmarks/RESULTS_sweeps.md): judged by the epoch's value, a trial
+    that spikes at a rung is stopped whatever it reached before. A resumed trial starts from
+    the best of the epochs in its checkpoint's history.
+    """
+    if not objective:
+        return lambda metrics: {}
+    metric, better = objective["metric"], min if objective["mode"] == "min" else max
+    best: list[float] = []
+    if resume_from is not None:
+        history = read_checkpoint(resume_from, torch.device("cpu"))["history"]
+        best = [v for row in history if math.isfinite(v := row.get(metric, math.nan))]
+
+    def update(metrics: dict[str, float]) -> dict[str, float]:
+        value = metrics.get(metric, math.nan)
+        if math.isfinite(value):
+            best.append(value)
+        return {best_key(metric): better(best) if best else math.nan}
+
+    return update
+
+
 def _restore_into(work_dir: Path) -> Path | None:
     """Copy the trial's latest Ray checkpoint (if any) into `work_dir`; the last.pt to resume."""
     checkpoint = tune.get_checkpoint()
@@ -126,8 +164,11 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
         }
 
+        best = objective_tracker(experiment.get("objective"), resume_from)
+
         def report(metrics: dict[str, float], folder: Path) -> None:
-            tune.report(metrics | placement, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+            metrics = metrics | best(metrics) | placement
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
         train(
             train_config,

@@ -265,6 +265,7 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         "train.max_epochs=40",
         "train.patience=40",
         "sweep.grace_period=40",
+        "sweep.mlflow_flush_s=2",  # writes while the server is down, so the outage shows
     )
     with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:
         command = driver_command(
@@ -311,6 +312,7 @@ def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> Non
         "train.max_epochs=8",
         "train.patience=8",
         "sweep.grace_period=8",
+        "sweep.mlflow_flush_s=2",  # an epoch in MLflow before the server dies
     )
     server = MlflowServer(tmp_path / "mlflow")
     with loopback_ray_env():

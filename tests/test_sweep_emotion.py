@@ -136,7 +136,8 @@ def test_the_driver_does_nothing_without_emotion_metrics(
     logged = client.get_run(state.parent_run_id).data
     assert logged.params == {} and logged.metrics == {}
     experiment = _absolute_cache(off)
-    assert _trial_experiment(off, experiment) is experiment  # no "emotion" entry
+    trial = _trial_experiment(off, experiment)
+    assert "emotion" not in trial and trial["objective"] == {"metric": "val_recon", "mode": "min"}
 
 
 def test_a_trial_loads_the_judge_and_carries_metrics_forward(
@@ -194,6 +195,9 @@ def test_a_trial_loads_the_judge_and_carries_metrics_forward(
         assert values == pytest.approx(latest, nan_ok=True)
         assert 0.0 <= row["val_emotion_acc_recon"] <= 1.0
         assert math.isfinite(row["val_fd_recon"])
+    # Each epoch also carries the running best of the objective, which ASHA compares.
+    running = [min(r["val_recon"] for r in reports[: i + 1]) for i in range(len(reports))]
+    assert [r["best_val_recon"] for r in reports] == running
 
 
 @pytest.mark.parametrize("conditional", [True, False])
