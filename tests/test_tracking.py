@@ -93,6 +93,19 @@ def report(logger: MlflowTrialLogger, trial, epoch: int) -> None:
     logger.on_trial_result(0, [trial], trial, result)
 
 
+def run_trial(logger: MlflowTrialLogger, trial, epochs: tuple[int, ...]) -> None:
+    """The trial starts (again, after a resume) and reports `epochs`."""
+    logger.on_trial_start(0, [trial], trial)
+    for epoch in epochs:
+        report(logger, trial, epoch)
+
+
+def end_trial(logger: MlflowTrialLogger, trial, last_epoch: bool) -> None:
+    """The trial ends: by itself (`last_epoch`) or stopped by ASHA."""
+    trial.status, trial.last_result = "TERMINATED", {"is_last_epoch": float(last_epoch)}
+    logger.on_trial_complete(0, [trial], trial)
+
+
 def epochs_of(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, "epoch"))
 
@@ -101,15 +114,12 @@ def test_queued_epochs_reach_mlflow_in_one_batch_when_the_trial_ends(tmp_path: P
     client, uri, experiment, parent = store(tmp_path)
     logger = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=3600)
     trial = fake_trial("t1")
-    logger.on_trial_start(0, [trial], trial)
-    for epoch in (1, 2, 3):
-        report(logger, trial, epoch)
-        logger.on_step_end(0, [trial])
+    run_trial(logger, trial, (1, 2, 3))
+    logger.on_step_end(0, [trial])
     assert child_runs(client, experiment, parent) == []  # queued, not written yet
     assert logger.pending == 4
 
-    trial.status, trial.last_result = "TERMINATED", {"is_last_epoch": 1.0}
-    logger.on_trial_complete(0, [trial], trial)
+    end_trial(logger, trial, last_epoch=True)
     (run,) = child_runs(client, experiment, parent)
     assert logger.pending == 0 and logger.client.log_batch_calls == 1
     assert epochs_of(client, run.info.run_id) == [1, 2, 3]
@@ -123,8 +133,7 @@ def test_a_due_flush_writes_every_running_trial(tmp_path: Path):
     logger = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=0)
     trials = [fake_trial("a"), fake_trial("b")]
     for trial in trials:
-        logger.on_trial_start(0, trials, trial)
-        report(logger, trial, 1)
+        run_trial(logger, trial, (1,))
     logger.on_step_end(0, trials)
     runs = child_runs(client, experiment, parent)
     assert sorted(r.data.tags[TAG_TRIAL_ID] for r in runs) == ["a", "b"]
@@ -137,9 +146,7 @@ def test_a_killed_driver_resumes_its_queue_from_tunes_snapshot(tmp_path: Path):
     client, uri, experiment, parent = store(tmp_path)
     first = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=3600)
     trial = fake_trial("t1")
-    first.on_trial_start(0, [trial], trial)
-    report(first, trial, 1)
-    report(first, trial, 2)
+    run_trial(first, trial, (1, 2))
     # What Tune keeps of the callback: the Tuner's pickle of it, and its snapshot state.
     state = cloudpickle.loads(cloudpickle.dumps(first.get_state()))
     second = cloudpickle.loads(cloudpickle.dumps(first))
@@ -148,11 +155,8 @@ def test_a_killed_driver_resumes_its_queue_from_tunes_snapshot(tmp_path: Path):
     assert child_runs(client, experiment, parent) == []  # the first driver wrote nothing
 
     # Resumed from its epoch-1 checkpoint, the trial reports epoch 2 again, then 3.
-    second.on_trial_start(0, [trial], trial)
-    report(second, trial, 2)
-    report(second, trial, 3)
-    trial.status, trial.last_result = "TERMINATED", {"is_last_epoch": 1.0}
-    second.on_trial_complete(0, [trial], trial)
+    run_trial(second, trial, (2, 3))
+    end_trial(second, trial, last_epoch=True)
     (run,) = child_runs(client, experiment, parent)
     assert epochs_of(client, run.info.run_id) == [1, 2, 3]
     assert run.info.status == "FINISHED"
@@ -162,17 +166,12 @@ def test_a_resumed_sweep_continues_the_trials_run(tmp_path: Path):
     client, uri, experiment, parent = store(tmp_path)
     first = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=0)
     trial = fake_trial("t1")
-    first.on_trial_start(0, [trial], trial)
-    report(first, trial, 1)
-    report(first, trial, 2)
+    run_trial(first, trial, (1, 2))
     first.on_step_end(0, [trial])  # written; then the driver dies without a snapshot
 
     second = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=3600)
-    second.on_trial_start(0, [trial], trial)
-    report(second, trial, 2)
-    report(second, trial, 3)
-    trial.status, trial.last_result = "TERMINATED", {"is_last_epoch": 0.0}
-    second.on_trial_complete(0, [trial], trial)
+    run_trial(second, trial, (2, 3))
+    end_trial(second, trial, last_epoch=False)
     (run,) = child_runs(client, experiment, parent)
     assert epochs_of(client, run.info.run_id) == [1, 2, 3]
     assert run.data.tags[TAG_TRIAL_STATUS] == "KILLED_BY_ASHA" and run.info.status == "KILLED"
