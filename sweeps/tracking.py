@@ -426,9 +426,10 @@ class MlflowTrialLogger(tune.Callback):
             tags[TAG_TRIAL_STATUS] = finish[2]
             if finish[3] is not None:
                 tags[TAG_ERROR] = finish[3][-MAX_TAG_LENGTH:]
-        new_params = [Param(k, v) for k, v in params.items() if k not in self._logged(run_id)]
+        logged = self._logged(run_id)  # the same set object: updated below once written
+        new_params = [Param(k, v) for k, v in params.items() if k not in logged]
         log_batch(self.client, run_id, metrics, new_params, tags)
-        self._params[run_id].update(p.key for p in new_params)
+        logged.update(p.key for p in new_params)
         self._last_step[run_id] = last_step
 
     def _log_finish(self, run_id: str, finish: tuple) -> None:

@@ -91,3 +91,11 @@ def make_ravdess(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sweep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `data.cache_dir` for the end-to-end sweep tests: the synthetic corpus, its features
+    and the emotion judge are made by the first test that needs them and loaded by the rest
+    (the product's own cache, keyed by content and settings), instead of once per test."""
+    return tmp_path_factory.mktemp("sweep-cache")

@@ -89,7 +89,9 @@ def check_consistent(client: MlflowClient, runs: list, trial_ids: set[str]) -> l
 # ---- 1. ray job submit on a two-node cluster, tracked in an MLflow server -----------------
 
 
-def test_job_submit_on_two_node_cluster_tracks_in_mlflow_server(tmp_path: Path) -> None:
+def test_job_submit_on_two_node_cluster_tracks_in_mlflow_server(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out, dash = tmp_path / "sweep", free_port()
     head = {
         "num_cpus": 1,
@@ -107,7 +109,7 @@ def test_job_submit_on_two_node_cluster_tracks_in_mlflow_server(tmp_path: Path) 
         commit = f"test-{uuid.uuid4().hex[:12]}"
         args = sweep_args(
             out,
-            tmp_path / "cache",
+            sweep_cache,
             "sweep.num_samples=4",
             "sweep.max_concurrent=2",
             "sweep.cpus_per_trial=1",
@@ -179,7 +181,9 @@ def epochs(rows: list[dict]) -> list[int]:
     return [int(row["epoch"]) for row in rows]
 
 
-def test_worker_node_loss_retries_its_trial_from_the_last_checkpoint(tmp_path: Path) -> None:
+def test_worker_node_loss_retries_its_trial_from_the_last_checkpoint(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
     # One CPU per node and two trials at once: the first two trials start one on each node.
     # Every trial runs all 6 epochs (no ASHA stop: grace_period = max_epochs; no early stop:
@@ -197,9 +201,7 @@ def test_worker_node_loss_retries_its_trial_from_the_last_checkpoint(tmp_path: P
     with ray_cluster({"num_cpus": 1}, workers=[{"num_cpus": 1}]) as cluster:
         head_id = cluster.head_node.node_id
         (worker,) = cluster.worker_nodes
-        command = driver_command(
-            out, tmp_path / "cache", *extra, options=("--address", cluster.address)
-        )
+        command = driver_command(out, sweep_cache, *extra, options=("--address", cluster.address))
         driver = start_driver(command, log)
         try:
 
@@ -254,7 +256,7 @@ def logged_epochs(uri: str) -> int:
     return sum(len(epoch_steps(client, r.info.run_id)) for r in trial_runs(runs))
 
 
-def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
+def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path, sweep_cache: Path) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
     # Two trials at once, each about 65 s of training on a 2-core machine (more data per
     # epoch, no ASHA or early stop): still training when the server is back up, although a
@@ -268,9 +270,7 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         "sweep.mlflow_flush_s=2",  # writes while the server is down, so the outage shows
     )
     with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:
-        command = driver_command(
-            out, tmp_path / "cache", *extra, options=("--tracking-uri", server.uri)
-        )
+        command = driver_command(out, sweep_cache, *extra, options=("--tracking-uri", server.uri))
         driver = start_driver(command, log)
         try:
             wait_for(lambda: logged_epochs(server.uri) >= 1, 300, "an epoch in MLflow", 2)
@@ -303,7 +303,9 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path) -> None:
         assert len(parent) == 1 and parent[0].info.status == "FINISHED"
 
 
-def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> None:
+def test_mlflow_server_down_until_the_end_keeps_a_backlog(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
     # Trials long enough (about 15 s each) that the server dies while they train.
     extra = (
@@ -319,7 +321,7 @@ def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> Non
         server.start()
         try:
             command = driver_command(
-                out, tmp_path / "cache", *extra, options=("--tracking-uri", server.uri)
+                out, sweep_cache, *extra, options=("--tracking-uri", server.uri)
             )
             driver = start_driver(command, log)
             try:
@@ -365,7 +367,9 @@ def test_mlflow_server_down_until_the_end_keeps_a_backlog(tmp_path: Path) -> Non
 # ---- 4. fractional GPUs -----------------------------------------------------------------------
 
 
-def test_fractional_gpus_share_one_gpu_between_concurrent_trials(tmp_path: Path) -> None:
+def test_fractional_gpus_share_one_gpu_between_concurrent_trials(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
     extra = (
         "sweep.num_samples=4",
@@ -378,9 +382,7 @@ def test_fractional_gpus_share_one_gpu_between_concurrent_trials(tmp_path: Path)
     # One node with one (logical) GPU: Ray hands out quarters of it; torch has no CUDA here,
     # so the trainer runs on the CPU, but Ray's assignment is what is under test.
     with ray_cluster({"num_cpus": 2, "num_gpus": 1}) as cluster:
-        command = driver_command(
-            out, tmp_path / "cache", *extra, options=("--address", cluster.address)
-        )
+        command = driver_command(out, sweep_cache, *extra, options=("--address", cluster.address))
         driver = start_driver(command, log)
         try:
             code, output = finish_driver(driver, log, timeout=600)

@@ -67,12 +67,12 @@ def epoch_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, "val_recon"))
 
 
-def test_quick_sweep_end_to_end(tmp_path: Path) -> None:
+def test_quick_sweep_end_to_end(tmp_path: Path, sweep_cache: Path) -> None:
     out = tmp_path / "sweep"
     result = run(
         sweep_command(
             out,
-            tmp_path / "cache",
+            sweep_cache,
             "sweep.num_samples=8",
             "finalise.max_epochs=2",
             "finalise.n_samples=6",
@@ -137,10 +137,12 @@ def _wait_for_epochs(sweep_dir: Path, trials: int, timeout: float) -> None:
     raise AssertionError(f"no {trials} trials with an epoch within {timeout} s")
 
 
-def test_sigkill_driver_then_resume_keeps_one_run_per_trial(tmp_path: Path) -> None:
+def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out = tmp_path / "sweep"
     command = sweep_command(
-        out, tmp_path / "cache", "sweep.num_samples=4", "train.max_epochs=6", *NO_EMOTION
+        out, sweep_cache, "sweep.num_samples=4", "train.max_epochs=6", *NO_EMOTION
     )
     driver = subprocess.Popen(
         [*command, "--no-finalise"],
@@ -198,13 +200,15 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(tmp_path: Path) -> N
     assert len(by_role(runs, "sweep")) == 1
 
 
-def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> None:
+def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     # lr = 1e30 makes the first epoch's loss NaN; the trainer raises, the trial fails.
     out = tmp_path / "mixed"
     result = run(
         sweep_command(
             out,
-            tmp_path / "cache",
+            sweep_cache,
             "sweep.num_samples=4",
             "params.lr={choice: [1.0e+30, 1.0e-3]}",
             "sweep.seed=3",
@@ -226,7 +230,7 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> N
     all_bad = run(
         sweep_command(
             tmp_path / "all-bad",
-            tmp_path / "cache",
+            sweep_cache,
             "sweep.num_samples=2",
             "params.lr=1.0e+30",
             *NO_EMOTION,
@@ -237,10 +241,12 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(tmp_path: Path) -> N
     assert "all 2 trials failed" in all_bad.stderr and "non-finite" in all_bad.stderr
 
 
-def test_unreachable_tracking_server_fails_before_any_trial(tmp_path: Path) -> None:
+def test_unreachable_tracking_server_fails_before_any_trial(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
     out = tmp_path / "sweep"
     result = run(
-        sweep_command(out, tmp_path / "cache") + ["--tracking-uri", "http://127.0.0.1:9"],
+        sweep_command(out, sweep_cache) + ["--tracking-uri", "http://127.0.0.1:9"],
         timeout=120,
     )
     assert result.returncode == 2

@@ -175,3 +175,20 @@ def test_a_resumed_sweep_continues_the_trials_run(tmp_path: Path):
     (run,) = child_runs(client, experiment, parent)
     assert epochs_of(client, run.info.run_id) == [1, 2, 3]
     assert run.data.tags[TAG_TRIAL_STATUS] == "KILLED_BY_ASHA" and run.info.status == "KILLED"
+
+
+def test_a_restored_queue_without_a_start_writes_to_the_existing_run(tmp_path: Path):
+    client, uri, experiment, parent = store(tmp_path)
+    first = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=0)
+    trial = fake_trial("t1")
+    run_trial(first, trial, (1,))
+    first.on_step_end(0, [trial])  # the run and epoch 1 are in MLflow
+    report(first, trial, 2)  # queued when Tune snapshots, then the driver dies
+    state = cloudpickle.loads(cloudpickle.dumps(first.get_state()))
+
+    second = trial_logger(tmp_path, uri, experiment, parent, flush_every_s=0)
+    second.set_state(state)
+    second.on_step_end(0, [])  # only epoch 2 queued for a run the logger did not create
+    assert second.pending == 0
+    (run,) = child_runs(client, experiment, parent)
+    assert epochs_of(client, run.info.run_id) == [1, 2]
