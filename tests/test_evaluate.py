@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,14 +55,7 @@ METRIC_KEYS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tensors this small gain nothing from intra-op threads, and on a busy CPU the threads'
-    barriers made a two-epoch training run take 10-50 s instead of 1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _log_mels(rng: np.random.Generator, labels: list[int]) -> np.ndarray:

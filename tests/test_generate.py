@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,7 @@ N_SAMPLES = round(FEATURES.duration * FEATURES.sample_rate)
 PEAK = 10.0 ** (-1.0 / 20.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tensors this small gain nothing from intra-op threads, and on a busy CPU the threads'
-    barriers made a two-epoch training run take 10-50 s instead of 1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _checkpoint(path: Path, conditional: bool) -> Path:
