@@ -127,9 +127,28 @@ def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     """Log params not logged yet (MLflow refuses to change a logged param, e.g. on resume)."""
     existing = client.get_run(run_id).data.params
-    new = [Param(k, v) for k, v in params.items() if k not in existing]
-    for start in range(0, len(new), 100):  # MLflow's limit per batch
-        client.log_batch(run_id, params=new[start : start + 100])
+    log_batch(client, run_id, [], [Param(k, v) for k, v in params.items() if k not in existing], {})
+
+
+# MLflow's limits per log_batch call.
+MAX_BATCH_ENTITIES, MAX_BATCH_PARAMS, MAX_BATCH_TAGS = 1000, 100, 100
+
+
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    metrics: list[Metric],
+    params: list[Param],
+    tags: dict[str, str],
+) -> None:
+    """As few `log_batch` calls as MLflow's limits allow (usually one)."""
+    tag_list = [RunTag(k, v) for k, v in tags.items()]
+    while metrics or params or tag_list:
+        batch_params, params = params[:MAX_BATCH_PARAMS], params[MAX_BATCH_PARAMS:]
+        batch_tags, tag_list = tag_list[:MAX_BATCH_TAGS], tag_list[MAX_BATCH_TAGS:]
+        room = MAX_BATCH_ENTITIES - len(batch_params) - len(batch_tags)
+        batch_metrics, metrics = metrics[:room], metrics[room:]
+        client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
 
 
 def create_child_run(
@@ -514,24 +533,3 @@ def _op_ms(op: tuple) -> int:
 
 def _trial_ids(queue: deque[tuple]) -> list[str]:
     return [op[1] for op in queue if len(op) > 1]
-
-
-# MLflow's limits per log_batch call.
-MAX_BATCH_ENTITIES, MAX_BATCH_PARAMS, MAX_BATCH_TAGS = 1000, 100, 100
-
-
-def log_batch(
-    client: MlflowClient,
-    run_id: str,
-    metrics: list[Metric],
-    params: list[Param],
-    tags: dict[str, str],
-) -> None:
-    """As few `log_batch` calls as MLflow's limits allow (usually one)."""
-    tag_list = [RunTag(k, v) for k, v in tags.items()]
-    while metrics or params or tag_list:
-        batch_params, params = params[:MAX_BATCH_PARAMS], params[MAX_BATCH_PARAMS:]
-        batch_tags, tag_list = tag_list[:MAX_BATCH_TAGS], tag_list[MAX_BATCH_TAGS:]
-        room = MAX_BATCH_ENTITIES - len(batch_params) - len(batch_tags)
-        batch_metrics, metrics = metrics[:room], metrics[room:]
-        client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
