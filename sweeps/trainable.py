@@ -110,17 +110,18 @@ def objective_tracker(
     if not objective:
         return lambda metrics: {}
     metric, better = objective["metric"], min if objective["mode"] == "min" else max
-    best: list[float] = []
-    if resume_from is not None:
-        history = read_checkpoint(resume_from, torch.device("cpu"))["history"]
-        best = [v for row in history if math.isfinite(v := row.get(metric, math.nan))]
+    best = math.nan  # until the metric has a finite value
 
     def update(metrics: dict[str, float]) -> dict[str, float]:
+        nonlocal best
         value = metrics.get(metric, math.nan)
         if math.isfinite(value):
-            best.append(value)
-        return {best_key(metric): better(best) if best else math.nan}
+            best = value if math.isnan(best) else better(best, value)
+        return {best_key(metric): best}
 
+    if resume_from is not None:
+        for row in read_checkpoint(resume_from, torch.device("cpu"))["history"]:
+            update(row)
     return update
 
 
