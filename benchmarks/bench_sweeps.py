@@ -431,12 +431,13 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def rung_fidelity(curves: list[list[float]], rungs: list[int], mode: str) -> dict[str, float]:
-    """Spearman correlation, over the full-budget trials, between the objective at each ASHA
-    rung and the trial's best at full budget: how well a rung ranks configurations."""
+    """Spearman correlation, over the full-budget trials, between the best objective up to
+    each ASHA rung (what ASHA compares there) and the trial's best at full budget: how well a
+    rung ranks configurations."""
     out = {}
+    best = min if mode == "min" else max
     for rung in rungs:
-        best = min if mode == "min" else max
-        pairs = [(c[rung - 1], best(c)) for c in curves if len(c) >= rung]
+        pairs = [(best(c[:rung]), best(c)) for c in curves if len(c) >= rung]
         out[str(rung)] = spearman([p[0] for p in pairs], [p[1] for p in pairs])
     return out
 
@@ -449,8 +450,73 @@ def asha_rungs(grace: int, rf: int, max_t: int) -> list[int]:
     return rungs
 
 
+def random_arm_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the random arm's result depends on: equal settings give the same trials (seeded)."""
+    return {
+        "samples": args.samples,
+        "max_epochs": args.epochs,
+        "overrides": args.search_set,
+        "model": "quick space + " + " ".join(SMALL),
+        "full_budget": True,
+    }
+
+
+def earlier_random_arms(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """seed -> random arm of the --random-from JSON, which must share random_arm_settings."""
+    if args.random_from is None:
+        return {}
+    search = json.loads(args.random_from.read_text())["search"]
+    earlier = search["settings"].get("random_arm")
+    if earlier != random_arm_settings(args):
+        raise SystemExit(
+            f"{args.random_from}: its random arm ran with {earlier}, this run needs "
+            f"{random_arm_settings(args)}"
+        )
+    return {run["seed"]: run["random_full"] for run in search["runs"]}
+
+
+def run_random_arm(spec: SweepSpec, seed: int, samples: int, out: Path) -> dict[str, Any]:
+    """Random search, every trial to max_epochs: no scheduler and no early stopping."""
+    full_budget = dataclasses.replace(
+        spec.experiment.train, patience=spec.experiment.train.max_epochs
+    )
+    spec = dataclasses.replace(
+        spec, experiment=dataclasses.replace(spec.experiment, train=full_budget)
+    )
+    load_before = load()
+    wall_s = fit(
+        tuner_for(
+            driver._trainable(spec, experiment_of(spec)),
+            to_tune_space(spec.params),
+            out,
+            "tune",
+            metric=spec.sweep.metric,
+            mode=spec.sweep.mode,
+            num_samples=samples,
+            search_alg=BasicVariantGenerator(max_concurrent=2, random_state=seed),
+        )
+    )
+    trials = load_trial_records(out / "tune")
+    return summarise(trials, spec.sweep.metric, spec.sweep.mode) | {
+        "wall_s": wall_s,
+        "load_before": load_before,
+    }
+
+
+def synchronous_budget(samples: int, grace: int, rf: int, max_t: int) -> float:
+    """Epochs that synchronous successive halving would train: all trials to the first rung,
+    1/rf of them on to the next, ..., 1/rf^k to max_t. Asynchronous ASHA trains more, since it
+    promotes the first trials to reach a rung before there is anyone to compare them with."""
+    epochs, survivors, done = 0.0, float(samples), 0
+    for rung in [*asha_rungs(grace, rf, max_t), max_t]:
+        epochs += survivors * (rung - done)
+        survivors, done = survivors / rf, rung
+    return epochs
+
+
 def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs = []
+    earlier = earlier_random_arms(args)
     with ray_session():
         for seed in args.seeds:
             spec = spec_for(
@@ -473,34 +539,18 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             started = time.perf_counter()
             result = driver.run_sweep(spec, work / f"asha-tpe-seed{seed}")  # the shipped path
             asha_s = time.perf_counter() - started
-            asha = result.trials
+            a = summarise(result.trials, metric, mode) | {"wall_s": asha_s, "load_before": load_a}
 
-            load_b = load()
-            trainable = driver._trainable(spec, experiment_of(spec))
-            searcher = BasicVariantGenerator(max_concurrent=2, random_state=seed)
-            random_s = fit(
-                tuner_for(
-                    trainable,
-                    to_tune_space(spec.params),
-                    work / f"random-seed{seed}",
-                    "tune",
-                    metric=metric,
-                    mode=mode,
-                    num_samples=args.samples,
-                    search_alg=searcher,
-                )
-            )
-            rand = load_trial_records(work / f"random-seed{seed}" / "tune")
-
-            a, b = summarise(asha, metric, mode), summarise(rand, metric, mode)
+            if seed in earlier:
+                b = earlier[seed] | {"reused_from": str(args.random_from)}
+            else:
+                b = run_random_arm(spec, seed, args.samples, work / f"random-seed{seed}")
             sign = 1 if mode == "min" else -1
             runs.append(
                 {
                     "seed": seed,
-                    "load_before_asha": load_a,
-                    "load_before_random": load_b,
-                    "asha_tpe": a | {"wall_s": asha_s},
-                    "random_full": b | {"wall_s": random_s},
+                    "asha_tpe": a,
+                    "random_full": b,
                     "gap_pct": 100 * sign * (a["best"] - b["best"]) / abs(b["best"]),
                     "rung_fidelity": rung_fidelity(
                         b["curves"], asha_rungs(args.grace, args.rf, args.epochs), mode
@@ -514,10 +564,15 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "max_epochs": args.epochs,
             "grace_period": args.grace,
             "reduction_factor": args.rf,
+            "synchronous_epoch_ratio": synchronous_budget(
+                args.samples, args.grace, args.rf, args.epochs
+            )
+            / (args.samples * args.epochs),
             "max_concurrent": 2,
             "cpus_per_trial": 1,
             "model": "quick space + " + " ".join(SMALL),
             "overrides": args.search_set,
+            "random_arm": random_arm_settings(args),
         },
         "runs": runs,
         "load_after": load(),
@@ -860,9 +915,14 @@ def show_search(r: dict[str, Any]) -> None:
         f"grace {s['grace_period']}, rf {s['reduction_factor']}, 2 x 1 CPU, "
         f"overrides {s.get('overrides') or 'none'}"
     )
+    print(
+        f"synchronous successive halving would train {_f(s['synchronous_epoch_ratio'], 3)} of "
+        "the full budget; the random arm trains every trial to max_t (no early stopping)"
+    )
     for run in r["runs"]:
         a, b = run["asha_tpe"], run["random_full"]
-        print(f"seed {run['seed']} (load {run['load_before_asha']} / {run['load_before_random']})")
+        reused = f", reused from {b['reused_from']}" if "reused_from" in b else ""
+        print(f"seed {run['seed']} (load {a['load_before']} / {b['load_before']}{reused})")
         print(
             f"  TPE+ASHA   best {a['best']:.5f}  epochs {a['epochs']:4d}  wall {_f(a['wall_s'], 1)} s"
             f"  {a['statuses']}"
@@ -970,6 +1030,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="space overrides for both arms (as sweeps/run.py --set), e.g. train.batch_size=8",
+    )
+    g.add_argument(
+        "--random-from",
+        dest="random_from",
+        type=Path,
+        metavar="JSON",
+        help="reuse the random arm of an earlier --json with the same seeds and settings "
+        "(it is seeded: the same settings give the same trials)",
     )
     g = parser.add_argument_group("3. throughput")
     g.add_argument("--throughput-trials", dest="trials_3", type=int, default=4)
