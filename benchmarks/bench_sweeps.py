@@ -493,7 +493,9 @@ def run_random_arm(spec: SweepSpec, seed: int, samples: int, out: Path) -> dict[
             metric=spec.sweep.metric,
             mode=spec.sweep.mode,
             num_samples=samples,
-            search_alg=BasicVariantGenerator(max_concurrent=2, random_state=seed),
+            search_alg=BasicVariantGenerator(
+                max_concurrent=spec.sweep.max_concurrent, random_state=seed
+            ),
         )
     )
     trials = load_trial_records(out / "tune")
@@ -515,7 +517,7 @@ def synchronous_budget(samples: int, grace: int, rf: int, max_t: int) -> float:
 
 
 def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    runs = []
+    runs, resources = [], {}
     earlier = earlier_random_arms(args)
     with ray_session():
         for seed in args.seeds:
@@ -534,6 +536,10 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
             warm_cache(spec)
             metric, mode = spec.sweep.metric, spec.sweep.mode
+            resources = {  # 2 x 1 CPU unless --search-set says otherwise (e.g. on a GPU machine)
+                key: getattr(spec.sweep, key)
+                for key in ("max_concurrent", "cpus_per_trial", "gpus_per_trial")
+            }
 
             load_a = load()
             started = time.perf_counter()
@@ -568,8 +574,7 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 args.samples, args.grace, args.rf, args.epochs
             )
             / (args.samples * args.epochs),
-            "max_concurrent": 2,
-            "cpus_per_trial": 1,
+            **resources,
             "model": "quick space + " + " ".join(SMALL),
             "overrides": args.search_set,
             "random_arm": random_arm_settings(args),
@@ -912,7 +917,9 @@ def show_search(r: dict[str, Any]) -> None:
     s = r["settings"]
     print(
         f"\n== 2. Search efficiency: {s['samples']} samples, max_t {s['max_epochs']}, "
-        f"grace {s['grace_period']}, rf {s['reduction_factor']}, 2 x 1 CPU, "
+        f"grace {s['grace_period']}, rf {s['reduction_factor']}, "
+        f"{s['max_concurrent']} x {s['cpus_per_trial']} CPU "
+        f"+ {s['gpus_per_trial']} GPU, "
         f"overrides {s.get('overrides') or 'none'}"
     )
     print(
