@@ -63,6 +63,7 @@ SMALL = [
     "features.duration=1.0",
     "train.base_channels=8",
 ]
+SMALL_MODEL = "quick space + " + " ".join(SMALL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +457,7 @@ def random_arm_settings(args: argparse.Namespace) -> dict[str, Any]:
         "samples": args.samples,
         "max_epochs": args.epochs,
         "overrides": args.search_set,
-        "model": "quick space + " + " ".join(SMALL),
+        "model": SMALL_MODEL,
         "full_budget": True,
     }
 
@@ -466,11 +467,10 @@ def earlier_random_arms(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
     if args.random_from is None:
         return {}
     search = json.loads(args.random_from.read_text())["search"]
-    earlier = search["settings"].get("random_arm")
-    if earlier != random_arm_settings(args):
+    earlier, needed = search["settings"].get("random_arm"), random_arm_settings(args)
+    if earlier != needed:
         raise SystemExit(
-            f"{args.random_from}: its random arm ran with {earlier}, this run needs "
-            f"{random_arm_settings(args)}"
+            f"{args.random_from}: its random arm ran with {earlier}, this run needs {needed}"
         )
     return {run["seed"]: run["random_full"] for run in search["runs"]}
 
@@ -575,7 +575,7 @@ def bench_search(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             )
             / (args.samples * args.epochs),
             **resources,
-            "model": "quick space + " + " ".join(SMALL),
+            "model": SMALL_MODEL,
             "overrides": args.search_set,
             "random_arm": random_arm_settings(args),
         },
@@ -680,12 +680,15 @@ class TimedMlflowTrialLogger(MlflowTrialLogger):
 
     @contextlib.contextmanager
     def _timed(self, key: str, what: str, hook: bool = True) -> Iterator[None]:
+        """`hook`: a Tune hook, inside which a trial's flush is its end's, not a timed one."""
         begun = time.perf_counter()
-        type(self).in_hook = hook
+        if hook:
+            type(self).in_hook = True
         try:
             yield
         finally:
-            type(self).in_hook = False if hook else type(self).in_hook
+            if hook:
+                type(self).in_hook = False
             self.timings[key][what] += time.perf_counter() - begun
             self.timings[key][f"n_{what}"] += 1
 
