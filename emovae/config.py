@@ -44,6 +44,10 @@ class DataConfig:
     synthetic_per_emotion: int = 6  # utterances per speaker and emotion, synthetic corpus only
 
 
+LOG_MODES = ("add", "clamp")
+PAD_MODES = ("constant", "reflect")
+
+
 @dataclass
 class FeatureConfig:
     sample_rate: int = 22050
@@ -53,7 +57,22 @@ class FeatureConfig:
     duration: float = 3.0  # seconds after crop/pad; the paper's 10 s padding is mostly silence
     fmin: float = 0.0
     fmax: float | None = None  # None: sample_rate / 2
-    log_floor: float = 1e-5  # log(mel + floor) keeps silence finite
+    log_floor: float = 1e-5  # keeps silence finite in the log
+    power: float = 2.0  # 2: mel of |STFT|^2 (librosa's default); 1: mel of |STFT| (HiFi-GAN's)
+    log_mode: str = "add"  # add: log(mel + log_floor); clamp: log(max(mel, log_floor)) (HiFi-GAN)
+    pad_mode: str = "constant"  # STFT edge padding: librosa's constant, or HiFi-GAN's reflect
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("power", (1.0, 2.0)),
+            ("log_mode", LOG_MODES),
+            ("pad_mode", PAD_MODES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"features.{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}"
+                )
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Test-set evaluation of a trained VAE: loss terms, spectral distances in dB, latent structure,
 and the plots that go with them (PNG, drawn without pyplot so no global figure state leaks).
 
-The spectral metrics compare de-normalised log-mels, i.e. `log(mel_power + log_floor)` as the
+The spectral metrics compare de-normalised log-mels, i.e. `log(mel + log_floor)` as the
 features store them, not waveforms: they measure the VAE alone, without the vocoder's error.
 """
 
@@ -25,8 +25,7 @@ from sklearn.metrics import silhouette_score
 from emovae.checkpoint import load_model
 from emovae.config import FeatureConfig
 from emovae.dataset import PreparedData, Split
-from emovae.features import Normalizer
-from emovae.generate import log_mel_to_mel_power
+from emovae.features import Normalizer, mel_power_from_log
 from emovae.loss import TERMS, vae_loss
 from emovae.model import VAE
 from emovae.train import select_device
@@ -145,18 +144,22 @@ def log_mel_to_db(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
 def spectral_metrics(
     reference_log_mel: np.ndarray | torch.Tensor,
     reconstruction_log_mel: np.ndarray | torch.Tensor,
-    log_floor: float,
+    features: FeatureConfig,
 ) -> dict[str, float]:
     """LSD (dB), spectral convergence and spectral SNR (dB) between de-normalised log-mels.
 
-    LSD compares `10 log10(mel + log_floor)`, so the floor bounds how much silent bins count;
-    convergence uses magnitudes sqrt(mel power) and SNR mel power, with the floor removed.
+    LSD compares the features' log in dB (of power: a magnitude log-mel counts twice), so the
+    floor bounds how much silent bins count; convergence uses magnitudes sqrt(mel power) and SNR
+    mel power, with an additive floor removed (`features.mel_power_from_log`).
     """
     ref, rec = _as_numpy(reference_log_mel), _as_numpy(reconstruction_log_mel)
-    ref_power = log_mel_to_mel_power(ref, log_floor)
-    rec_power = log_mel_to_mel_power(rec, log_floor)
+    ref_power = mel_power_from_log(ref, features)
+    rec_power = mel_power_from_log(rec, features)
+    to_power_db = 2.0 / features.power
     return {
-        "lsd_db": log_spectral_distance(log_mel_to_db(ref), log_mel_to_db(rec)),
+        "lsd_db": log_spectral_distance(
+            to_power_db * log_mel_to_db(ref), to_power_db * log_mel_to_db(rec)
+        ),
         "spectral_convergence": spectral_convergence(np.sqrt(ref_power), np.sqrt(rec_power)),
         "snr_db": spectral_snr_db(ref_power, rec_power),
     }
@@ -173,7 +176,7 @@ def reconstruction_metrics(
     beta: float,
     spectral_weight: float,
     normalizer: Normalizer,
-    log_floor: float = 1e-5,
+    features: FeatureConfig,
     prefix: str = "test",
     batch_size: int = EVAL_BATCH,
 ) -> dict[str, float]:
@@ -182,12 +185,11 @@ def reconstruction_metrics(
     `<prefix>_loss/_recon/_spectral/_kl` are `vae_loss` over the whole split, the same numbers
     the trainer logs as val_*; `recon` is the MSE on z-scored log-mels. `<prefix>_lsd_db`,
     `_spectral_convergence` and `_snr_db` come from `spectral_metrics` on the log-mels that
-    `normalizer` (the one `split` was z-scored with) de-normalises, with the features'
-    `log_floor`.
+    `normalizer` (the one `split` was z-scored with) de-normalises, read as `features` made them.
     """
     recon, mu, logvar = _posterior(model, split, batch_size)
     return _metrics_of(
-        recon, mu, logvar, split, beta, spectral_weight, normalizer, log_floor, prefix
+        recon, mu, logvar, split, beta, spectral_weight, normalizer, features, prefix
     )
 
 
@@ -199,7 +201,7 @@ def _metrics_of(
     beta: float,
     spectral_weight: float,
     normalizer: Normalizer,
-    log_floor: float,
+    features: FeatureConfig,
     prefix: str,
 ) -> dict[str, float]:
     # Whole-split means equal the trainer's batch-size-weighted ones: every term is a mean over
@@ -207,7 +209,7 @@ def _metrics_of(
     terms = vae_loss(recon, split.features, mu, logvar, beta, spectral_weight)
     metrics = {f"{prefix}_{name}": float(terms[name]) for name in TERMS}
     spectral = spectral_metrics(
-        _denormalize(split.features, normalizer), _denormalize(recon, normalizer), log_floor
+        _denormalize(split.features, normalizer), _denormalize(recon, normalizer), features
     )
     metrics |= {f"{prefix}_{name}": value for name, value in spectral.items()}
     return metrics
@@ -464,7 +466,7 @@ def evaluate_checkpoint(
         loaded.train.beta,
         loaded.train.spectral_weight,
         loaded.normalizer,
-        loaded.features.log_floor,
+        loaded.features,
         "test",
     )
     metrics["test_latent_silhouette"] = latent_silhouette(mu, test.labels)

@@ -14,10 +14,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import librosa
 import numpy as np
 import soundfile as sf
+import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -56,7 +58,7 @@ def load_audio(path: Path, features: FeatureConfig) -> np.ndarray:
 
 
 def log_mel(audio: np.ndarray, features: FeatureConfig) -> np.ndarray:
-    """(n_mels, frames) natural-log mel power spectrogram."""
+    """(n_mels, frames) natural-log mel spectrogram (of power or magnitude: `features.power`)."""
     mel = librosa.feature.melspectrogram(
         y=audio,
         sr=features.sample_rate,
@@ -65,9 +67,34 @@ def log_mel(audio: np.ndarray, features: FeatureConfig) -> np.ndarray:
         n_mels=features.n_mels,
         fmin=features.fmin,
         fmax=features.fmax,
-        power=2.0,
+        power=features.power,
+        pad_mode=features.pad_mode,
     )
+    if features.log_mode == "clamp":
+        return np.log(np.maximum(mel, features.log_floor)).astype(np.float32)
     return np.log(mel + features.log_floor).astype(np.float32)
+
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+def mel_from_log(log_mel: ArrayT, features: FeatureConfig) -> ArrayT:
+    """Inverse of `log_mel`'s log: the mel spectrogram in its own unit (power or magnitude).
+
+    With `log_mode` add, clamped at 0, since a decoded log-mel can fall below log(log_floor),
+    where the inverse would be negative; with clamp, values at the floor stay at the floor.
+    """
+    floor = features.log_floor if features.log_mode == "add" else 0.0
+    if isinstance(log_mel, torch.Tensor):
+        return (torch.exp(log_mel) - floor).clamp_min(0.0)
+    return np.maximum(np.exp(log_mel) - floor, 0.0)
+
+
+def mel_power_from_log(log_mel: ArrayT, features: FeatureConfig) -> ArrayT:
+    """The mel power spectrogram behind a log-mel; for magnitude features (power 1), the square
+    of the mel magnitude, which is what a listener's level comparison needs."""
+    mel = mel_from_log(log_mel, features)
+    return mel if features.power == 2.0 else mel**2
 
 
 def extract_file(path: Path, features: FeatureConfig) -> np.ndarray:

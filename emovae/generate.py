@@ -11,28 +11,18 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import soundfile as sf
 import torch
 
 from emovae.checkpoint import load_model
+from emovae.features import mel_from_log
 from emovae.griffinlim import mel_to_audio
 from emovae.train import select_device
 
 PEAK_DBFS = -1.0
 MANIFEST_COLUMNS = ("file", "emotion", "seed", "index")
-
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
-def log_mel_to_mel_power(log_mel: ArrayT, log_floor: float) -> ArrayT:
-    """Inverse of `log(mel + log_floor)`; clamped at 0, since a decoded log-mel can fall below
-    log(log_floor), where the inverse would give negative power."""
-    if isinstance(log_mel, torch.Tensor):
-        return (torch.exp(log_mel) - log_floor).clamp_min(0.0)
-    return np.maximum(np.exp(log_mel) - log_floor, 0.0)
 
 
 def _labels_for(n: int, emotion: str | None, label_names: list[str], n_classes: int) -> list[int]:
@@ -115,9 +105,9 @@ def generate(
             batch_labels = label_tensor[start:stop].to(model_device) if labels else None
             decoded = model.decode(z[start:stop].to(model_device), batch_labels)
         log_mels = loaded.normalizer.denormalize(decoded[:, 0].cpu().numpy())
-        mel_power = torch.from_numpy(log_mel_to_mel_power(log_mels, features.log_floor))
+        mel = torch.from_numpy(mel_from_log(log_mels, features))
         audio = mel_to_audio(
-            mel_power.to(model_device),
+            mel.to(model_device),
             sample_rate=features.sample_rate,
             n_fft=features.n_fft,
             hop_length=features.hop_length,
@@ -126,6 +116,7 @@ def generate(
             fmax=features.fmax,
             seed=seed,
             length=length,
+            power=features.power,
         )
         audio = audio.detach().cpu().numpy().astype(np.float64)
         if not np.isfinite(audio).all():

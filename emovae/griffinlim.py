@@ -173,8 +173,12 @@ def mel_to_stft_magnitude(
     fmax: float | None = None,
     *,
     nnls_iter: int = NNLS_ITERATIONS,
+    power: float = 2.0,
 ) -> torch.Tensor:
     """Invert librosa's mel filterbank: (B, n_mels, T) mel power -> (B, 1 + n_fft//2, T) magnitude.
+
+    `power` is the exponent the mel was computed with: 2 (power, the default) or 1 (a mel of
+    magnitudes, as HiFi-GAN's features); the NNLS then recovers |S|^power.
 
     The filterbank is `librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
     fmax=fmax)`, as `librosa.feature.melspectrogram` uses by default. The power spectrum is the
@@ -187,8 +191,9 @@ def mel_to_stft_magnitude(
         raise ValueError(f"mel_power must be (B, n_mels, T) or (n_mels, T), got {mel_power.shape}")
     if mel_power.ndim == 2:
         return mel_to_stft_magnitude(
-            mel_power[None], sample_rate, n_fft, fmin, fmax, nnls_iter=nnls_iter
+            mel_power[None], sample_rate, n_fft, fmin, fmax, nnls_iter=nnls_iter, power=power
         )[0]
+    power_exponent = float(power)
     batch, n_mels, frames = mel_power.shape
     device = mel_power.device
     filterbank, pinv, slot_rows, slot_weights, lipschitz = _mel_inverse_parts(
@@ -210,11 +215,11 @@ def mel_to_stft_magnitude(
     block = max(columns, 1)
     if device.type == "cpu":
         block = max(1, min(_NNLS_CPU_COLUMNS, math.ceil(columns / torch.get_num_threads())))
-    power = torch.empty(n_freqs, columns, dtype=torch.float32, device=device)
+    solved = torch.empty(n_freqs, columns, dtype=torch.float32, device=device)
 
     def run(start: int, _: None) -> None:
         stop = min(start + block, columns)
-        power[:, start:stop] = _nnls_fista(
+        solved[:, start:stop] = _nnls_fista(
             target[:, start:stop].contiguous(),
             filterbank_sparse,
             pinv,
@@ -225,7 +230,8 @@ def mel_to_stft_magnitude(
         )
 
     _for_each_chunk(run, list(range(0, columns, block)), lambda: None, device)
-    return power.sqrt_().reshape(n_freqs, batch, frames).permute(1, 0, 2).contiguous()
+    magnitude = solved.sqrt_() if power_exponent == 2.0 else solved.pow_(1.0 / power_exponent)
+    return magnitude.reshape(n_freqs, batch, frames).permute(1, 0, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,9 +443,13 @@ def mel_to_audio(
     fmax: float | None = None,
     seed: int = 0,
     length: int | None = None,
+    power: float = 2.0,
 ) -> torch.Tensor:
-    """(B, n_mels, T) mel power -> (B, samples) waveform: `mel_to_stft_magnitude` + `griffin_lim`."""
-    magnitude = mel_to_stft_magnitude(mel_power, sample_rate, n_fft, fmin=fmin, fmax=fmax)
+    """(B, n_mels, T) mel power (or magnitude, `power` 1) -> (B, samples) waveform:
+    `mel_to_stft_magnitude` + `griffin_lim`."""
+    magnitude = mel_to_stft_magnitude(
+        mel_power, sample_rate, n_fft, fmin=fmin, fmax=fmax, power=power
+    )
     return griffin_lim(magnitude, n_fft, hop_length, n_iter=n_iter, seed=seed, length=length)
 
 

@@ -149,17 +149,22 @@ def test_spectral_convergence_and_snr_on_known_errors() -> None:
 
 
 def test_spectral_metrics_on_log_mels() -> None:
-    floor = 1e-5
-    reference = np.log(np.random.default_rng(4).uniform(1e-3, 1.0, (2, 8, 6)) + floor)
-    perfect = spectral_metrics(reference, reference, floor)
+    features = FeatureConfig(log_floor=1e-5)
+    reference = np.log(np.random.default_rng(4).uniform(1e-3, 1.0, (2, 8, 6)) + 1e-5)
+    perfect = spectral_metrics(reference, reference, features)
     assert perfect == {"lsd_db": 0.0, "spectral_convergence": 0.0, "snr_db": math.inf}
-    shifted = spectral_metrics(reference, reference + 4.0 / DB_PER_LN, floor)
+    shifted = spectral_metrics(reference, reference + 4.0 / DB_PER_LN, features)
     assert shifted["lsd_db"] == pytest.approx(4.0)
     assert 0 < shifted["spectral_convergence"] < 1
     assert math.isfinite(shifted["snr_db"])
     # Torch tensors are accepted as well.
-    as_tensor = spectral_metrics(torch.from_numpy(reference), torch.from_numpy(reference), floor)
+    as_tensor = spectral_metrics(torch.from_numpy(reference), torch.from_numpy(reference), features)
     assert as_tensor["lsd_db"] == 0.0
+    # A magnitude log-mel 2 dB off is a power log-mel 4 dB off: LSD is in dB of power.
+    magnitude = FeatureConfig(power=1.0, log_mode="clamp")
+    assert spectral_metrics(reference, reference + 2.0 / DB_PER_LN, magnitude)[
+        "lsd_db"
+    ] == pytest.approx(4.0)
 
 
 def test_silhouette_high_for_separated_clusters_and_bounded() -> None:
@@ -208,7 +213,7 @@ def test_reconstruction_metrics_are_finite_and_match_the_trainer(trained) -> Non
     data, checkpoint, _ = trained
     loaded = load_model(checkpoint)
     metrics = reconstruction_metrics(
-        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer
+        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer, data.features
     )
     assert set(metrics) == METRIC_KEYS
     assert all(math.isfinite(v) for v in metrics.values())
@@ -226,7 +231,13 @@ def test_reconstruction_metrics_are_finite_and_match_the_trainer(trained) -> Non
         rel=1e-5,
     )
     val = reconstruction_metrics(
-        loaded.model, data.val, TRAIN.beta, TRAIN.spectral_weight, data.normalizer, prefix="val"
+        loaded.model,
+        data.val,
+        TRAIN.beta,
+        TRAIN.spectral_weight,
+        data.normalizer,
+        data.features,
+        prefix="val",
     )
     assert set(val) == {key.replace("test_", "val_") for key in METRIC_KEYS}
 
@@ -275,7 +286,7 @@ def test_evaluate_checkpoint_writes_metrics_and_plots(trained, evaluated) -> Non
     assert written == pytest.approx(metrics)
     loaded = load_model(checkpoint)
     direct = reconstruction_metrics(
-        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer
+        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer, data.features
     )
     assert direct == pytest.approx({k: metrics[k] for k in METRIC_KEYS})
 

@@ -6,12 +6,13 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 import soundfile as sf
 
 import emovae.features as features_module
-from emovae.config import FeatureConfig
+from emovae.config import ConfigError, FeatureConfig
 from emovae.features import (
     AudioError,
     Normalizer,
@@ -350,3 +351,23 @@ def test_normalizer_constant_bin_stays_finite() -> None:
     z = norm.normalize(x)
     assert np.isfinite(z).all()
     np.testing.assert_allclose(z[:, 3, :], 0.0, atol=1e-3)
+
+
+def test_hifigan_style_features_are_clamped_log_magnitudes() -> None:
+    """power 1 + clamp + reflect padding: the log of max(mel of |STFT|, floor), as HiFi-GAN."""
+    features = FeatureConfig(
+        n_mels=80, fmax=8000.0, power=1.0, log_mode="clamp", pad_mode="reflect", duration=0.5
+    )
+    tone = np.sin(2 * np.pi * 440.0 * np.arange(11025) / 22050).astype(np.float32)
+    spectrum = np.abs(librosa.stft(tone, n_fft=1024, hop_length=256, pad_mode="reflect"))
+    basis = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0)
+    expected = np.log(np.maximum(basis @ spectrum, 1e-5))
+    np.testing.assert_allclose(log_mel(tone, features), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("power", 3.0), ("log_mode", "mul"), ("pad_mode", "wrap")]
+)
+def test_feature_modes_outside_their_choices_are_refused_by_name(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"features.{key}: expected one of"):
+        FeatureConfig(**{key: value})

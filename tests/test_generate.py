@@ -13,11 +13,10 @@ import torch
 import emovae.generate as generate_module
 from emovae.checkpoint import build_model, model_state, save_checkpoint
 from emovae.config import FeatureConfig, TrainConfig
-from emovae.features import Normalizer
+from emovae.features import Normalizer, mel_from_log, mel_power_from_log
 from emovae.generate import (
     MANIFEST_COLUMNS,
     generate,
-    log_mel_to_mel_power,
     peak_normalize,
 )
 
@@ -60,17 +59,20 @@ def _manifest(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def test_log_mel_to_mel_power_inverts_the_log_and_clamps() -> None:
-    floor = 1e-5
+def test_mel_from_log_inverts_the_log_and_clamps() -> None:
+    features = FeatureConfig(log_floor=1e-5)
     power = np.array([0.0, 1e-6, 0.5, 3.0])
-    np.testing.assert_allclose(
-        log_mel_to_mel_power(np.log(power + floor), floor), power, atol=1e-12
-    )
-    as_tensor = log_mel_to_mel_power(torch.log(torch.from_numpy(power) + floor), floor)
+    np.testing.assert_allclose(mel_from_log(np.log(power + 1e-5), features), power, atol=1e-12)
+    as_tensor = mel_from_log(torch.log(torch.from_numpy(power) + 1e-5), features)
     assert isinstance(as_tensor, torch.Tensor)
     torch.testing.assert_close(as_tensor, torch.from_numpy(power), atol=1e-12, rtol=0)
     # Below log(floor) a decoder output has no power to invert to: it is zero, not negative.
-    assert log_mel_to_mel_power(np.array([-50.0]), floor)[0] == 0.0
+    assert mel_from_log(np.array([-50.0]), features)[0] == 0.0
+    # HiFi-GAN's clamped log keeps the floor; its magnitudes square to power.
+    clamped = FeatureConfig(power=1.0, log_mode="clamp", log_floor=1e-5)
+    magnitude = np.array([1e-5, 0.5, 3.0])
+    np.testing.assert_allclose(mel_from_log(np.log(magnitude), clamped), magnitude)
+    np.testing.assert_allclose(mel_power_from_log(np.log(magnitude), clamped), magnitude**2)
 
 
 def test_peak_normalize_sets_each_peak_and_leaves_silence() -> None:
@@ -185,6 +187,7 @@ def test_mel_to_audio_receives_the_feature_settings(
         "n_iter": 9,
         "fmin": 0.0,
         "fmax": None,
+        "power": 2.0,
         "seed": 3,
         "length": N_SAMPLES,
     }
