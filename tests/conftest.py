@@ -3,6 +3,7 @@ torch thread for modules that train tiny models."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,16 +30,24 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def emodb_dir(repo_root: Path) -> Path:
-    """The real EmoDB WAV folder (../shared/data/emodb/wav); skips the test where it is absent."""
-    path = repo_root.parent / "shared" / "data" / "emodb" / "wav"
-    if not path.is_dir():
-        pytest.skip(
+def require_emodb(path: Path) -> Path:
+    """`path` if it exists; else skip the test, or fail it on CI (CI=true), where the real
+    recordings must be present so that no real-data test silently stops running."""
+    if not path.exists():
+        reason = (
             f"EmoDB copy not found at {path}: tests on real recordings need "
             "../shared/data/emodb/wav next to the repository (see its README.md)"
         )
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must have it")
+        pytest.skip(reason)
     return path
+
+
+@pytest.fixture(scope="session")
+def emodb_dir(repo_root: Path) -> Path:
+    """The real EmoDB WAV folder (../shared/data/emodb/wav); see `require_emodb`."""
+    return require_emodb(repo_root.parent / "shared" / "data" / "emodb" / "wav")
 
 
 def _tone(seconds: float, channels: int, seed: int) -> np.ndarray:

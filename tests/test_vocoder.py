@@ -8,7 +8,6 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import librosa
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import require_emodb
 
 from emovae.audio import hifigan
 from emovae.audio.vocoder import (
@@ -156,11 +156,7 @@ def test_receptive_field_fits_in_the_chunk_context(hifigan_vocoder):
 
 @pytest.mark.emodb
 def test_hifigan_copy_synthesis_of_a_real_clip(hifigan_vocoder):
-    if not EMODB_CLIP.is_file():
-        message = f"EmoDB clip not found at {EMODB_CLIP} (needs ../shared/data/emodb)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must have it")
-        pytest.skip(message)
+    require_emodb(EMODB_CLIP)
     audio, rate = sf.read(EMODB_CLIP, dtype="float32")
     assert rate == SR
     features = hifigan_features()
