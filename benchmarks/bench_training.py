@@ -41,7 +41,7 @@ from emovae.config import DataConfig, FeatureConfig, TrainConfig  # noqa: E402
 from emovae.dataset import PreparedData, Split, prepare_data  # noqa: E402
 from emovae.features import n_frames  # noqa: E402
 from emovae.loss import vae_loss  # noqa: E402
-from emovae.model import VAE  # noqa: E402
+from emovae.models import VAE  # noqa: E402
 from emovae.train import evaluate_loss, train  # noqa: E402
 
 MATMUL_N = 2048

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from emovae.config import ConfigError, FeatureConfig, TrainConfig, from_dict
-from emovae.features import Normalizer, n_frames
-from emovae.model import VAE
+from emovae.features import Normalizer
+from emovae.models import SpeechVAE, build_model
 
 FORMAT_VERSION = 1
 
@@ -27,23 +27,13 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    model: VAE
+    model: SpeechVAE
     train: TrainConfig
     features: FeatureConfig
     label_names: list[str]
     normalizer: Normalizer
     epoch: int
     metrics: dict[str, float]
-
-
-def build_model(train: TrainConfig, features: FeatureConfig, n_classes: int) -> VAE:
-    return VAE(
-        n_mels=features.n_mels,
-        n_frames=n_frames(features),
-        latent_dim=train.latent_dim,
-        base_channels=train.base_channels,
-        n_classes=n_classes if train.conditional else 0,
-    )
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -55,7 +45,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def model_state(
-    model: VAE,
+    model: SpeechVAE,
     train: TrainConfig,
     features: FeatureConfig,
     label_names: list[str],

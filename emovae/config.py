@@ -75,9 +75,16 @@ class FeatureConfig:
                 )
 
 
+ARCHS = ("seed", "temporal")
+PRIORS = ("gaussian", "diffusion")
+
+
 @dataclass
 class TrainConfig:
-    latent_dim: int = 32
+    # seed: the spec's 2-D conv VAE, one latent vector per clip (the reference, blurry);
+    # temporal: 1-D convs over time, one latent vector per 2^time_downsample frames.
+    arch: str = "seed"
+    latent_dim: int = 32  # seed: size of the clip's latent; temporal: size per latent frame
     # KL weight; KL is summed over latent dims (see emovae.loss): the reference's 0.1 with its
     # per-dim mean equals 0.1 / 32 here at latent_dim 32.
     beta: float = 0.003125
@@ -86,7 +93,17 @@ class TrainConfig:
     batch_size: int = 16
     spectral_weight: float = 0.5  # weight of frequency-profile + temporal-envelope MSE
     base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
-    conditional: bool = False  # condition encoder and decoder on the emotion (a CVAE)
+    conditional: bool = False  # condition on the emotion (seed: encoder and decoder; temporal:
+    # decoder and prior only, so the latent has to carry the emotion itself)
+    hidden_channels: int = 256  # temporal: width of the 1-D convolutions
+    time_downsample: int = 1  # temporal: stride-2 stages over time
+    label_dropout: float = 0.2  # temporal, conditional: share of steps with the emotion withheld
+    # gaussian: sample z ~ N(0, I); diffusion (temporal only): a latent diffusion prior trained
+    # beside the VAE on its posterior means (emovae.models.prior)
+    prior: str = "gaussian"
+    prior_channels: int = 128  # width of the diffusion prior's denoiser
+    prior_steps: int = 40  # DDIM steps per sample
+    guidance: float = 2.0  # classifier-free guidance for a conditional prior (1 = none)
     max_epochs: int = 50
     monitor: str = "val_loss"  # metric for early stopping, LR schedule and best checkpoint
     patience: int = 15  # early-stopping patience in epochs
@@ -99,6 +116,32 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0 = all cores the process may use
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores on GPU
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("arch", ARCHS), ("prior", PRIORS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"train.{name}: expected one of {', '.join(allowed)}, "
+                    f"got {getattr(self, name)!r}"
+                )
+        if self.prior == "diffusion" and self.arch != "temporal":
+            raise ConfigError(
+                "train.prior: diffusion needs train.arch: temporal (a latent over time); "
+                f"train.arch is {self.arch!r}"
+            )
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(
+                f"train.label_dropout: expected a share in [0, 1), got {self.label_dropout}"
+            )
+        if self.guidance < 1.0:
+            raise ConfigError(
+                f"train.guidance: expected at least 1 (no guidance), got {self.guidance}"
+            )
+        if self.guidance > 1.0 and self.conditional and self.label_dropout == 0.0:
+            raise ConfigError(
+                "train.guidance: classifier-free guidance needs train.label_dropout > 0 (the "
+                "prior learns the unconditional case from the withheld labels)"
+            )
 
 
 @dataclass

@@ -32,7 +32,7 @@ from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
 from emovae.dataset import PreparedData, Split
-from emovae.evaluate import latent_silhouette, reconstruct
+from emovae.evaluate import honest_label_mode, latent_silhouette, reconstruct
 from emovae.judge import (
     PREDICT_BATCH,
     JudgeConfig,
@@ -42,7 +42,7 @@ from emovae.judge import (
     predict,
     train_judge,
 )
-from emovae.model import VAE
+from emovae.models import SpeechVAE
 
 FD_EPS = 1e-6
 DECODE_BATCH = 64
@@ -147,19 +147,25 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _decode_samples(
-    vae: VAE, n: int, labels: torch.Tensor | None, seed: int, batch_size: int = DECODE_BATCH
+def decode_samples(
+    vae: SpeechVAE,
+    n: int,
+    labels: torch.Tensor | None,
+    seed: int,
+    batch_size: int = DECODE_BATCH,
 ) -> torch.Tensor:
-    """`n` samples z ~ N(0, I) decoded in eval mode, on the CPU. z is drawn at once on the CPU
-    as `VAE.sample` draws it (same seed, same samples on any device); decoding goes in chunks
+    """`n` samples from the model's prior (`sample_latents`: N(0, I) or the learned prior)
+    decoded in eval mode, on the CPU. The latents are drawn at once, as `vae.sample` draws
+    them (same seed, same samples on any device and any `batch_size`); decoding goes in chunks
     so hundreds of samples do not hold all decoder activations at once."""
     device = next(vae.parameters()).device
-    z = torch.randn(n, vae.latent_dim, generator=torch.Generator().manual_seed(seed))
     chunks = []
     with torch.no_grad(), _eval_mode(vae):
+        y_all = labels.to(device) if labels is not None else None
+        z = vae.sample_latents(n, y_all, torch.Generator().manual_seed(seed))
         for start in range(0, n, batch_size):
-            y = labels[start : start + batch_size].to(device) if labels is not None else None
-            chunks.append(vae.decode(z[start : start + batch_size].to(device), y).cpu())
+            y = y_all[start : start + batch_size] if y_all is not None else None
+            chunks.append(vae.decode(z[start : start + batch_size], y).cpu())
     return torch.cat(chunks)
 
 
@@ -189,7 +195,7 @@ def _reference_for(
 
 def reconstruction_emotion_metrics(
     judge: TrainedJudge,
-    vae: VAE,
+    vae: SpeechVAE,
     split: Split,
     prefix: str = "test",
     batch_size: int = PREDICT_BATCH,
@@ -197,17 +203,20 @@ def reconstruction_emotion_metrics(
 ) -> dict[str, float]:
     """The judge on `split` and on the VAE's reconstructions of it (posterior means decoded).
 
+    A conditional VAE decodes with its label withheld, or, if it cannot withhold it, swapped
+    for the next emotion (`honest_label_mode`): handed the true label, a decoder would score
+    the label, not what its latent preserved.
+
     `<prefix>_emotion_acc_real` / `_recon` / `_drop` (real - recon; positive = emotion lost),
     `<prefix>_latent_silhouette` of the latent means by emotion, and `<prefix>_fd_recon`, the
     Frechet distance between real and reconstructed clips in the judge's embedding space.
-    A conditional VAE reconstructs with each clip's true emotion as its condition.
     `reference` (from `real_reference(judge, split)`) saves re-judging the real clips.
     """
     if len(split) == 0:
         raise ValueError("reconstruction_emotion_metrics: the split is empty")
     real = _reference_for(judge, split, reference, batch_size)
     with _eval_mode(vae):
-        recon, mu = reconstruct(vae, split)
+        recon, mu = reconstruct(vae, split, label_mode=honest_label_mode(vae))
     rebuilt = judge_outputs(judge, recon, batch_size)
     acc_real = float((real.outputs.pred == real.labels).mean())
     acc_recon = float((rebuilt.pred == real.labels).mean())
@@ -221,7 +230,7 @@ def reconstruction_emotion_metrics(
 
 
 def sample_per_emotion(
-    vae: VAE, n_classes: int, n_per_emotion: int, seed: int
+    vae: SpeechVAE, n_classes: int, n_per_emotion: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`n_per_emotion` samples of each emotion from a conditional VAE (decoded in eval mode,
     z from a CPU generator seeded with `seed`): features (n_classes * n, 1, n_mels, frames) and
@@ -236,7 +245,7 @@ def sample_per_emotion(
     if n_per_emotion < 1:
         raise ValueError(f"n_per_emotion: expected a positive integer, got {n_per_emotion}")
     labels = torch.arange(n_classes).repeat_interleave(n_per_emotion)
-    return _decode_samples(vae, len(labels), labels, seed), labels
+    return decode_samples(vae, len(labels), labels, seed), labels
 
 
 class GenerationMetrics(NamedTuple):
@@ -246,13 +255,14 @@ class GenerationMetrics(NamedTuple):
 
 def generation_emotion_metrics(
     judge: TrainedJudge,
-    vae: VAE,
+    vae: SpeechVAE,
     label_names: Sequence[str],
     n_per_emotion: int,
     seed: int,
     real_split: Split,
     batch_size: int = PREDICT_BATCH,
     reference: Reference | None = None,
+    prefix: str = "",
 ) -> GenerationMetrics:
     """The judge on `n_per_emotion` samples per emotion of a conditional VAE, against
     `real_split` (z-scored like the VAE's training data).
@@ -265,6 +275,7 @@ def generation_emotion_metrics(
     (within, generated / real: well below 1 means mode collapse). Per-emotion FDs rest on few
     real clips (10-30 per emotion in an EmoDB test split) and are biased upwards accordingly.
     `reference` (from `real_reference(judge, real_split)`) saves re-judging the real clips.
+    `prefix` goes before every key (a trial reports `val_gen_fd`, ...).
     Raises ValueError for an unconditional VAE.
     """
     names = list(label_names)
@@ -292,12 +303,83 @@ def generation_emotion_metrics(
         "real_diversity_within": real_within,
         "gen_diversity_ratio": gen_within / real_within if real_within > 0 else math.nan,
     }
+    metrics = {f"{prefix}{key}": value for key, value in metrics.items()}
     return GenerationMetrics(metrics, _confusion_of(pred, truth, len(names)))
+
+
+def convert_emotion(
+    vae: SpeechVAE,
+    features: torch.Tensor,
+    source_labels: torch.Tensor,
+    target_labels: torch.Tensor,
+    seed: int,
+    strength: float = 0.6,
+    batch_size: int = DECODE_BATCH,
+) -> torch.Tensor:
+    """Real clips (N, 1, n_mels, frames) re-made with another emotion, on the CPU.
+
+    With a learned conditional prior the clip's latent is noised to `strength` and denoised
+    towards the target emotion (SDEdit: timing and words stay, the prior reshapes the rest);
+    otherwise the clip's posterior mean is decoded with the target label (the seed
+    architecture's encoder also reads the source label). Needs a conditional VAE.
+    """
+    if not vae.n_classes:
+        raise ValueError("emotion conversion needs a conditional VAE")
+    device = next(vae.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    chunks = []
+    with torch.no_grad(), _eval_mode(vae):
+        for start in range(0, len(features), batch_size):
+            x = features[start : start + batch_size].to(device)
+            source = source_labels[start : start + batch_size].to(device)
+            target = target_labels[start : start + batch_size].to(device)
+            mu, _ = vae.encode(x, source)
+            if vae.prior is not None:
+                mu = vae.prior.convert(mu, target, strength, generator)
+            chunks.append(vae.decode(mu, target).cpu())
+    return torch.cat(chunks)
+
+
+def conversion_emotion_metrics(
+    judge: TrainedJudge,
+    vae: SpeechVAE,
+    split: Split,
+    label_names: Sequence[str],
+    seed: int,
+    source: str = "neutral",
+    strength: float = 0.6,
+    prefix: str = "test",
+    batch_size: int = PREDICT_BATCH,
+) -> dict[str, float]:
+    """Label-swap conversion: every `source` clip of `split` converted to each other emotion
+    (`convert_emotion`); `<prefix>_conversion_acc` is the share the judge hears as the emotion
+    asked for (chance: 1 / (emotions - 1) if the judge never says `source`), also per target
+    (`<prefix>_conversion_acc_<emotion>`). NaN where the split has no `source` clip."""
+    names = list(label_names)
+    if source not in names:
+        raise ValueError(f"source: '{source}' is not one of the emotions {names}")
+    src = names.index(source)
+    clips = split.features[split.labels == src]
+    targets = [c for c in range(len(names)) if c != src]
+    if len(clips) == 0:
+        return {f"{prefix}_conversion_acc": math.nan}
+    features = clips.repeat(len(targets), 1, 1, 1)
+    target_labels = torch.tensor(targets).repeat_interleave(len(clips))
+    source_labels = torch.full_like(target_labels, src)
+    converted = convert_emotion(
+        vae, features, source_labels, target_labels, seed, strength, batch_size
+    )
+    pred, _ = predict(judge, converted, batch_size)
+    truth = target_labels.numpy()
+    metrics = {f"{prefix}_conversion_acc": float((pred == truth).mean())}
+    for c in targets:
+        metrics[f"{prefix}_conversion_acc_{names[c]}"] = float((pred[truth == c] == c).mean())
+    return metrics
 
 
 def unconditional_generation_metrics(
     judge: TrainedJudge,
-    vae: VAE,
+    vae: SpeechVAE,
     n_samples: int,
     seed: int,
     real_split: Split,
@@ -309,7 +391,7 @@ def unconditional_generation_metrics(
     if n_samples < 2:
         raise ValueError(f"n_samples: expected at least 2, got {n_samples}")
     real = _reference_for(judge, real_split, reference, batch_size)
-    samples = _decode_samples(vae, n_samples, None, seed)
+    samples = decode_samples(vae, n_samples, None, seed)
     gen_emb = judge_outputs(judge, samples, batch_size).emb
     gen_div, real_div = diversity(gen_emb), diversity(real.outputs.emb)
     return {
@@ -406,7 +488,7 @@ def plot_embeddings(
 
 def augmentation_value(
     data: PreparedData,
-    vae: VAE,
+    vae: SpeechVAE,
     judge_config: JudgeConfig,
     n_per_emotion: int,
     seed: int,

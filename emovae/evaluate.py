@@ -27,7 +27,7 @@ from emovae.config import FeatureConfig
 from emovae.dataset import PreparedData, Split
 from emovae.features import Normalizer, mel_power_from_log
 from emovae.loss import TERMS, vae_loss
-from emovae.model import VAE
+from emovae.models import SpeechVAE
 from emovae.train import select_device
 
 # 10 log10(x) = DB_PER_LN * ln(x): the features store natural-log power.
@@ -36,10 +36,56 @@ N_RECONSTRUCTIONS = 4
 EVAL_BATCH = 64
 
 
+LABEL_MODES = ("auto", "true", "withheld", "swapped")
+
+
+def condition_labels(
+    model: SpeechVAE, labels: torch.Tensor, mode: str = "auto"
+) -> torch.Tensor | None:
+    """The labels a reconstruction decodes with (None: no label).
+
+    - true: each clip's own emotion; withheld: none, for a model that has a "withheld" label
+      (the temporal architecture with label dropout); swapped: the next emotion in label order,
+      for a conditional model that cannot withhold it, so what survives is what the latent kept;
+    - auto: withheld where the model can, else true (what the trainer's validation loss uses).
+    An unconditional model always gets None.
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    if not model.n_classes:
+        return None
+    if mode == "withheld" and model.withheld_label is None:
+        raise ValueError("this conditional model cannot withhold the label: use mode 'swapped'")
+    if mode == "withheld" or (mode == "auto" and model.withheld_label is not None):
+        return None
+    if mode == "swapped":
+        return (labels + 1) % model.n_classes
+    return labels
+
+
+def honest_label_mode(model: SpeechVAE) -> str:
+    """How emotion preservation must decode so the label cannot do the work: withheld where
+    the model can, swapped for a conditional model that cannot, true (no label) otherwise."""
+    if not model.n_classes:
+        return "true"
+    return "withheld" if model.withheld_label is not None else "swapped"
+
+
+def latent_summary(mu: np.ndarray | torch.Tensor) -> np.ndarray:
+    """One vector per clip: the latent mean itself, or for a time-resolved latent (N, C, T)
+    its mean and standard deviation over time (N, 2C), which do not depend on where in the
+    clip things happen."""
+    points = _as_numpy(mu)
+    if points.ndim == 3:
+        return np.concatenate([points.mean(axis=2), points.std(axis=2)], axis=1)
+    return points
+
+
 def _posterior(
-    model: VAE, split: Split, batch_size: int
+    model: SpeechVAE, split: Split, batch_size: int, label_mode: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reconstruction of the posterior mean, mu and logvar for a whole split, on the CPU."""
+    """Reconstruction of the posterior mean, mu and logvar for a whole split, on the CPU,
+    decoded with `condition_labels(model, labels, label_mode)`."""
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
     device = next(model.parameters()).device
@@ -48,8 +94,8 @@ def _posterior(
     with torch.no_grad():
         for start in range(0, len(split), batch_size):
             x = split.features[start : start + batch_size].to(device)
-            labels = (
-                split.labels[start : start + batch_size].to(device) if model.n_classes else None
+            labels = condition_labels(
+                model, split.labels[start : start + batch_size].to(device), label_mode
             )
             recon, mu, logvar = model(x, labels, sample=False)
             recons.append(recon.cpu())
@@ -61,13 +107,14 @@ def _posterior(
 
 
 def reconstruct(
-    model: VAE, split: Split, batch_size: int = EVAL_BATCH
+    model: SpeechVAE, split: Split, batch_size: int = EVAL_BATCH, label_mode: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode each clip's posterior mean: (recon (N, 1, n_mels, frames), mu (N, latent_dim)).
+    """Decode each clip's posterior mean: (recon (N, 1, n_mels, frames), mu (N, latent...)),
+    with the labels `condition_labels(model, labels, label_mode)` gives.
 
     Runs in eval mode without gradients on the model's device; results come back on the CPU.
     """
-    recon, mu, _ = _posterior(model, split, batch_size)
+    recon, mu, _ = _posterior(model, split, batch_size, label_mode)
     return recon, mu
 
 
@@ -171,7 +218,7 @@ def _denormalize(z: torch.Tensor, normalizer: Normalizer) -> np.ndarray:
 
 
 def reconstruction_metrics(
-    model: VAE,
+    model: SpeechVAE,
     split: Split,
     beta: float,
     spectral_weight: float,
@@ -216,11 +263,12 @@ def _metrics_of(
 
 
 def latent_silhouette(mu: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
-    """Silhouette score (Euclidean) of the latent means grouped by emotion, in [-1, 1].
+    """Silhouette score (Euclidean) of the latent means grouped by emotion, in [-1, 1]; a
+    time-resolved latent is summarised first (`latent_summary`).
 
     NaN where it is undefined: fewer than 2 emotions, or as many emotions as clips.
     """
-    points = _as_numpy(mu)
+    points = latent_summary(mu)
     groups = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     n_groups = len(np.unique(groups))
     if not 2 <= n_groups <= len(points) - 1:
@@ -306,8 +354,9 @@ def plot_latent_pca(
     path: str | Path,
 ) -> Path:
     """2-D PCA of the latent means coloured by emotion; explained variance on the axes and the
-    silhouette score (`latent_silhouette`, on the full latent means) in the title."""
-    points = _as_numpy(mu)
+    silhouette score (`latent_silhouette`, on the full latent means) in the title. A
+    time-resolved latent is summarised per clip first (`latent_summary`)."""
+    points = latent_summary(mu)
     groups = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if points.ndim != 2 or len(points) != len(groups):
         raise ValueError(

@@ -16,12 +16,13 @@ TERMS = ("loss", "recon", "spectral", "kl")
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, I)), summed over latent dims, mean over batch.
+    """KL(N(mu, sigma^2) || N(0, I)), summed over every latent dimension of a clip (a vector,
+    or channels x latent frames for the temporal architecture), mean over batch.
 
     Closed form from Kingma & Welling (2014), appendix B:
     -0.5 * sum(1 + log sigma^2 - mu^2 - sigma^2).
     """
-    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)).mean()
 
 
 def spectral_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -21,18 +21,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from emovae.checkpoint import build_model, model_state, read_checkpoint, save_checkpoint
+from emovae.checkpoint import model_state, read_checkpoint, save_checkpoint
 from emovae.config import TrainConfig
 from emovae.dataset import PreparedData, Split
 from emovae.loss import TERMS, vae_loss
-from emovae.model import VAE
+from emovae.models import SpeechVAE, build_model
 
 MONITORS = ("val_loss", "val_recon")
 EVAL_BATCH = 64
 
 EpochCallback = Callable[[dict[str, float], Path], None]
 # (model, epoch, is_last_epoch) -> extra metrics for that epoch; see `train`.
-EpochMetrics = Callable[[VAE, int, bool], dict[str, float]]
+EpochMetrics = Callable[[SpeechVAE, int, bool], dict[str, float]]
 
 
 class TrainingDivergedError(RuntimeError):
@@ -85,8 +85,21 @@ def _to_device(
     return features, split.labels.to(device)
 
 
+def _decoder_labels(
+    model: SpeechVAE, labels: torch.Tensor, label_dropout: float
+) -> torch.Tensor | None:
+    """The labels a training step conditions on: none for an unconditional model; for a
+    model with a "withheld" label, that label in place of a `label_dropout` share of them."""
+    if not model.n_classes:
+        return None
+    if model.withheld_label is None or label_dropout <= 0:
+        return labels
+    dropped = torch.rand(labels.shape[0], device=labels.device) < label_dropout
+    return labels.masked_fill(dropped, model.withheld_label)
+
+
 def _train_epoch(
-    model: VAE,
+    model: SpeechVAE,
     optimizer: torch.optim.Optimizer,
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -99,36 +112,48 @@ def _train_epoch(
     order = torch.randperm(n, generator=generator).to(features.device)
     # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
     usable = n - 1 if n % config.batch_size == 1 and n > 1 else n
-    sums = {name: torch.zeros((), device=features.device) for name in TERMS}
+    names = (*TERMS, "prior") if model.prior is not None else TERMS
+    sums = {name: torch.zeros((), device=features.device) for name in names}
     for start in range(0, usable, config.batch_size):
         index = order[start : start + config.batch_size]
         x = features[index]
-        recon, mu, logvar = model(x, labels[index] if model.n_classes else None)
+        recon, mu, logvar = model(x, _decoder_labels(model, labels[index], config.label_dropout))
         terms = vae_loss(recon, x, mu, logvar, beta, config.spectral_weight)
+        objective = terms["loss"]
+        prior_loss = model.prior_loss(mu, labels[index] if model.n_classes else None)
+        if prior_loss is not None:
+            # The prior trains on detached latents: it follows the encoder without shaping it,
+            # and the VAE's own loss ("loss") stays the spec's sum.
+            terms["prior"] = prior_loss
+            objective = objective + prior_loss
         optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        objective.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        for name in TERMS:
+        for name in names:
             sums[name] += terms[name].detach() * x.shape[0]
     return {name: value / usable for name, value in sums.items()}
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: VAE,
+    model: SpeechVAE,
     features: torch.Tensor,
     labels: torch.Tensor,
     beta: float,
     spectral_weight: float,
 ) -> dict[str, torch.Tensor]:
-    """Loss terms over a whole split, decoding the posterior mean (deterministic)."""
+    """Loss terms over a whole split, decoding the posterior mean (deterministic); a
+    conditional model with a "withheld" label decodes without the label, so the reconstruction
+    error measures what the latent carries, not what the label adds."""
     model.eval()
     sums = {name: torch.zeros((), device=features.device) for name in TERMS}
     for start in range(0, features.shape[0], EVAL_BATCH):
         x = features[start : start + EVAL_BATCH]
         y = labels[start : start + EVAL_BATCH] if model.n_classes else None
+        if model.withheld_label is not None:
+            y = None
         recon, mu, logvar = model(x, y, sample=False)
         terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight)
         for name in TERMS:
@@ -146,7 +171,7 @@ def _check_finite(metrics: dict[str, float], epoch: int) -> None:
 
 
 def _extra_metrics(
-    epoch_metrics: EpochMetrics, model: VAE, epoch: int, metrics: dict[str, float]
+    epoch_metrics: EpochMetrics, model: SpeechVAE, epoch: int, metrics: dict[str, float]
 ) -> dict[str, float]:
     was_training = model.training
     try:

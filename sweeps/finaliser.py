@@ -34,7 +34,7 @@ from emovae.emotion import (
 from emovae.evaluate import evaluate_checkpoint
 from emovae.generate import generate
 from emovae.judge import JudgeConfig, ensure_judge
-from emovae.model import MeanReconstruction
+from emovae.models import MeanReconstruction
 from emovae.train import select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
 from sweeps.report import TrialRecord, ranked, write_report

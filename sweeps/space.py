@@ -17,7 +17,8 @@ A space file has these sections; all but `params` are optional:
 The objective (`sweep.metric`) is one of OBJECTIVES with its direction (`sweep.mode`): the
 validation reconstruction losses (min), or, with emotion_every >= 1, an emotion-preservation
 metric of the validation reconstructions (`val_emotion_acc_recon` max, `val_emotion_acc_drop`
-min, `val_fd_recon` min, `val_latent_silhouette` max).
+min, `val_fd_recon` min, `val_latent_silhouette` max) or of samples from a conditional model's
+prior (`val_gen_emotion_acc` max, `val_gen_fd` min).
 
 Everything is checked before Ray starts: unknown keys (with the nearest valid name), unknown
 distributions, low > high, values of the wrong type for the field, an objective the trials do
@@ -68,10 +69,15 @@ OBJECTIVES: dict[str, str] = {
     "val_emotion_acc_drop": "min",
     "val_fd_recon": "min",
     "val_latent_silhouette": "max",
+    # Samples from the prior, per emotion asked for: a conditional model's sample quality
+    # (judge accuracy, and Frechet distance to the real validation clips).
+    "val_gen_emotion_acc": "max",
+    "val_gen_fd": "min",
 }
 EMOTION_OBJECTIVES = frozenset(
     name for name in OBJECTIVES if name not in ("val_recon", "val_spectral")
 )
+GENERATION_OBJECTIVES = frozenset(("val_gen_emotion_acc", "val_gen_fd"))
 
 
 @dataclass
@@ -240,6 +246,7 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     finalise = from_dict(FinaliseSettings, raw.get("finalise") or {}, f"{source}: finalise")
     _check_settings(sweep, experiment, source)
     _check_emotion(sweep, judge, finalise, source)
+    _check_generation_objective(sweep, experiment, params, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
 
@@ -302,6 +309,21 @@ def _check_emotion(
     if finalise.emotion_samples < 1:
         raise ConfigError(
             f"{source}: finalise.emotion_samples: expected at least 1, got {finalise.emotion_samples}"
+        )
+
+
+def _check_generation_objective(
+    sweep: SweepSettings, experiment: ExperimentConfig, params: dict[str, Any], source: str
+) -> None:
+    """Samples per emotion asked for exist only for a conditional model in every trial."""
+    if sweep.metric not in GENERATION_OBJECTIVES:
+        return
+    conditional = params.get("conditional", experiment.train.conditional)
+    if conditional is not True:
+        raise ConfigError(
+            f"{source}: sweep.metric: {sweep.metric} scores samples per emotion asked for, "
+            "which needs train.conditional: true in every trial "
+            f"(found {conditional!r})"
         )
 
 

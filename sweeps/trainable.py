@@ -27,9 +27,14 @@ from ray import tune
 from emovae.checkpoint import read_checkpoint
 from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, prepare_data
-from emovae.emotion import real_reference, reconstruction_emotion_metrics
-from emovae.judge import JudgeConfig, ensure_judge
-from emovae.model import VAE
+from emovae.emotion import (
+    Reference,
+    generation_emotion_metrics,
+    real_reference,
+    reconstruction_emotion_metrics,
+)
+from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
+from emovae.models import SpeechVAE
 from emovae.train import EpochMetrics, train
 from sweeps.space import trial_train_config
 
@@ -61,11 +66,48 @@ def emotion_settings(every: int, judge: JudgeConfig) -> dict[str, Any]:
     return {"every": every, "judge": dataclasses.asdict(judge)}
 
 
+# Generated clips per emotion for a trial's sample-quality metrics: enough for a stable
+# accuracy, few enough that the prior's sampling stays a small share of an epoch.
+GEN_PER_EMOTION = 10
+GEN_SEED = 0
+
+
+def validation_emotion_metrics(
+    judge: TrainedJudge, model: SpeechVAE, data: PreparedData, reference: Reference
+) -> dict[str, float]:
+    """A trial's emotion metrics on the validation speakers: reconstructions (label withheld
+    or swapped, see emovae.emotion) and, for a conditional model, samples from its prior
+    (`val_gen_emotion_acc`, `val_gen_fd`, ...: what the sweep must see so that it does not
+    pick a beta whose samples are poor)."""
+    metrics = reconstruction_emotion_metrics(
+        judge, model, data.val, prefix="val", reference=reference
+    )
+    if model.n_classes:
+        generated = generation_emotion_metrics(
+            judge,
+            model,
+            data.label_names,
+            GEN_PER_EMOTION,
+            GEN_SEED,
+            data.val,
+            reference=reference,
+            prefix="val_",
+        )
+        metrics |= {k: v for k, v in generated.metrics.items() if k in GEN_TRIAL_KEYS}
+    return metrics
+
+
+# The generation metrics a trial reports; per-emotion values stay in the finaliser's report.
+GEN_TRIAL_KEYS = frozenset(
+    f"val_{name}" for name in ("gen_emotion_acc", "gen_fd", "gen_diversity", "gen_diversity_ratio")
+)
+
+
 def emotion_epoch_metrics(
     data: PreparedData, every: int, judge_config: JudgeConfig, cache_dir: str | Path
 ) -> EpochMetrics:
     """The `epoch_metrics` callback of `emovae.train.train` that adds the validation emotion
-    metrics (`val_emotion_acc_real/_recon/_drop`, `val_latent_silhouette`, `val_fd_recon`).
+    metrics (`validation_emotion_metrics`).
 
     They are computed on the first epoch the callback sees (epoch 1, or the first after a
     resume), on every epoch divisible by `every` and on the last epoch; other epochs repeat
@@ -78,12 +120,10 @@ def emotion_epoch_metrics(
     reference = real_reference(judge, data.val)
     last: dict[str, float] | None = None
 
-    def metrics(model: VAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
+    def metrics(model: SpeechVAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
         nonlocal last
         if last is None or epoch % every == 0 or is_last_epoch:
-            last = reconstruction_emotion_metrics(
-                judge, model, data.val, prefix="val", reference=reference
-            )
+            last = validation_emotion_metrics(judge, model, data, reference)
         return dict(last)
 
     return metrics

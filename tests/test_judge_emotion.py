@@ -21,10 +21,10 @@ from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.data.splits import SpeakerSplit
 from emovae.dataset import PreparedData, Split, prepare_data
 from emovae.emotion import (
-    _decode_samples,
     accuracy,
     augmentation_value,
     confusion,
+    decode_samples,
     diversity,
     frechet_distance,
     generation_emotion_metrics,
@@ -48,7 +48,7 @@ from emovae.judge import (
     save_judge,
     train_judge,
 )
-from emovae.model import VAE
+from emovae.models import VAE
 from emovae.train import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -300,7 +300,7 @@ def test_samples_are_vae_samples_whatever_the_chunking() -> None:
     x, y = sample_per_emotion(vae, 3, 5, seed=3)
     assert y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
     torch.testing.assert_close(x, vae.sample(15, y, torch.Generator().manual_seed(3)))
-    torch.testing.assert_close(_decode_samples(vae, 15, y, 3, batch_size=4), x)
+    torch.testing.assert_close(decode_samples(vae, 15, y, 3, batch_size=4), x)
     assert not torch.allclose(sample_per_emotion(vae, 3, 5, seed=4)[0], x)
 
 

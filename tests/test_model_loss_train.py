@@ -18,7 +18,7 @@ from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.data.synthetic import generate_synthetic_corpus
 from emovae.dataset import PreparedData, prepare_data
 from emovae.loss import TERMS, kl_divergence, spectral_loss, vae_loss
-from emovae.model import LOGVAR_LIMIT, VAE
+from emovae.models import LOGVAR_LIMIT, VAE
 from emovae.train import TrainingDivergedError, evaluate_loss, train
 
 FEATURES = FeatureConfig(n_mels=32, duration=0.75)

@@ -1,4 +1,6 @@
-"""Convolutional VAE with residual blocks for (batch, 1, n_mels, frames) log-mel spectrograms.
+"""The seed architecture (`arch: seed`): the reference design of ../shared/SPEC.md, kept as a
+searchable baseline. A convolutional VAE with residual blocks for (batch, 1, n_mels, frames)
+log-mel spectrograms and one latent vector per clip.
 
 Encoder: four stride-2 stages (1 -> c, 2c, 4c, 8c channels; c = 32 gives the spec's 32..256),
 each Conv2d(k3, s2, p1) + BatchNorm + LeakyReLU(0.2) followed by a residual block, then linear
@@ -137,6 +139,25 @@ class VAE(nn.Module):
         z = self.reparameterize(mu, logvar) if sample else mu
         return self.decode(z, labels), mu, logvar
 
+    # The seed architecture has no "withheld" label and no learned prior.
+    withheld_label = None
+    prior = None
+
+    def prior_loss(self, mu: torch.Tensor, labels: torch.Tensor | None) -> None:
+        return None
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """z ~ N(0, I), (n, latent_dim)."""
+        # z is drawn on the CPU so a seeded CPU generator gives the same samples on any device.
+        device = next(self.parameters()).device
+        return torch.randn(n, self.latent_dim, generator=generator).to(device)
+
     @torch.no_grad()
     def sample(
         self,
@@ -145,10 +166,7 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw z ~ N(0, I) and decode: (n, 1, n_mels, frames)."""
-        # z is drawn on the CPU so a seeded CPU generator gives the same samples on any device.
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent_dim, generator=generator).to(device)
-        return self.decode(z, labels)
+        return self.decode(self.sample_latents(n, labels, generator), labels)
 
 
 class MeanReconstruction(nn.Module):

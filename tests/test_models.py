@@ -1,0 +1,205 @@
+"""The time-resolved VAE, its diffusion prior, label dropout and emotion conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from emovae.checkpoint import load_model
+from emovae.config import ConfigError, DataConfig, FeatureConfig, TrainConfig
+from emovae.data.synthetic import generate_synthetic_corpus
+from emovae.dataset import PreparedData, prepare_data
+from emovae.evaluate import condition_labels, honest_label_mode, latent_summary
+from emovae.models import LatentDiffusionPrior, TemporalVAE, build_model
+from emovae.train import _decoder_labels, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FEATURES = FeatureConfig(n_mels=32, duration=0.75)
+TEMPORAL = TrainConfig(
+    arch="temporal",
+    latent_dim=4,
+    hidden_channels=16,
+    prior="diffusion",
+    prior_channels=16,
+    prior_steps=4,
+    conditional=True,
+    batch_size=8,
+    num_threads=1,
+    max_epochs=2,
+)
+
+
+# --- architecture -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("frames", "downsample"), [(65, 0), (65, 1), (173, 1), (33, 2)])
+def test_temporal_vae_keeps_the_input_shape_and_resolves_time(frames: int, downsample: int) -> None:
+    torch.manual_seed(0)
+    model = TemporalVAE(32, frames, latent_dim=3, hidden_channels=16, time_downsample=downsample)
+    x = torch.randn(2, 1, 32, frames)
+    recon, mu, logvar = model(x)
+    latent_frames = -(-frames // 2**downsample)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == (2, 3, latent_frames)
+    assert model.sample(2).shape == x.shape
+
+
+def test_the_encoder_ignores_the_label_and_the_decoder_can_withhold_it() -> None:
+    torch.manual_seed(0)
+    model = TemporalVAE(32, 65, latent_dim=3, hidden_channels=16, n_classes=3).eval()
+    x = torch.randn(2, 1, 32, 65)
+    with torch.no_grad():
+        mu_a, _ = model.encode(x, torch.tensor([0, 1]))
+        mu_b, _ = model.encode(x, torch.tensor([2, 2]))
+        withheld = model.decode(mu_a)
+        explicit = model.decode(mu_a, torch.full((2,), model.withheld_label))
+        labelled = model.decode(mu_a, torch.tensor([0, 1]))
+    torch.testing.assert_close(mu_a, mu_b)
+    torch.testing.assert_close(withheld, explicit)
+    assert not torch.allclose(withheld, labelled)
+    assert model.withheld_label == 3
+
+
+def test_label_dropout_withholds_about_its_share() -> None:
+    model = TemporalVAE(32, 65, latent_dim=3, hidden_channels=16, n_classes=3)
+    torch.manual_seed(0)
+    labels = torch.zeros(10_000, dtype=torch.int64)
+    dropped = _decoder_labels(model, labels, 0.2) == model.withheld_label
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.02)
+    assert _decoder_labels(model, labels, 0.0) is labels
+
+
+def test_label_modes_of_reconstructions() -> None:
+    temporal = TemporalVAE(32, 65, latent_dim=3, hidden_channels=16, n_classes=3)
+    seed = build_model(TrainConfig(latent_dim=3, base_channels=2, conditional=True), FEATURES, 3)
+    labels = torch.tensor([0, 1, 2])
+    assert honest_label_mode(temporal) == "withheld"
+    assert honest_label_mode(seed) == "swapped"
+    assert condition_labels(temporal, labels) is None
+    assert condition_labels(seed, labels, "swapped").tolist() == [1, 2, 0]
+    assert condition_labels(seed, labels).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="cannot withhold"):
+        condition_labels(seed, labels, "withheld")
+
+
+def test_a_time_resolved_latent_is_summarised_per_clip() -> None:
+    mu = torch.arange(24.0).reshape(2, 3, 4)
+    summary = latent_summary(mu)
+    assert summary.shape == (2, 6)
+    assert summary[0, 0] == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arch": "seed", "prior": "diffusion"}, "train.prior: diffusion needs train.arch"),
+        ({"arch": "transformer"}, "train.arch: expected one of seed, temporal"),
+        ({"label_dropout": 1.0}, r"train.label_dropout: expected a share in \[0, 1\)"),
+        ({"guidance": 0.5}, "train.guidance: expected at least 1"),
+        ({"label_dropout": 0.0}, "classifier-free guidance needs train.label_dropout > 0"),
+    ],
+)
+def test_bad_model_settings_are_refused_by_name(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(TEMPORAL, **changes)
+
+
+# --- diffusion prior --------------------------------------------------------------------------
+
+
+def _class_latents(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents whose every value is the class index times 2, plus a little noise."""
+    labels = torch.arange(n) % 3
+    z = 2.0 * labels[:, None, None].float() + 0.1 * torch.randn(n, 2, 8)
+    return z, labels
+
+
+def test_the_prior_learns_a_class_conditional_distribution() -> None:
+    torch.manual_seed(0)
+    prior = LatentDiffusionPrior(2, channels=16, n_classes=3, label_dropout=0.2, sample_steps=20)
+    optimiser = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    prior.train()
+    for _ in range(400):
+        z, labels = _class_latents(48)
+        loss = prior.loss(z, labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    prior.eval()
+    labels = torch.tensor([0, 1, 2] * 10)
+    samples = prior.sample(30, 8, labels, torch.Generator().manual_seed(0))
+    per_class = [samples[labels == c].mean().item() for c in range(3)]
+    # Each class's samples sit at its own value (0, 2, 4), far apart from the others.
+    assert per_class == pytest.approx([0.0, 2.0, 4.0], abs=0.5)
+    # The running statistics saw the latents' scale: mean 2, spread about 1.6.
+    assert prior.latent_mean.mean().item() == pytest.approx(2.0, abs=0.3)
+
+
+def test_prior_statistics_move_only_in_training_and_sampling_is_seeded() -> None:
+    torch.manual_seed(0)
+    prior = LatentDiffusionPrior(2, channels=16, n_classes=3, sample_steps=3).eval()
+    z, labels = _class_latents(12)
+    prior.loss(z, labels)
+    assert not bool(prior.stats_seen)
+    prior.train()
+    prior.loss(z, labels)
+    assert bool(prior.stats_seen)
+    prior.eval()
+    first = prior.sample(4, 8, labels[:4], torch.Generator().manual_seed(5))
+    again = prior.sample(4, 8, labels[:4], torch.Generator().manual_seed(5))
+    other = prior.sample(4, 8, labels[:4], torch.Generator().manual_seed(6))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+
+
+def test_conversion_strength_is_checked_and_a_light_touch_keeps_the_latent() -> None:
+    torch.manual_seed(0)
+    prior = LatentDiffusionPrior(2, channels=16, n_classes=3, sample_steps=4).eval()
+    z, labels = _class_latents(6)
+    with pytest.raises(ValueError, match=r"strength: expected a value in \(0, 1\]"):
+        prior.convert(z, labels, 0.0)
+    # An untrained denoiser predicts v = 0: the result is the noised latent's alpha-scaled
+    # value, so a light touch stays near the clip's latent and a full conversion does not.
+    light = prior.convert(z, labels, 0.01, torch.Generator().manual_seed(0))
+    full = prior.convert(z, labels, 1.0, torch.Generator().manual_seed(0))
+    assert (light - z).abs().mean().item() < 0.05
+    assert (full - z).abs().mean().item() > 0.5
+
+
+# --- training and checkpoints -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    root = tmp_path_factory.mktemp("synthetic")
+    corpus = generate_synthetic_corpus(
+        root, n_speakers=5, per_emotion=1, duration=FEATURES.duration, seed=0
+    )
+    return prepare_data(DataConfig(path=str(corpus), cache_dir=str(root / "cache")), FEATURES)
+
+
+def test_the_trainer_trains_the_prior_beside_the_vae_and_checkpoints_it(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    result = train(TEMPORAL, data, tmp_path)
+    assert all("train_prior" in row and row["train_prior"] > 0 for row in result.history)
+    # The VAE's own loss stays the spec's sum; the prior's term is reported beside it.
+    row = result.history[-1]
+    assert row["train_loss"] == pytest.approx(
+        row["train_recon"] + 0.5 * row["train_spectral"] + row["beta"] * row["train_kl"],
+        rel=1e-4,
+    )
+    loaded = load_model(result.last_checkpoint)
+    assert isinstance(loaded.model, TemporalVAE) and loaded.model.prior is not None
+    assert bool(loaded.model.prior.stats_seen)
+    labels = torch.tensor([0, 1])
+    first = loaded.model.sample(2, labels, torch.Generator().manual_seed(0))
+    again = load_model(result.last_checkpoint).model.sample(
+        2, labels, torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(first, again)
+    assert first.shape == (2, 1, FEATURES.n_mels, data.train.features.shape[-1])
