@@ -9,8 +9,11 @@ All of them go through the emotion judge (`emovae.judge`), trained on real train
   matrix, Frechet distances to real clips overall and per emotion (FAD-like, on the judge's
   embeddings rather than VGGish), and diversity, so mode collapse shows as generated diversity
   far below the real one;
-- augmentation value (the paper's headline): a judge trained on real + generated clips vs one
-  trained on real clips only, both tested on the real test speakers.
+- conversion (conditional VAE): real clips of one emotion re-made as each other emotion, and
+  how often the judge hears the emotion asked for.
+
+The augmentation test (the paper's headline) runs on exported WAVs, through both judges:
+emovae.evaluation.exported_audio.augmentation_gain.
 
 Costs on a CPU are in benchmarks/RESULTS_emotion.md.
 """
@@ -31,16 +34,14 @@ from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
-from emovae.dataset import PreparedData, Split
+from emovae.dataset import Split
 from emovae.evaluate import honest_label_mode, latent_silhouette, reconstruct
 from emovae.judge import (
     PREDICT_BATCH,
-    JudgeConfig,
     JudgeOutputs,
     TrainedJudge,
     judge_outputs,
     predict,
-    train_judge,
 )
 from emovae.models import SpeechVAE
 
@@ -484,40 +485,3 @@ def plot_embeddings(
     )
     ax.legend(fontsize=6, ncol=2, loc="best")
     return _save(figure, path)
-
-
-def augmentation_value(
-    data: PreparedData,
-    vae: SpeechVAE,
-    judge_config: JudgeConfig,
-    n_per_emotion: int,
-    seed: int,
-    baseline: TrainedJudge | None = None,
-) -> dict[str, float]:
-    """Does adding generated clips to the judge's training data help on real test speakers?
-
-    Trains a judge on `data.train` + `n_per_emotion` samples per emotion of the conditional
-    `vae` (z seeded with `seed`) and compares its test accuracy with a judge trained on
-    `data.train` alone (`baseline` if given, e.g. the sweep's cached judge of the same config,
-    else trained here). Both use `judge_config`, so the same initialisation and batch order
-    seed. Returns `aug_acc_real_only`, `aug_acc_real_plus_generated`, `aug_acc_gain`
-    (difference) and the same three for UAR (`aug_uar_*`).
-
-    One seed measures one draw: on EmoDB-sized test splits (~100 clips) judges that differ only
-    in their seed differ by several accuracy points, so a gain of that size is not evidence;
-    repeat over seeds (and VAEs) before claiming one. The number costs one judge training, far
-    more than the other emotion metrics: compute it once per finished sweep, not per epoch.
-    """
-    if baseline is not None and baseline.fingerprint != data.fingerprint:
-        raise ValueError("augmentation_value: the baseline judge was trained on other data")
-    samples, labels = sample_per_emotion(vae, len(data.label_names), n_per_emotion, seed)
-    real_only = baseline if baseline is not None else train_judge(data, judge_config)
-    augmented = train_judge(data, judge_config, extra_train=(samples, labels))
-    return {
-        "aug_acc_real_only": real_only.test_accuracy,
-        "aug_acc_real_plus_generated": augmented.test_accuracy,
-        "aug_acc_gain": augmented.test_accuracy - real_only.test_accuracy,
-        "aug_uar_real_only": real_only.test_uar,
-        "aug_uar_real_plus_generated": augmented.test_uar,
-        "aug_uar_gain": augmented.test_uar - real_only.test_uar,
-    }

@@ -1,27 +1,27 @@
-"""Sample new clips from a trained VAE: z ~ N(0, I) -> log-mel -> mel power -> Griffin-Lim -> WAV.
+"""Sample new clips from a trained VAE: prior -> latents -> log-mel -> vocoder -> WAV.
 
-A run writes `sample_0000.wav`, ... and then `manifest.csv`, last and atomically: a manifest
-means the set it lists is complete. A previous run's manifest is removed before any WAV is
-written, so an interrupted run leaves WAVs without a manifest, never a manifest that lies.
+A run writes `sample_0000.wav`, ... and then `manifest.csv` (emovae.audio.export: the manifest
+comes last and atomically, so it only ever lists a complete set). Clips keep the level the
+model gave them, limited to a -1 dBFS peak.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import torch
 
+from emovae.audio.export import finish_set, start_set, write_clips
+from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.checkpoint import load_model
-from emovae.features import mel_from_log
-from emovae.griffinlim import mel_to_audio
+from emovae.config import FeatureConfig
+from emovae.dataset import Split
+from emovae.emotion import convert_emotion
+from emovae.evaluate import honest_label_mode, reconstruct
+from emovae.features import Normalizer
+from emovae.models import SpeechVAE
 from emovae.train import select_device
 
-PEAK_DBFS = -1.0
 MANIFEST_COLUMNS = ("file", "emotion", "seed", "index")
 
 
@@ -44,19 +44,6 @@ def _labels_for(n: int, emotion: str | None, label_names: list[str], n_classes: 
     return [label_names.index(emotion)] * n
 
 
-def peak_normalize(audio: np.ndarray, peak_dbfs: float = PEAK_DBFS) -> np.ndarray:
-    """Scale each row of (B, samples) to the given peak; all-zero rows stay zero."""
-    peaks = np.abs(audio).max(axis=-1, keepdims=True)
-    target = 10.0 ** (peak_dbfs / 20.0)
-    return np.where(peaks > 0, audio * (target / np.where(peaks > 0, peaks, 1.0)), 0.0)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
-
-
 def generate(
     checkpoint_path: str | Path,
     n: int,
@@ -66,16 +53,19 @@ def generate(
     n_iter: int = 32,
     device: str | torch.device = "cpu",
     batch_size: int = 25,
+    vocoder: str = "griffinlim",
 ) -> Path:
     """Generate `n` clips from a checkpoint into `out_dir`; return the manifest's path.
 
-    Latents are drawn on the CPU from a generator seeded with `seed`, all `n` at once, so they
-    do not depend on `device` or `batch_size`; Griffin-Lim's random initial phase is seeded with
-    `seed` per batch, so the WAV bytes are reproducible for the same seed, device and
-    `batch_size`. A conditional model cycles through its emotions (round-robin) unless `emotion`
-    names one; an unconditional model takes no `emotion`. Clips are peak-normalised to -1 dBFS, 16-bit mono at the feature sample rate,
-    of the features' clip duration. manifest.csv has columns file, emotion (empty for an
-    unconditional model), seed, index.
+    Latents come from the model's prior (N(0, I), or its learned prior), all `n` at once from
+    a CPU generator seeded with `seed`, so they do not depend on `device` or `batch_size`.
+    `vocoder` is griffinlim (any features; its random initial phase is seeded with `seed` per
+    batch, so the WAV bytes repeat for the same seed, device and batch size) or hifigan
+    (features made by `emovae.audio.vocoder.hifigan_features`). A conditional model cycles
+    through its emotions (round-robin) unless `emotion` names one; an unconditional model
+    takes no `emotion`. Clips are 16-bit mono at the feature sample rate, of the features'
+    clip duration. manifest.csv has columns file, emotion (empty for an unconditional model),
+    seed, index.
     """
     if n < 1:
         raise ValueError(f"n: expected a positive number of clips, got {n}")
@@ -85,54 +75,119 @@ def generate(
     loaded = load_model(checkpoint_path, select_device(str(device)))
     model, features = loaded.model, loaded.features
     labels = _labels_for(n, emotion, loaded.label_names, model.n_classes)
+    synthesize = load_vocoder(vocoder, features, device, n_iter=n_iter, seed=seed)
     model_device = next(model.parameters()).device
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / "manifest.csv"
-    manifest.unlink(missing_ok=True)
-
-    generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.latent_dim, generator=generator)
-    label_tensor = torch.tensor(labels, dtype=torch.int64) if labels else None
+    label_tensor = torch.tensor(labels, dtype=torch.int64).to(model_device) if labels else None
     length = round(features.duration * features.sample_rate)
     names = [f"sample_{i:04d}.wav" for i in range(n)]
 
+    out_dir = start_set(out_dir)
     model.eval()
+    z = model.sample_latents(n, label_tensor, torch.Generator().manual_seed(seed))
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         with torch.no_grad():
-            batch_labels = label_tensor[start:stop].to(model_device) if labels else None
-            decoded = model.decode(z[start:stop].to(model_device), batch_labels)
+            batch_labels = label_tensor[start:stop] if labels else None
+            decoded = model.decode(z[start:stop], batch_labels)
         log_mels = loaded.normalizer.denormalize(decoded[:, 0].cpu().numpy())
-        mel = torch.from_numpy(mel_from_log(log_mels, features))
-        audio = mel_to_audio(
-            mel.to(model_device),
-            sample_rate=features.sample_rate,
-            n_fft=features.n_fft,
-            hop_length=features.hop_length,
-            n_iter=n_iter,
-            fmin=features.fmin,
-            fmax=features.fmax,
-            seed=seed,
-            length=length,
-            power=features.power,
-        )
-        audio = audio.detach().cpu().numpy().astype(np.float64)
-        if not np.isfinite(audio).all():
-            bad = sorted({start + int(i) for i in np.flatnonzero(~np.isfinite(audio).all(axis=1))})
-            raise RuntimeError(f"{checkpoint_path}: non-finite audio for samples {bad}")
-        audio = peak_normalize(audio)
-        # Own rounding to int16 so the bytes do not depend on libsndfile's float conversion.
-        pcm = np.round(audio * 32767.0).astype(np.int16)
-        for offset, clip in enumerate(pcm):
-            sf.write(out_dir / names[start + offset], clip, features.sample_rate, subtype="PCM_16")
+        try:
+            audio = synthesize(log_mels, length=length)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{checkpoint_path}: {exc}") from exc
+        write_clips(out_dir, names[start:stop], audio, features.sample_rate)
 
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for index, name in enumerate(names):
-        label = loaded.label_names[labels[index]] if labels else ""
-        writer.writerow([name, label, seed, index])
-    _write_atomic(manifest, rows.getvalue())
-    return manifest
+    rows = [
+        [name, loaded.label_names[labels[i]] if labels else "", seed, i]
+        for i, name in enumerate(names)
+    ]
+    return finish_set(out_dir, MANIFEST_COLUMNS, rows)
+
+
+RECON_COLUMNS = ("file", "emotion", "source")
+CONVERSION_COLUMNS = ("file", "emotion", "source_emotion", "source")
+
+
+def _vocode_and_write(
+    decoded: torch.Tensor,
+    normalizer: Normalizer,
+    synthesize: Vocoder,
+    length: int,
+    out_dir: Path,
+    names: list[str],
+    sample_rate: int,
+    batch_size: int,
+) -> None:
+    for start in range(0, len(names), batch_size):
+        log_mels = normalizer.denormalize(decoded[start : start + batch_size, 0].numpy())
+        audio = synthesize(log_mels, length=length)
+        write_clips(out_dir, names[start : start + batch_size], audio, sample_rate)
+
+
+def export_reconstructions(
+    model: SpeechVAE,
+    split: Split,
+    label_names: list[str],
+    normalizer: Normalizer,
+    features: FeatureConfig,
+    synthesize: Vocoder,
+    out_dir: str | Path,
+    batch_size: int = 25,
+) -> Path:
+    """Each clip of `split` reconstructed (posterior mean, decoded with the label withheld, or
+    swapped where the model cannot withhold it: `honest_label_mode`) and vocoded, under the
+    original file's name; manifest columns file, emotion (the clip's true one), source."""
+    out_dir = start_set(out_dir)
+    recon, _ = reconstruct(model, split, label_mode=honest_label_mode(model))
+    names = [Path(p).stem + ".wav" for p in split.paths]
+    length = round(features.duration * features.sample_rate)
+    _vocode_and_write(
+        recon, normalizer, synthesize, length, out_dir, names, features.sample_rate, batch_size
+    )
+    rows = [
+        [name, label_names[int(y)], path]
+        for name, y, path in zip(names, split.labels, split.paths, strict=True)
+    ]
+    return finish_set(out_dir, RECON_COLUMNS, rows)
+
+
+def export_conversions(
+    model: SpeechVAE,
+    split: Split,
+    label_names: list[str],
+    normalizer: Normalizer,
+    features: FeatureConfig,
+    synthesize: Vocoder,
+    out_dir: str | Path,
+    seed: int = 0,
+    source: str = "neutral",
+    strength: float = 0.6,
+    batch_size: int = 25,
+) -> Path | None:
+    """Every `source` clip of `split` converted to each other emotion (`convert_emotion`),
+    written as `<stem>_to_<emotion>.wav`; manifest columns file, emotion (asked for),
+    source_emotion, source. None (nothing written) for an unconditional model or a split
+    without `source` clips."""
+    if not model.n_classes or source not in label_names:
+        return None
+    src = label_names.index(source)
+    rows_of_source = torch.nonzero(split.labels == src).flatten().tolist()
+    if not rows_of_source:
+        return None
+    targets = [c for c in range(len(label_names)) if c != src]
+    pairs = [(row, c) for c in targets for row in rows_of_source]
+    features_in = split.features[[row for row, _ in pairs]]
+    target_labels = torch.tensor([c for _, c in pairs])
+    converted = convert_emotion(
+        model, features_in, torch.full_like(target_labels, src), target_labels, seed, strength
+    )
+    names = [f"{Path(split.paths[row]).stem}_to_{label_names[c]}.wav" for row, c in pairs]
+    out_dir = start_set(out_dir)
+    length = round(features.duration * features.sample_rate)
+    _vocode_and_write(
+        converted, normalizer, synthesize, length, out_dir, names, features.sample_rate, batch_size
+    )
+    rows = [
+        [name, label_names[c], source, split.paths[row]]
+        for name, (row, c) in zip(names, pairs, strict=True)
+    ]
+    return finish_set(out_dir, CONVERSION_COLUMNS, rows)

@@ -98,6 +98,15 @@ def _decoder_labels(
     return labels.masked_fill(dropped, model.withheld_label)
 
 
+def _parameter_groups(model: SpeechVAE) -> list[list[torch.nn.Parameter]]:
+    """The VAE's parameters, and the learned prior's (if any) apart."""
+    if model.prior is None:
+        return [list(model.parameters())]
+    prior = {id(p) for p in model.prior.parameters()}
+    vae = [p for p in model.parameters() if id(p) not in prior]
+    return [vae, list(model.prior.parameters())]
+
+
 def _train_epoch(
     model: SpeechVAE,
     optimizer: torch.optim.Optimizer,
@@ -113,6 +122,7 @@ def _train_epoch(
     # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
     usable = n - 1 if n % config.batch_size == 1 and n > 1 else n
     names = (*TERMS, "prior") if model.prior is not None else TERMS
+    parameter_groups = _parameter_groups(model)
     sums = {name: torch.zeros((), device=features.device) for name in names}
     for start in range(0, usable, config.batch_size):
         index = order[start : start + config.batch_size]
@@ -129,7 +139,10 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            # Clipped apart: the prior's gradients must not shrink the VAE's step (or the
+            # reverse) through one shared global norm.
+            for group in parameter_groups:
+                torch.nn.utils.clip_grad_norm_(group, config.grad_clip)
         optimizer.step()
         for name in names:
             sums[name] += terms[name].detach() * x.shape[0]

@@ -36,13 +36,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# Console groups of the final metrics: (heading, key prefixes).
+METRIC_GROUPS = (
+    ("Reconstruction (log-mels, held-out speakers)", ("test_",)),
+    (
+        "Emotion judge (log-mels; judge_test_* is the real clips' ceiling)",
+        ("judge_", "gen_", "real_"),
+    ),
+)
+
+
 def print_final(final) -> None:  # noqa: ANN001 - sweeps.finaliser.FinalResult
+    from sweeps.report import AUDIO_COLUMNS, AUDIO_SETS
+
     print("Final model retrained with:")
-    for key in ("latent_dim", "beta", "lr", "grad_clip", "batch_size", "max_epochs"):
+    for key in ("arch", "latent_dim", "beta", "lr", "grad_clip", "batch_size", "max_epochs"):
         print(f"  {key} = {final.config[key]}")
-    print("Test metrics (held-out speakers):")
-    for key, value in sorted(final.metrics.items()):
-        print(f"  {key} = {value:.5g}" if isinstance(value, float) else f"  {key} = {value}")
+    shown = set()
+    for heading, prefixes in METRIC_GROUPS:
+        keys = sorted(k for k in final.metrics if k.startswith(prefixes) and k not in shown)
+        if keys:
+            print(f"{heading}:")
+            for key in keys:
+                print(f"  {key} = {final.metrics[key]:.4g}")
+            shown |= set(keys)
+    audio_sets = [
+        (name, label) for name, label in AUDIO_SETS if f"wav_{name}_dnsmos" in final.metrics
+    ]
+    if audio_sets:
+        print("Exported audio (WAVs read back; the real clips are the ceiling):")
+        columns = [suffix for suffix, _ in AUDIO_COLUMNS]
+        print(f"  {'set':8s}" + "".join(f"{c:>11s}" for c in columns))
+        for name, _ in audio_sets:
+            cells = [final.metrics.get(f"wav_{name}_{c}") for c in columns]
+            print(
+                f"  {name:8s}"
+                + "".join(f"{'-':>11s}" if v is None else f"{v:>11.3f}" for v in cells)
+            )
+        gains = sorted(k for k in final.metrics if k.startswith("wav_aug_") and k.endswith("gain"))
+        for key in gains:
+            print(f"  {key} = {final.metrics[key]:+.3f}")
     print(f"Checkpoint: {final.checkpoint}\nSamples: {final.samples_manifest}")
     print(f"Report: {final.report}\nRegistered model: {final.model_uri or 'not registered'}")
 

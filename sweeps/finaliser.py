@@ -1,9 +1,11 @@
-"""The finaliser: best trial -> retrain its configuration -> test metrics, samples, report.
+"""The finaliser: best trial -> retrain -> evaluate -> export -> judge the audio -> report ->
+register.
 
 Everything lands in `<sweep>/final/` and in a `final` child run of the sweep's MLflow parent
 run, and the retrained model is registered in the MLflow model registry. A sweep with emotion
 metrics (`sweep.emotion_every` >= 1) also scores the retrained model with the sweep's emotion
-judge on the test speakers (`emotion_evaluation`).
+judge on the test speakers (`emotion_evaluation`), and, with `finalise.audio_metrics`, scores
+the WAVs it exports (`audio_evaluation`): what a user gets, heard by two judges and DNSMOS.
 """
 
 from __future__ import annotations
@@ -21,38 +23,47 @@ import torch
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
-from emovae.checkpoint import load_model
-from emovae.config import ConfigError
+from emovae.audio.export import read_manifest
+from emovae.audio.vocoder import load_vocoder
+from emovae.checkpoint import LoadedModel, load_model
+from emovae.config import ConfigError, TrainConfig
 from emovae.dataset import PreparedData, prepare_data
 from emovae.emotion import (
-    augmentation_value,
+    conversion_emotion_metrics,
     generation_emotion_metrics,
     plot_confusion,
     real_reference,
     reconstruction_emotion_metrics,
 )
 from emovae.evaluate import evaluate_checkpoint
-from emovae.generate import generate
-from emovae.judge import JudgeConfig, ensure_judge
+from emovae.evaluation.exported_audio import (
+    augmentation_gain,
+    prepare_audio_judges,
+    score_set,
+    wav_set,
+)
+from emovae.generate import export_conversions, export_reconstructions, generate
+from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import MeanReconstruction
-from emovae.train import select_device, train
+from emovae.train import TrainResult, select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
 from sweeps.report import TrialRecord, ranked, write_report
 from sweeps.results import load_trial_records
-from sweeps.space import SweepSpec, trial_train_config
+from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
 from sweeps.tracking import TAG_ROLE, create_child_run, flatten, log_params
 from sweeps.trainable import judge_beside_vae, judge_cache_dir
 
 FINAL_DIR = "final"
 CONFUSION_FILE = "emotion_confusion.png"
 EMOTION_METRICS_FILE = "emotion_metrics.json"
+AUDIO_METRICS_FILE = "audio_metrics.json"
 
 
 @dataclass
 class FinalResult:
     run_id: str
     config: dict[str, Any]
-    metrics: dict[str, float]  # test metrics, and the emotion metrics where the sweep has them
+    metrics: dict[str, float]  # test metrics, emotion and exported-audio metrics where computed
     checkpoint: Path
     samples_manifest: Path
     report: Path
@@ -68,33 +79,73 @@ def _epoch_logger(client: MlflowClient, run_id: str):  # noqa: ANN202 - a closur
     return log
 
 
+def _write_json(path: Path, metrics: dict[str, float]) -> None:
+    plain = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+    path.write_text(json.dumps(plain, indent=1))
+
+
+class _Registrable(torch.nn.Module):
+    """(log-mel (B, 1, n_mels, frames), emotion (B,) int64) -> the reconstruction: the
+    interface MLflow's pyfunc serves for a conditional VAE. The emotion is what a conditional
+    decoder is told (a model that can withhold it reads -1 as "withheld")."""
+
+    def __init__(self, loaded: LoadedModel):
+        super().__init__()
+        self.vae = loaded.model
+
+    def forward(self, x: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
+        labels = emotion
+        if self.vae.withheld_label is not None:
+            labels = torch.where(emotion < 0, self.vae.withheld_label, emotion)
+        return self.vae(x, labels, sample=False)[0]
+
+
 def _register_model(
     tracking_uri: str, run_id: str, checkpoint: Path, data: PreparedData, model_name: str
-) -> str | None:
+) -> str:
     """Log the model with MLflow's PyTorch flavour and a signature, and register it.
 
-    The pyfunc interface takes one tensor, so an unconditional VAE is registered as its mean
-    reconstruction (log-mel in, log-mel out); a conditional VAE also needs emotion labels and
-    is not registered (load it with emovae.checkpoint.load_model)."""
+    An unconditional VAE is registered as its mean reconstruction (log-mel in, log-mel out); a
+    conditional one takes a second input, `emotion` (the label index, per clip: see the run's
+    `emovae.label_names` tag), named in the signature."""
     import mlflow
     import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
 
     loaded = load_model(checkpoint)
-    if loaded.model.n_classes:
-        return None
-    module = MeanReconstruction(loaded.model).eval()
     example = data.test.features[:2]
-    with torch.no_grad():
-        output = module(example)
-    signature = infer_signature(example.numpy(), output.numpy())
+    shape = (-1, *example.shape[1:])
+    if loaded.model.n_classes:
+        module = _Registrable(loaded).eval()
+        emotion = data.test.labels[:2]
+        inputs = Schema(
+            [
+                TensorSpec(np.dtype(np.float32), shape, "log_mel"),
+                TensorSpec(np.dtype(np.int64), (-1,), "emotion"),
+            ]
+        )
+        example_inputs: Any = {"log_mel": example.numpy(), "emotion": emotion.numpy()}
+        with torch.no_grad():
+            output = module(example, emotion)
+    else:
+        module = MeanReconstruction(loaded.model).eval()
+        inputs = Schema([TensorSpec(np.dtype(np.float32), shape, "log_mel")])
+        example_inputs = example.numpy()
+        with torch.no_grad():
+            output = module(example)
+    signature = ModelSignature(
+        inputs=inputs,
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
+    )
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
+        mlflow.set_tag("emovae.label_names", ",".join(loaded.label_names))
         info = mlflow.pytorch.log_model(
             module,
             name="model",
             signature=signature,
-            input_example=example.numpy(),  # MLflow's pt2 format traces forward() with it
+            input_example=example_inputs,
             # Stated, not inferred: inference imports the world and records torch's "+cpu" tag.
             pip_requirements=[
                 f"torch=={torch.__version__.split('+')[0]}",
@@ -111,33 +162,41 @@ class EmotionEvaluation:
     confusion: Path | None  # the judge's confusion on generated samples (conditional VAE only)
 
 
-def emotion_evaluation(
-    checkpoint: Path,
-    data: PreparedData,
-    judge_config: JudgeConfig,
-    cache_dir: str | Path,
-    out_dir: Path,
-    n_per_emotion: int,
-    seed: int,
-    device: str = "auto",
-) -> EmotionEvaluation:
-    """The sweep's emotion judge on the retrained model, on the test speakers.
-
-    Always: `test_emotion_acc_real/_recon/_drop`, `test_latent_silhouette`, `test_fd_recon`
-    and the judge's own `judge_test_acc` / `judge_test_uar` (the ceiling). A conditional VAE
-    also gets the generation metrics (`gen_*`, `real_diversity*`) of `n_per_emotion` samples
-    per emotion with their confusion matrix (`out_dir/emotion_confusion.png`), and the
-    augmentation test (`aug_*`: one more judge training, against the cached judge). The judge
-    comes from `judge_cache_dir(cache_dir)`, where the sweep's driver left it. Also written to
-    `out_dir/emotion_metrics.json` (NaN as null).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    judge = ensure_judge(
+def final_judge(
+    data: PreparedData, judge_config: JudgeConfig, cache_dir: str | Path, device: str
+) -> TrainedJudge:
+    """The sweep's emotion judge, from `judge_cache_dir(cache_dir)` where the driver left it."""
+    return ensure_judge(
         data,
         judge_cache_dir(cache_dir),
         judge_beside_vae(judge_config, device, judge_config.num_threads),
     )
+
+
+def emotion_evaluation(
+    checkpoint: Path,
+    data: PreparedData,
+    judge: TrainedJudge,
+    out_dir: Path,
+    n_per_emotion: int,
+    seed: int,
+    settings: FinaliseSettings | None = None,
+    device: str = "auto",
+) -> EmotionEvaluation:
+    """The sweep's emotion judge on the retrained model's log-mels, on the test speakers.
+
+    Always: `test_emotion_acc_real/_recon/_drop` (reconstructions decoded with the label
+    withheld, or swapped where the model cannot withhold it), `test_latent_silhouette`,
+    `test_fd_recon` and the judge's own `judge_test_acc` / `judge_test_uar` (the ceiling). A
+    conditional VAE also gets the generation metrics (`gen_*`, `real_diversity*`) of
+    `n_per_emotion` samples per emotion with their confusion matrix
+    (`out_dir/emotion_confusion.png`), and label-swap conversion (`test_conversion_acc*`:
+    `settings.conversion_source` clips re-made as each other emotion). Also written to
+    `out_dir/emotion_metrics.json` (NaN as null).
+    """
+    settings = settings or FinaliseSettings()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     vae = load_model(checkpoint, select_device(device)).model
     reference = real_reference(judge, data.test)
     metrics = reconstruction_emotion_metrics(
@@ -156,15 +215,109 @@ def emotion_evaluation(
             out_dir / CONFUSION_FILE,
             title="Judge on generated samples (row: emotion asked for)",
         )
-        metrics |= augmentation_value(data, vae, judge.config, n_per_emotion, seed, baseline=judge)
-    plain = {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
-    (out_dir / EMOTION_METRICS_FILE).write_text(json.dumps(plain, indent=1))
+        if settings.conversion_source in data.label_names:
+            metrics |= conversion_emotion_metrics(
+                judge,
+                vae,
+                data.test,
+                data.label_names,
+                seed,
+                source=settings.conversion_source,
+                strength=settings.conversion_strength,
+            )
+    _write_json(out_dir / EMOTION_METRICS_FILE, metrics)
     return EmotionEvaluation(metrics, confusion)
 
 
+@dataclass
+class ExportedAudio:
+    """The WAV sets the finaliser writes: manifests (None where a set does not apply)."""
+
+    samples: Path
+    reconstructions: Path
+    conversions: Path | None
+
+
+def export_audio(
+    checkpoint: Path,
+    data: PreparedData,
+    settings: FinaliseSettings,
+    out_dir: Path,
+    seed: int,
+    device: str,
+) -> ExportedAudio:
+    """`settings.n_samples` samples, the test split's reconstructions and (conditional model)
+    conversions, each a WAV set with its manifest under `out_dir`, through `settings.vocoder`."""
+    samples = generate(
+        checkpoint,
+        settings.n_samples,
+        out_dir / "samples",
+        seed=seed,
+        n_iter=settings.griffin_lim_iters,
+        device=device,
+        vocoder=settings.vocoder,
+    )
+    loaded = load_model(checkpoint, select_device(device))
+    vocoder = load_vocoder(
+        settings.vocoder, loaded.features, device, n_iter=settings.griffin_lim_iters, seed=seed
+    )
+    common = (data.test, loaded.label_names, loaded.normalizer, loaded.features, vocoder)
+    reconstructions = export_reconstructions(loaded.model, *common, out_dir / "reconstructions")
+    conversions = export_conversions(
+        loaded.model,
+        *common,
+        out_dir / "conversions",
+        seed=seed,
+        source=settings.conversion_source,
+        strength=settings.conversion_strength,
+    )
+    return ExportedAudio(samples, reconstructions, conversions)
+
+
+def _labels_of(manifest: Path, label_names: list[str]) -> tuple[list[Path], list[int] | None]:
+    rows = read_manifest(manifest)
+    paths = [manifest.parent / row["file"] for row in rows]
+    if not all(row["emotion"] for row in rows):
+        return paths, None
+    return paths, [label_names.index(row["emotion"]) for row in rows]
+
+
+def audio_evaluation(
+    exported: ExportedAudio,
+    data: PreparedData,
+    judge: TrainedJudge | None,
+    cache_dir: str | Path,
+    out_dir: Path,
+    seed: int,
+) -> dict[str, float]:
+    """The exported WAVs read back and scored (emovae.evaluation.exported_audio): `wav_real_*`
+    (the test speakers' real clips: the ceiling), `wav_recon_*`, `wav_gen_*`, `wav_conv_*`,
+    and for a conditional model the augmentation test through both judges (`wav_aug_*`).
+    Written to `out_dir/audio_metrics.json` too."""
+    judges = prepare_audio_judges(data, judge, cache_dir, seed)
+    names = data.label_names
+    real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache_dir)
+    metrics = score_set(judges, real)
+    recon_paths, _ = _labels_of(exported.reconstructions, names)
+    recon = wav_set(judges, "recon", recon_paths, data.test.labels.numpy())
+    metrics |= score_set(judges, recon, real, references=real.clips)
+    gen_paths, gen_labels = _labels_of(exported.samples, names)
+    generated = wav_set(judges, "gen", gen_paths, gen_labels)
+    metrics |= score_set(judges, generated, real)
+    if exported.conversions is not None:
+        conv_paths, conv_labels = _labels_of(exported.conversions, names)
+        metrics |= score_set(judges, wav_set(judges, "conv", conv_paths, conv_labels), real)
+    if generated.labels is not None:
+        seed = judge.config.seed if judge is not None else seed
+        metrics |= augmentation_gain(judges, data, generated, real, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / AUDIO_METRICS_FILE, metrics)
+    return metrics
+
+
 def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False) -> FinalResult:
-    """Retrain the sweep's best configuration, evaluate it on the test speakers, export samples,
-    write the report and register the model."""
+    """Retrain the sweep's best configuration, evaluate it on the test speakers, export and
+    judge audio, write the report and register the model."""
     sweep_dir = Path(sweep_dir).resolve()
     state = read_state(sweep_dir)
     spec = state.spec()
@@ -174,6 +327,25 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
         raise ConfigError(f"{sweep_dir}: no trial has a {spec.sweep.metric} value to pick from")
     best, best_score, _ = leaders[0]
     return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device, progress)
+
+
+def _final_config(spec: SweepSpec, best: TrialRecord, device: str) -> TrainConfig:
+    return dataclasses.replace(
+        trial_train_config(spec.experiment.train, best.params),
+        max_epochs=spec.finalise.max_epochs or spec.experiment.train.max_epochs,
+        num_threads=0,
+        device=device,
+    )
+
+
+def _log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float]) -> None:
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and v == v
+        ],
+    )
 
 
 def _retrain_and_report(
@@ -187,12 +359,7 @@ def _retrain_and_report(
     progress: bool,
 ) -> FinalResult:
     settings = spec.finalise
-    config = dataclasses.replace(
-        trial_train_config(spec.experiment.train, best.params),
-        max_epochs=settings.max_epochs or spec.experiment.train.max_epochs,
-        num_threads=0,
-        device=device,
-    )
+    config = _final_config(spec, best, device)
     data_config = dataclasses.replace(
         spec.experiment.data, cache_dir=str(Path(spec.experiment.data.cache_dir).resolve())
     )
@@ -209,73 +376,14 @@ def _retrain_and_report(
             flatten("", dataclasses.asdict(config))
             | {"best_trial_id": best.trial_id, f"sweep_best_{spec.sweep.metric}": str(best_score)},
         )
-        result = train(
-            config,
-            data,
-            out / "checkpoints",
-            on_epoch=_epoch_logger(client, run_id),
-            progress=progress,
-        )
-        metrics = evaluate_checkpoint(
-            result.best_checkpoint, data, out / "evaluation", result.history, config.device
-        )
-        emotion = None
-        if spec.sweep.emotion_every >= 1:
-            emotion = emotion_evaluation(
-                result.best_checkpoint,
-                data,
-                spec.judge,
-                data_config.cache_dir,
-                out / "evaluation",
-                settings.emotion_samples,
-                config.seed,
-                config.device,
-            )
-        # Both compute test_latent_silhouette (the same number); MLflow takes a key once.
-        logged = metrics | (emotion.metrics if emotion else {})
-        client.log_batch(
-            run_id,
-            metrics=[
-                Metric(k, float(v), int(time.time() * 1000), 0)
-                for k, v in logged.items()
-                if v is not None and v == v
-            ],
-        )
+        result = _retrain(config, data, out, client, run_id, progress)
+        metrics, emotion, audio = _evaluate(result, data, spec, data_config.cache_dir, out, config)
+        logged = metrics | (emotion.metrics if emotion else {}) | audio
+        _log_metrics(client, run_id, logged)
         client.log_artifacts(run_id, str(out / "evaluation"), "evaluation")
         client.log_artifact(run_id, str(result.best_checkpoint), "checkpoint")
-        manifest = generate(
-            result.best_checkpoint,
-            settings.n_samples,
-            out / "samples",
-            n_iter=settings.griffin_lim_iters,
-            device=config.device,
-        )
-        client.log_artifacts(run_id, str(manifest.parent), "samples")
-        report = write_report(
-            records,
-            spec.sweep.metric,
-            spec.sweep.mode,
-            spec.params,
-            {
-                "grace_period": spec.sweep.grace_period,
-                "reduction_factor": spec.sweep.reduction_factor,
-                "max_t": spec.experiment.train.max_epochs,
-            },
-            out / "report",
-            title=f"Sweep report: {spec.name} ({sweep_dir.name})",
-            final={
-                "config": dataclasses.asdict(config),
-                "metrics": metrics,
-                "learning_curves": out / "evaluation" / "learning_curves.png",
-                "reconstructions": out / "evaluation" / "reconstructions.png",
-                "latent_pca": out / "evaluation" / "latent_pca.png",
-            }
-            | (
-                {"emotion": {"metrics": emotion.metrics, "confusion": emotion.confusion}}
-                if emotion
-                else {}
-            ),
-        )
+        client.log_artifacts(run_id, str(out / "samples"), "samples")
+        report = _report(records, spec, sweep_dir, out, config, metrics, emotion, audio)
         client.log_artifacts(run_id, str(report.parent), "report")
         client.log_artifacts(state.parent_run_id, str(report.parent), "report")
         model_uri = None
@@ -283,8 +391,6 @@ def _retrain_and_report(
             model_uri = _register_model(
                 state.tracking_uri, run_id, result.best_checkpoint, data, settings.model_name
             )
-            if model_uri is None:
-                client.set_tag(run_id, "emovae.model_registry", "skipped: conditional VAE")
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     except BaseException as exc:
         client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
@@ -295,7 +401,96 @@ def _retrain_and_report(
         dataclasses.asdict(config),
         logged,
         result.best_checkpoint,
-        manifest,
+        out / "samples" / "manifest.csv",
         report,
         model_uri,
+    )
+
+
+def _retrain(
+    config: TrainConfig,
+    data: PreparedData,
+    out: Path,
+    client: MlflowClient,
+    run_id: str,
+    progress: bool,
+) -> TrainResult:
+    return train(
+        config,
+        data,
+        out / "checkpoints",
+        on_epoch=_epoch_logger(client, run_id),
+        progress=progress,
+    )
+
+
+def _evaluate(
+    result: TrainResult,
+    data: PreparedData,
+    spec: SweepSpec,
+    cache_dir: str,
+    out: Path,
+    config: TrainConfig,
+) -> tuple[dict[str, float], EmotionEvaluation | None, dict[str, float]]:
+    """Test metrics (log-mels), the judge's emotion metrics, the exported WAVs and their
+    scores: (test metrics, emotion evaluation or None, wav_* metrics or {})."""
+    settings = spec.finalise
+    checkpoint = result.best_checkpoint
+    metrics = evaluate_checkpoint(
+        checkpoint, data, out / "evaluation", result.history, config.device
+    )
+    emotion, audio = None, {}
+    judge = None
+    if spec.sweep.emotion_every >= 1:
+        judge = final_judge(data, spec.judge, cache_dir, config.device)
+        emotion = emotion_evaluation(
+            checkpoint,
+            data,
+            judge,
+            out / "evaluation",
+            settings.emotion_samples,
+            config.seed,
+            settings,
+            config.device,
+        )
+    exported = export_audio(checkpoint, data, settings, out, config.seed, config.device)
+    if settings.audio_metrics:
+        audio = audio_evaluation(exported, data, judge, cache_dir, out / "evaluation", config.seed)
+    return metrics, emotion, audio
+
+
+def _report(
+    records: list[TrialRecord],
+    spec: SweepSpec,
+    sweep_dir: Path,
+    out: Path,
+    config: TrainConfig,
+    metrics: dict[str, float],
+    emotion: EmotionEvaluation | None,
+    audio: dict[str, float],
+) -> Path:
+    final: dict[str, Any] = {
+        "config": dataclasses.asdict(config),
+        "metrics": metrics,
+        "learning_curves": out / "evaluation" / "learning_curves.png",
+        "reconstructions": out / "evaluation" / "reconstructions.png",
+        "latent_pca": out / "evaluation" / "latent_pca.png",
+    }
+    if emotion:
+        final["emotion"] = {"metrics": emotion.metrics, "confusion": emotion.confusion}
+    if audio:
+        final["audio"] = {"metrics": audio, "vocoder": spec.finalise.vocoder}
+    return write_report(
+        records,
+        spec.sweep.metric,
+        spec.sweep.mode,
+        spec.params,
+        {
+            "grace_period": spec.sweep.grace_period,
+            "reduction_factor": spec.sweep.reduction_factor,
+            "max_t": spec.experiment.train.max_epochs,
+        },
+        out / "report",
+        title=f"Sweep report: {spec.name} ({sweep_dir.name})",
+        final=final,
     )

@@ -721,6 +721,73 @@ def _final_section(final: dict[str, Any], out_dir: Path) -> list[str]:
             _image(lines, caption, placed, out_dir)
     if final.get("emotion") is not None:
         lines += _emotion_section(final["emotion"], out_dir)
+    if final.get("audio") is not None:
+        lines += audio_section(final["audio"])
+    return lines
+
+
+# Columns of the exported-audio table: (metric suffix, heading). Accuracy columns are followed
+# by their ratio to the real clips' value, the ceiling.
+AUDIO_COLUMNS = (
+    ("cnn_acc", "CNN judge acc"),
+    ("smile_acc", "eGeMAPS judge acc"),
+    ("cnn_uar", "CNN UAR"),
+    ("smile_uar", "eGeMAPS UAR"),
+    ("dnsmos", "DNSMOS ovrl"),
+    ("dnsmos_sig", "DNSMOS sig"),
+    ("fd_cnn", "FD (CNN)"),
+    ("fd_smile", "FD (eGeMAPS)"),
+    ("stoi", "STOI"),
+)
+AUDIO_SETS = (
+    ("real", "real test clips (ceiling)"),
+    ("recon", "reconstructions (label withheld)"),
+    ("gen", "generated samples (per emotion asked for)"),
+    ("conv", "conversions (neutral -> emotion asked for)"),
+)
+
+
+def audio_section(audio: dict[str, Any]) -> list[str]:
+    """The exported WAVs as the two judges and DNSMOS hear them, the real clips first."""
+    metrics = dict(audio.get("metrics") or {})
+    lines = [
+        "### Exported audio (what users get)",
+        "",
+        f"WAVs written through the {audio.get('vocoder', '?')} vocoder, read back and judged: "
+        "the project's CNN judge on log-mels extracted again, an eGeMAPS + scikit-learn judge "
+        "(openSMILE), DNSMOS P.835, STOI against the original; both judges learnt from the "
+        "real training speakers only. `x real` = the set's accuracy / the real clips'.",
+        "",
+    ]
+    header = ["set"]
+    for suffix, heading in AUDIO_COLUMNS:
+        header.append(heading)
+        if suffix.endswith("_acc"):
+            header.append("x real")
+    rows = []
+    for name, label in AUDIO_SETS:
+        if not any(key.startswith(f"wav_{name}_") for key in metrics):
+            continue
+        row: list[Any] = [label]
+        for suffix, _ in AUDIO_COLUMNS:
+            value = metrics.get(f"wav_{name}_{suffix}", _MISSING)
+            row.append(value)
+            if suffix.endswith("_acc"):
+                ceiling = metrics.get(f"wav_real_{suffix}")
+                usable = isinstance(value, float) and ceiling
+                row.append(value / ceiling if usable else _MISSING)
+        rows.append(row)
+    lines += _table(header, rows) if rows else ["No exported-audio metrics recorded.", ""]
+    gains = [[k, v] for k, v in metrics.items() if k.startswith("wav_aug_")]
+    if gains:
+        lines += [
+            "#### Augmentation value (exported samples added to the training speakers)",
+            "",
+            "Speech emotion recognition trained on real + generated WAVs vs real only, tested "
+            "on the real test speakers (one seed; see benchmarks/RESULTS_quality.md for many).",
+            "",
+        ]
+        lines += _table(["metric", "value"], gains)
     return lines
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,12 @@ EMOTION_OBJECTIVES = frozenset(
     name for name in OBJECTIVES if name not in ("val_recon", "val_spectral")
 )
 GENERATION_OBJECTIVES = frozenset(("val_gen_emotion_acc", "val_gen_fd"))
+# The modules the exported-audio metrics import (the quality extra), and what each is for.
+QUALITY_MODULES = (
+    ("onnxruntime", "DNSMOS"),
+    ("pystoi", "STOI"),
+    ("opensmile", "the eGeMAPS emotion judge"),
+)
 
 
 @dataclass
@@ -105,7 +112,15 @@ class FinaliseSettings:
     enabled: bool = True
     n_samples: int = 100  # WAVs exported from the retrained best configuration
     max_epochs: int = 0  # retraining budget; 0 = the sweep's train.max_epochs
+    # Vocoder of every exported WAV: griffinlim (any features) or hifigan (the features must be
+    # emovae.audio.vocoder.hifigan_features(): 80 mels to 8 kHz, magnitude, clamped log).
+    vocoder: str = "griffinlim"
     griffin_lim_iters: int = 32
+    # Score the exported WAVs (wav_* metrics: the eGeMAPS judge, DNSMOS, STOI, augmentation,
+    # and the CNN judge where sweep.emotion_every >= 1 trained one); needs the quality extra.
+    audio_metrics: bool = True
+    conversion_source: str = "neutral"  # emotion of the real clips that conversion starts from
+    conversion_strength: float = 0.6  # share of the diffusion prior's noise a conversion adds
     register_model: bool = True
     model_name: str = "emovae"  # MLflow model registry name
     # Generated clips per emotion for a conditional VAE's emotion metrics and augmentation test
@@ -244,9 +259,15 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     params = validate_params(raw.get("params"), f"{source}: params")
     judge = from_dict(JudgeConfig, raw.get("judge") or {}, f"{source}: judge")
     finalise = from_dict(FinaliseSettings, raw.get("finalise") or {}, f"{source}: finalise")
+    if not experiment.data.path:
+        raise ConfigError(
+            f"{source}: data.path: this space trains on a real corpus; name its folder (EmoDB "
+            "wav/, a RAVDESS root or a CSV manifest), e.g. --set data.path=/data/emodb/wav"
+        )
     _check_settings(sweep, experiment, source)
     _check_emotion(sweep, judge, finalise, source)
     _check_generation_objective(sweep, experiment, params, source)
+    _check_finalise_audio(finalise, experiment.features, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
 
@@ -310,6 +331,44 @@ def _check_emotion(
         raise ConfigError(
             f"{source}: finalise.emotion_samples: expected at least 1, got {finalise.emotion_samples}"
         )
+    if not 0.0 < finalise.conversion_strength <= 1.0:
+        raise ConfigError(
+            f"{source}: finalise.conversion_strength: expected a value in (0, 1], "
+            f"got {finalise.conversion_strength}"
+        )
+
+
+def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, source: str) -> None:
+    """The vocoder reads these features, and the packages the exported audio needs are
+    installed: found now, before Ray starts, not after an hour of trials."""
+    from emovae.audio.vocoder import VOCODERS, VocoderError, check_hifigan_features
+
+    if finalise.vocoder not in VOCODERS:
+        raise ConfigError(
+            f"{source}: finalise.vocoder: expected one of {', '.join(VOCODERS)}, "
+            f"got {finalise.vocoder!r}"
+        )
+    if not finalise.enabled:
+        return
+    try:
+        if finalise.vocoder == "hifigan":
+            check_hifigan_features(features)
+            from emovae.audio.hifigan import WEIGHTS_FILE, package_file
+
+            package_file(WEIGHTS_FILE)
+    except (VocoderError, ImportError) as exc:
+        raise ConfigError(f"{source}: finalise: {exc}") from exc
+    if finalise.audio_metrics:
+        from emovae.evaluation.audio_quality import QUALITY_INSTALL
+
+        # Found, not imported: importing opensmile alone takes seconds.
+        for module, purpose in QUALITY_MODULES:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    f"{source}: finalise.audio_metrics: {purpose} needs the package "
+                    f"'{module}', which is not installed: {QUALITY_INSTALL} "
+                    "(or set finalise.audio_metrics: false)"
+                )
 
 
 def _check_generation_objective(

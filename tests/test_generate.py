@@ -10,14 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 
-import emovae.generate as generate_module
+import emovae.audio.vocoder as vocoder_module
+from emovae.audio.export import limit_peak
 from emovae.checkpoint import build_model, model_state, save_checkpoint
 from emovae.config import FeatureConfig, TrainConfig
 from emovae.features import Normalizer, mel_from_log, mel_power_from_log
 from emovae.generate import (
     MANIFEST_COLUMNS,
     generate,
-    peak_normalize,
 )
 
 FEATURES = FeatureConfig(sample_rate=8000, n_fft=256, hop_length=64, n_mels=32, duration=0.5)
@@ -75,11 +75,13 @@ def test_mel_from_log_inverts_the_log_and_clamps() -> None:
     np.testing.assert_allclose(mel_power_from_log(np.log(magnitude), clamped), magnitude**2)
 
 
-def test_peak_normalize_sets_each_peak_and_leaves_silence() -> None:
+def test_limit_peak_only_scales_clips_above_the_ceiling() -> None:
     audio = np.array([[0.1, -0.5, 0.2], [0.0, 0.0, 0.0], [2.0, 1.0, -1.0]])
-    out = peak_normalize(audio)
-    np.testing.assert_allclose(np.abs(out).max(axis=1), [PEAK, 0.0, PEAK])
-    np.testing.assert_allclose(out[0] / out[0, 1], audio[0] / audio[0, 1])
+    out = limit_peak(audio)
+    # Loudness carries emotion: a clip under the ceiling keeps its level.
+    np.testing.assert_allclose(out[:2], audio[:2])
+    assert np.abs(out[2]).max() == pytest.approx(PEAK)
+    np.testing.assert_allclose(out[2] / out[2, 1], audio[2] / audio[2, 1])
 
 
 def test_unconditional_generation_writes_wavs_and_manifest(
@@ -104,7 +106,7 @@ def test_unconditional_generation_writes_wavs_and_manifest(
         )
         assert info.subtype == "PCM_16"
         audio, _ = sf.read(tmp_path / row["file"], dtype="float64")
-        assert np.abs(audio).max() == pytest.approx(PEAK, abs=1 / 32767)
+        assert 0 < np.abs(audio).max() <= PEAK + 1 / 32767
     assert sorted(p.name for p in tmp_path.glob("*.wav")) == [row["file"] for row in rows]
 
 
@@ -160,7 +162,7 @@ def test_interrupted_run_leaves_no_manifest(
     def broken(*args, **kwargs):
         raise RuntimeError("vocoder crashed")
 
-    monkeypatch.setattr(generate_module, "mel_to_audio", broken)
+    monkeypatch.setattr(vocoder_module, "mel_to_audio", broken)
     with pytest.raises(RuntimeError, match="vocoder crashed"):
         generate(checkpoints["unconditional"], 2, tmp_path, n_iter=2)
     # The earlier run's manifest must not vouch for a set this run may have half replaced.
@@ -176,7 +178,7 @@ def test_mel_to_audio_receives_the_feature_settings(
         calls.append((tuple(mel_power.shape), float(mel_power.min()), kwargs))
         return torch.zeros(mel_power.shape[0], kwargs["length"])
 
-    monkeypatch.setattr(generate_module, "mel_to_audio", fake)
+    monkeypatch.setattr(vocoder_module, "mel_to_audio", fake)
     generate(checkpoints["unconditional"], 5, tmp_path, seed=3, n_iter=9, batch_size=2)
     assert [shape for shape, _, _ in calls] == [(2, 32, 63), (2, 32, 63), (1, 32, 63)]
     assert all(minimum >= 0.0 for _, minimum, _ in calls)
@@ -194,3 +196,11 @@ def test_mel_to_audio_receives_the_feature_settings(
     # All-zero audio from the vocoder stays silent instead of dividing by zero.
     audio, _ = sf.read(tmp_path / "sample_0000.wav")
     assert not audio.any()
+
+
+def test_hifigan_features_are_refused_by_name_for_other_features(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    with pytest.raises(ValueError, match="features.n_mels"):
+        generate(checkpoints["unconditional"], 2, tmp_path, vocoder="hifigan")
+    assert not list(tmp_path.glob("*.wav"))

@@ -22,8 +22,8 @@ from emovae.data.splits import SpeakerSplit
 from emovae.dataset import PreparedData, Split, prepare_data
 from emovae.emotion import (
     accuracy,
-    augmentation_value,
     confusion,
+    conversion_emotion_metrics,
     decode_samples,
     diversity,
     frechet_distance,
@@ -347,23 +347,27 @@ def test_generation_metrics_refuse_an_unconditional_vae(
     data, judge = tiny
     with pytest.raises(ValueError, match="conditional"):
         generation_emotion_metrics(judge, _vae(False), EMOTIONS, 2, 0, data.test)
-    with pytest.raises(ValueError, match="conditional"):
-        augmentation_value(data, _vae(False), TINY, 2, 0)
     metrics = unconditional_generation_metrics(judge, _vae(False), 6, 0, data.test)
     assert set(metrics) == {"gen_fd", "gen_diversity", "real_diversity", "gen_diversity_ratio"}
     assert all(math.isfinite(v) for v in metrics.values())
 
 
-def test_augmentation_value_compares_two_judges(tiny: tuple[PreparedData, TrainedJudge]) -> None:
+def test_conversion_metrics_score_neutral_clips_remade_as_other_emotions(
+    tiny: tuple[PreparedData, TrainedJudge],
+) -> None:
     data, judge = tiny
-    result = augmentation_value(data, _vae(True), TINY, 3, seed=0, baseline=judge)
-    assert result["aug_acc_real_only"] == judge.test_accuracy
-    assert result["aug_acc_gain"] == pytest.approx(
-        result["aug_acc_real_plus_generated"] - result["aug_acc_real_only"]
+    metrics = conversion_emotion_metrics(
+        judge, _vae(True), data.test, EMOTIONS, seed=0, source=EMOTIONS[0]
     )
-    assert 0.0 <= result["aug_acc_real_plus_generated"] <= 1.0
-    with pytest.raises(ValueError, match="other data"):
-        augmentation_value(_data("fp-other"), _vae(True), TINY, 3, seed=0, baseline=judge)
+    targets = EMOTIONS[1:]
+    assert set(metrics) == {"test_conversion_acc"} | {
+        f"test_conversion_acc_{name}" for name in targets
+    }
+    assert 0.0 <= metrics["test_conversion_acc"] <= 1.0
+    with pytest.raises(ValueError, match="boredom"):
+        conversion_emotion_metrics(judge, _vae(True), data.test, EMOTIONS, 0, source="boredom")
+    with pytest.raises(ValueError, match="conditional"):
+        conversion_emotion_metrics(judge, _vae(False), data.test, EMOTIONS, 0, EMOTIONS[0])
 
 
 def test_plots_write_pngs(tmp_path: Path, tiny: tuple[PreparedData, TrainedJudge]) -> None:

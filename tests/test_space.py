@@ -28,11 +28,12 @@ def write_space(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("name", available_spaces())
 def test_every_shipped_space_loads_and_converts(name: str) -> None:
-    spec = load_space(name)
+    spec = load_space(name, ["data.path=/data/emodb/wav"])
     space = to_tune_space(spec.params)
     assert {"latent_dim", "beta", "lr", "grad_clip"} <= set(space)
     assert all(hasattr(space[k], "sample") for k in ("latent_dim", "beta", "lr", "grad_clip"))
-    assert spec.sweep.metric == "val_recon"
+    # Never a beta-dependent objective: reconstruction, or samples' quality.
+    assert spec.sweep.metric in ("val_recon", "val_gen_fd")
     assert spec.sweep.grace_period <= spec.experiment.train.max_epochs
 
 
@@ -148,7 +149,7 @@ def test_shipped_spaces_compute_emotion_metrics_with_a_judge_section() -> None:
     quick, default = load_space("quick"), load_space("default")
     assert (quick.sweep.emotion_every, default.sweep.emotion_every) == (2, 5)
     assert quick.judge == JudgeConfig(epochs=30)
-    assert default.judge == JudgeConfig()  # no section: the judge's defaults
+    assert default.judge == JudgeConfig(epochs=40)
     assert SweepSettings().emotion_every == 0  # off unless a space asks for it
 
 
@@ -195,3 +196,41 @@ def test_judge_section_roundtrips_for_resume(tmp_path: Path) -> None:
     again = load_space(write_space(tmp_path, yaml.safe_dump(spec.raw)))
     assert again.judge == spec.judge == JudgeConfig(epochs=5)
     assert again.sweep.emotion_every == 2
+
+
+def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
+    with pytest.raises(ConfigError, match=r"data.path: this space trains on a real corpus.*--set"):
+        load_space("emodb_cpu")
+    spec = load_space("emodb_cpu", ["data.path=/data/emodb/wav"])
+    assert (spec.sweep.metric, spec.sweep.mode) == ("val_gen_fd", "min")
+    assert (spec.experiment.train.arch, spec.experiment.train.prior) == ("temporal", "diffusion")
+    assert spec.finalise.vocoder == "hifigan"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sweep.metric=val_gen_fd", "sweep.mode=min"], "needs train.conditional: true"),
+        (["finalise.vocoder=hifigan"], r"finalise: vocoder hifigan reads 80 mels.*features.n_mels"),
+        (["finalise.vocoder=wavenet"], "finalise.vocoder: expected one of griffinlim, hifigan"),
+        (["finalise.conversion_strength=0"], r"conversion_strength: expected a value in \(0, 1\]"),
+    ],
+)
+def test_generation_and_audio_settings_are_checked_before_ray(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_space("quick", overrides)
+
+
+def test_missing_quality_packages_are_named_with_their_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pystoi" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"'pystoi'.*emovae-sweeps\[quality\]"):
+        load_space("quick")

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-import emovae.emotion as emotion_module
 import emovae.judge as judge_module
 import sweeps.trainable as trainable
 from emovae.data.synthetic import generate_synthetic_corpus
@@ -26,7 +25,7 @@ from emovae.dataset import PreparedData, prepare_data
 from emovae.judge import judge_path
 from emovae.train import train
 from sweeps.driver import _absolute_cache, _prepare_judge, _trial_experiment
-from sweeps.finaliser import CONFUSION_FILE, EMOTION_METRICS_FILE, emotion_evaluation
+from sweeps.finaliser import CONFUSION_FILE, EMOTION_METRICS_FILE, emotion_evaluation, final_judge
 from sweeps.space import SweepSpec, spec_from_dict
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -210,12 +209,11 @@ def test_the_finaliser_scores_the_model_on_the_test_speakers(
     result = train(config, data, tmp_path / "checkpoints")
     counter = CountingTrainJudge()
     monkeypatch.setattr(judge_module, "train_judge", counter)
-    monkeypatch.setattr(emotion_module, "train_judge", counter)  # augmentation_value's
+    judge = final_judge(data, spec.judge, spec.experiment.data.cache_dir, "cpu")
     evaluation = emotion_evaluation(
         result.best_checkpoint,
         data,
-        spec.judge,
-        spec.experiment.data.cache_dir,
+        judge,
         tmp_path / "evaluation",
         n_per_emotion=2,
         seed=0,
@@ -235,12 +233,14 @@ def test_the_finaliser_scores_the_model_on_the_test_speakers(
     written = json.loads((tmp_path / "evaluation" / EMOTION_METRICS_FILE).read_text())
     assert set(written) == set(metrics)
     assert sweep["judge_file"].stat().st_mtime_ns == sweep["mtime"]  # the cached judge is reused
+    assert counter.calls == 0  # the finaliser's emotion metrics train no judge
     if conditional:
-        assert {"gen_emotion_acc", "gen_fd", "gen_diversity_ratio", "aug_acc_gain"} <= set(metrics)
-        assert counter.calls == 1  # only the augmented judge is trained
+        assert {"gen_emotion_acc", "gen_fd", "gen_diversity_ratio", "test_conversion_acc"} <= set(
+            metrics
+        )
+        assert 0.0 <= metrics["test_conversion_acc"] <= 1.0
         assert evaluation.confusion == tmp_path / "evaluation" / CONFUSION_FILE
         assert evaluation.confusion.read_bytes()[:8] == PNG_SIGNATURE
     else:
-        assert not any(k.startswith(("gen_", "aug_")) for k in metrics)
-        assert counter.calls == 0
+        assert not any(k.startswith(("gen_", "test_conversion")) for k in metrics)
         assert evaluation.confusion is None

@@ -1,0 +1,247 @@
+"""What a user gets, judged: sets of exported WAVs read back from disk and scored by two
+independent emotion judges and a no-reference quality model, beside the real test clips.
+
+For each set (`real` test clips, `recon`structions, `gen`erated samples, `conv`ersions):
+
+- `wav_<set>_cnn_acc` / `_uar`: the project's CNN judge (emovae.judge) on log-mels extracted
+  again from the WAVs (the data's feature settings, z-scored with the training statistics);
+- `wav_<set>_smile_acc` / `_uar`: the eGeMAPS judge (emovae.evaluation.smile_judge), a
+  classical model that never saw a spectrogram: what blur augmentation taught the CNN judge to
+  forgive, it does not;
+- `wav_<set>_dnsmos` (overall), `_dnsmos_sig`, `_dnsmos_bak`: DNSMOS P.835;
+- `wav_<set>_fd_cnn` / `_fd_smile`: Frechet distance to the real test clips in each judge's
+  space (compare only between sets of equal size, see `frechet_distance`);
+- `wav_recon_stoi`: STOI of each reconstruction against its original.
+
+Both judges learn from the real training speakers only, and `real`'s scores are the ceiling.
+Without a CNN judge (a sweep with no emotion metrics) its keys are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from emovae.config import FeatureConfig
+from emovae.dataset import PreparedData
+from emovae.emotion import frechet_distance
+from emovae.evaluation.audio_quality import DnsMos, stoi
+from emovae.evaluation.smile_judge import (
+    SmileJudge,
+    egemaps,
+    egemaps_of_files,
+    judge_frechet_distance,
+    train_smile_judge,
+)
+from emovae.features import Normalizer, load_audio, log_mel
+from emovae.judge import JudgeOutputs, TrainedJudge, judge_outputs, train_judge
+
+SETS = ("real", "recon", "gen", "conv")
+
+
+@dataclass
+class AudioJudges:
+    """The judges of exported audio and what they need to read a WAV."""
+
+    cnn: TrainedJudge | None
+    smile: SmileJudge
+    dnsmos: DnsMos
+    features: FeatureConfig
+    normalizer: Normalizer
+    label_names: list[str]
+    train_smile_features: np.ndarray  # (N, 88) eGeMAPS of the real training clips
+
+
+def prepare_audio_judges(
+    data: PreparedData, cnn: TrainedJudge | None, cache_dir: str | Path, seed: int = 0
+) -> AudioJudges:
+    """The CNN judge as given, and an eGeMAPS judge trained on `data.train`'s WAVs (their
+    eGeMAPS are cached under `cache_dir`/egemaps, keyed by content)."""
+    train_features = egemaps_of_files(data.train.paths, Path(cache_dir) / "egemaps")
+    smile = train_smile_judge(
+        train_features,
+        data.train.labels.numpy(),
+        data.train.speakers,
+        data.label_names,
+        seed=seed,
+    )
+    return AudioJudges(
+        cnn, smile, DnsMos(), data.features, data.normalizer, data.label_names, train_features
+    )
+
+
+@dataclass
+class WavSet:
+    """Clips (mono float at the features' rate, cropped or padded to their duration), the
+    emotion each should carry (true, or asked for; None for an unconditional model's samples),
+    and both judges' view of them."""
+
+    name: str
+    clips: list[np.ndarray]
+    labels: np.ndarray | None
+    smile_features: np.ndarray  # (N, 88) eGeMAPS
+    cnn: JudgeOutputs | None  # None without a CNN judge
+    log_mels: torch.Tensor  # (N, 1, n_mels, frames) z-scored, what the CNN judge read
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def read_clips(paths: Sequence[str | Path], features: FeatureConfig) -> list[np.ndarray]:
+    """WAVs as the judges hear them: mono, the features' rate, the features' duration."""
+    return [load_audio(Path(p), features) for p in paths]
+
+
+def judge_input(judges: AudioJudges, clips: Sequence[np.ndarray]) -> torch.Tensor:
+    """Log-mels extracted from `clips` and z-scored like the CNN judge's training data."""
+    log_mels = np.stack([log_mel(c, judges.features) for c in clips])
+    return torch.from_numpy(judges.normalizer.normalize(log_mels)).unsqueeze(1)
+
+
+def wav_set(
+    judges: AudioJudges,
+    name: str,
+    paths: Sequence[str | Path],
+    labels: Sequence[int] | np.ndarray | None,
+    cache_dir: str | Path | None = None,
+) -> WavSet:
+    """Read the WAVs at `paths` and let both judges look at them; `cache_dir` caches their
+    eGeMAPS by content (worth it for real clips, which every evaluation reads again)."""
+    if name not in SETS:
+        raise ValueError(f"name: expected one of {', '.join(SETS)}, got {name!r}")
+    if not paths or (labels is not None and len(paths) != len(labels)):
+        raise ValueError(f"{name}: expected at least one WAV and one label per WAV")
+    clips = read_clips(paths, judges.features)
+    if cache_dir is not None:
+        smile_features = egemaps_of_files(paths, Path(cache_dir) / "egemaps")
+    else:
+        smile_features = egemaps(clips, judges.features.sample_rate)
+    x = judge_input(judges, clips)
+    truth = None if labels is None else np.asarray(labels, np.int64)
+    seen = judge_outputs(judges.cnn, x) if judges.cnn is not None else None
+    return WavSet(name, clips, truth, smile_features, seen, x)
+
+
+def _accuracy_and_uar(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    accuracy = float((pred == labels).mean())
+    # Recall averaged over the emotions present: a set of one emotion has UAR = accuracy.
+    present = np.unique(labels)
+    uar = float(np.mean([(pred[labels == c] == c).mean() for c in present]))
+    return accuracy, uar
+
+
+def score_set(
+    judges: AudioJudges,
+    clips: WavSet,
+    real: WavSet | None = None,
+    references: Sequence[np.ndarray] | None = None,
+) -> dict[str, float]:
+    """`wav_<set>_*` metrics of one set (see the module docstring); Frechet distances when
+    `real` is given, STOI when `references` (the originals, in order) are."""
+    prefix = f"wav_{clips.name}"
+    metrics = {}
+    if clips.labels is not None:
+        smile_pred = judges.smile.predict(clips.smile_features)
+        smile_acc, smile_uar = _accuracy_and_uar(smile_pred, clips.labels)
+        metrics |= {f"{prefix}_smile_acc": smile_acc, f"{prefix}_smile_uar": smile_uar}
+        if clips.cnn is not None:
+            cnn_acc, cnn_uar = _accuracy_and_uar(clips.cnn.pred, clips.labels)
+            metrics |= {f"{prefix}_cnn_acc": cnn_acc, f"{prefix}_cnn_uar": cnn_uar}
+    quality = judges.dnsmos.score(clips.clips, judges.features.sample_rate)
+    metrics |= {
+        f"{prefix}_dnsmos": float(np.mean(quality["ovrl"])),
+        f"{prefix}_dnsmos_sig": float(np.mean(quality["sig"])),
+        f"{prefix}_dnsmos_bak": float(np.mean(quality["bak"])),
+    }
+    if real is not None and clips is not real:
+        if clips.cnn is not None and real.cnn is not None:
+            metrics[f"{prefix}_fd_cnn"] = frechet_distance(clips.cnn.emb, real.cnn.emb)
+        metrics[f"{prefix}_fd_smile"] = judge_frechet_distance(
+            judges.smile, clips.smile_features, real.smile_features
+        )
+    if references is not None:
+        values = stoi(references, clips.clips, judges.features.sample_rate)
+        metrics[f"{prefix}_stoi"] = (
+            float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        )
+    return metrics
+
+
+def augmentation_gain(
+    judges: AudioJudges,
+    data: PreparedData,
+    generated: WavSet,
+    real_test: WavSet,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Speech emotion recognition trained on the real training speakers plus `generated`
+    (exported WAVs, features re-extracted) against the real training speakers alone, tested
+    on the real test speakers only (never on generated audio), through both judges.
+
+    CNN: a judge trained with `generated` added, against the sweep's judge (same settings,
+    same seed). eGeMAPS: the classifier leave-one-speaker-out chose on real clips, refitted
+    on both training sets, so only the data differs. Keys `wav_aug_<judge>_uar_real_only`,
+    `_real_plus_generated` and `_gain`, the same for `_acc`. One draw: on ~100 test clips
+    judges that differ only in their seed differ by several points, so compare over seeds
+    (benchmarks/bench_quality.py) before reading a gain into one number.
+    """
+    if generated.labels is None:
+        raise ValueError("augmentation needs generated clips with the emotion asked for")
+    metrics = _smile_gain(judges, data, generated, real_test, seed)
+    if judges.cnn is None:
+        return metrics
+    augmented = train_judge(
+        data,
+        dataclasses.replace(judges.cnn.config, seed=seed),
+        extra_train=(generated.log_mels, torch.from_numpy(generated.labels)),
+    )
+    baseline = (
+        judges.cnn
+        if judges.cnn.config.seed == seed
+        else train_judge(data, dataclasses.replace(judges.cnn.config, seed=seed))
+    )
+    return metrics | _gain(
+        "cnn",
+        baseline.test_accuracy,
+        baseline.test_uar,
+        augmented.test_accuracy,
+        augmented.test_uar,
+    )
+
+
+def _smile_gain(
+    judges: AudioJudges, data: PreparedData, generated: WavSet, real_test: WavSet, seed: int
+) -> dict[str, float]:
+    train_features = judges.train_smile_features
+    train_labels = data.train.labels.numpy()
+    real_only = clone(judges.smile.pipeline).set_params(classify__random_state=seed)
+    with_generated = clone(real_only)
+    real_only.fit(train_features, train_labels)
+    with_generated.fit(
+        np.concatenate([train_features, generated.smile_features]),
+        np.concatenate([train_labels, generated.labels]),
+    )
+    scores = [
+        _accuracy_and_uar(model.predict(real_test.smile_features), real_test.labels)
+        for model in (real_only, with_generated)
+    ]
+    return _gain("smile", *scores[0], *scores[1])
+
+
+def _gain(judge: str, acc: float, uar: float, acc_aug: float, uar_aug: float) -> dict[str, float]:
+    prefix = f"wav_aug_{judge}"
+    return {
+        f"{prefix}_acc_real_only": acc,
+        f"{prefix}_acc_real_plus_generated": acc_aug,
+        f"{prefix}_acc_gain": acc_aug - acc,
+        f"{prefix}_uar_real_only": uar,
+        f"{prefix}_uar_real_plus_generated": uar_aug,
+        f"{prefix}_uar_gain": uar_aug - uar,
+    }
