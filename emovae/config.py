@@ -104,6 +104,9 @@ class TrainConfig:
     prior_channels: int = 128  # width of the diffusion prior's denoiser
     prior_steps: int = 40  # DDIM steps per sample
     guidance: float = 2.0  # classifier-free guidance for a conditional prior (1 = none)
+    # After training: steps of the prior alone on the best epoch's frozen latents (0: none).
+    # Sweep trials skip it (their objective is already reported); the finaliser runs it.
+    prior_finetune_steps: int = 0
     max_epochs: int = 50
     monitor: str = "val_loss"  # metric for early stopping, LR schedule and best checkpoint
     patience: int = 15  # early-stopping patience in epochs

@@ -182,8 +182,12 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
     data_config = from_dict(DataConfig, experiment["data"])
     features = from_dict(FeatureConfig, experiment["features"])
     base = from_dict(TrainConfig, experiment["train"])
+    # The prior's fine-tuning after the last epoch would change no reported metric: the
+    # finaliser runs it on the configuration it retrains.
     train_config = dataclasses.replace(
-        trial_train_config(base, config), num_threads=threads_for(cpus_per_trial)
+        trial_train_config(base, config),
+        num_threads=threads_for(cpus_per_trial),
+        prior_finetune_steps=0,
     )
     data = prepare_data(data_config, features)
     epoch_metrics = None

@@ -203,3 +203,23 @@ def test_the_trainer_trains_the_prior_beside_the_vae_and_checkpoints_it(
     )
     torch.testing.assert_close(first, again)
     assert first.shape == (2, 1, FEATURES.n_mels, data.train.features.shape[-1])
+
+
+def test_the_prior_is_fine_tuned_alone_on_the_finished_encoder(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    plain = train(TEMPORAL, data, tmp_path / "plain")
+    tuned = train(dataclasses.replace(TEMPORAL, prior_finetune_steps=30), data, tmp_path / "tuned")
+    before, after = load_model(plain.best_checkpoint), load_model(tuned.best_checkpoint)
+    assert "prior_finetune_loss" in after.metrics and "prior_finetune_loss" not in before.metrics
+    # Same VAE (same seed, same epochs); only the prior moved.
+    for name, value in before.model.state_dict().items():
+        if name.startswith("prior."):
+            continue
+        torch.testing.assert_close(after.model.state_dict()[name], value, msg=name)
+    moved = [
+        name
+        for name, value in before.model.prior.denoiser.state_dict().items()
+        if not torch.equal(after.model.prior.denoiser.state_dict()[name], value)
+    ]
+    assert moved
