@@ -125,7 +125,8 @@ def _register_model(
                 TensorSpec(np.dtype(np.int64), (-1,), "emotion"),
             ]
         )
-        example_inputs: Any = {"log_mel": example.numpy(), "emotion": emotion.numpy()}
+        # pt2 traces forward() with positional inputs: a tuple, in the schema's order.
+        example_inputs: Any = (example.numpy(), emotion.numpy())
         with torch.no_grad():
             output = module(example, emotion)
     else:
