@@ -210,7 +210,7 @@ def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["sweep.metric=val_gen_fd", "sweep.mode=min"], "needs train.conditional: true"),
+        (["train.conditional=false"], "needs train.conditional: true"),
         (["finalise.vocoder=hifigan"], r"finalise: vocoder hifigan reads 80 mels.*features.n_mels"),
         (["finalise.vocoder=wavenet"], "finalise.vocoder: expected one of griffinlim, hifigan"),
         (["finalise.conversion_strength=0"], r"conversion_strength: expected a value in \(0, 1\]"),
