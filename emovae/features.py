@@ -90,6 +90,24 @@ def mel_from_log(log_mel: ArrayT, features: FeatureConfig) -> ArrayT:
     return np.maximum(np.exp(log_mel) - floor, 0.0)
 
 
+def max_log_mel(features: FeatureConfig) -> float:
+    """The largest log-mel any full-scale ([-1, 1]) signal can have under `features`.
+
+    |STFT| of a Hann-windowed frame is at most the window's sum, and a mel band adds at most
+    its filter's weights times that; a decoded value above this is not a sound, only a model
+    that has not learnt yet, and is clamped here before a vocoder exponentiates it.
+    """
+    basis = librosa.filters.mel(
+        sr=features.sample_rate,
+        n_fft=features.n_fft,
+        n_mels=features.n_mels,
+        fmin=features.fmin,
+        fmax=features.fmax,
+    )
+    peak_magnitude = features.n_fft / 2  # sum of a periodic Hann window
+    return float(np.log(basis.sum(axis=1).max() * peak_magnitude**features.power))
+
+
 def mel_power_from_log(log_mel: ArrayT, features: FeatureConfig) -> ArrayT:
     """The mel power spectrogram behind a log-mel; for magnitude features (power 1), the square
     of the mel magnitude, which is what a listener's level comparison needs."""

@@ -87,7 +87,8 @@ def check_generated(out: Path, n: int, duration: float) -> None:
         assert info.frames == round(duration * 22_050)
         assert info.duration == pytest.approx(duration, abs=1e-4)
         audio, _ = sf.read(wav)
-        assert np.abs(audio).max() > 0.1  # peak-normalised sound, not silence
+        # Clips keep the level the model gave them (loudness carries emotion): sound, not silence.
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
     with (out / "manifest.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["file"] for row in rows] == [w.name for w in wavs]

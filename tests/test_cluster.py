@@ -37,7 +37,7 @@ from cluster_helpers import (
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray.tune import ExperimentAnalysis
-from test_sweep_e2e import SHRINK
+from test_sweep_e2e import NO_EMOTION, SHRINK
 
 from sweeps.driver import BACKLOG_FILE
 from sweeps.tracking import TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_STATUS
@@ -49,7 +49,7 @@ def sweep_args(out: Path, cache: Path, *extra: str) -> list[str]:
     """`sweeps/run.py` arguments: the shrunk quick space, plus `extra` overrides."""
     args = ["sweeps/run.py", "--space", "quick", "--out", str(out), "--no-finalise"]
     # Emotion metrics are tested in test_sweep_e2e.py; here they would only add time.
-    for override in [*SHRINK, "sweep.emotion_every=0", f"data.cache_dir={cache}", *extra]:
+    for override in [*SHRINK, *NO_EMOTION, f"data.cache_dir={cache}", *extra]:
         args += ["--set", override]
     return args
 

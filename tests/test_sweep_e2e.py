@@ -15,10 +15,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import soundfile as sf
 from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
+from emovae.audio.export import read_manifest
 from sweeps.tracking import TAG_FORGOTTEN, TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_STATUS
 
 pytestmark = pytest.mark.slow
@@ -29,12 +33,18 @@ SHRINK = [
     "data.synthetic_per_emotion=2",
     "features.duration=1.0",
     "train.max_epochs=4",
-    "train.base_channels=8",
+    "train.hidden_channels=32",
+    "train.prior_channels=16",
     "sweep.grace_period=1",
 ]
-# For tests of other things: the emotion judge and metrics cost time (test_quick_sweep_end_to_end
-# covers them).
-NO_EMOTION = ["sweep.emotion_every=0"]
+# For tests of other things: the emotion judge, the sample metrics (the quick space's objective
+# needs them, so the objective becomes val_recon) and the exported-audio scores cost time
+# (test_quick_sweep_end_to_end covers them).
+NO_EMOTION = [
+    "sweep.emotion_every=0",
+    "sweep.metric=val_recon",
+    "finalise.audio_metrics=false",
+]
 
 
 def sweep_command(out: Path, cache: Path, *extra: str, space: str = "quick") -> list[str]:
@@ -88,10 +98,13 @@ def test_quick_sweep_end_to_end(tmp_path: Path, sweep_cache: Path) -> None:
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials + finals)
     assert len({r.data.tags[TAG_TRIAL_ID] for r in trials}) == 8
     assert parents[0].data.params["data_fingerprint"]
-    assert "best_val_recon" in parents[0].data.metrics
-    # The emotion judge trained once for the sweep; every trial reported emotion metrics.
+    # The objective is the samples' distance to the real validation clips (the quick space's).
+    assert "best_val_gen_fd" in parents[0].data.metrics
+    # The emotion judge trained once for the sweep; every trial reported emotion metrics and
+    # the emotion accuracy and distance of samples from its prior.
     assert 0.0 <= parents[0].data.metrics["judge_test_acc"] <= 1.0
     assert all("val_emotion_acc_recon" in r.data.metrics for r in trials)
+    assert all({"val_gen_fd", "val_gen_emotion_acc"} <= set(r.data.metrics) for r in trials)
 
     statuses = Counter(r.data.tags[TAG_TRIAL_STATUS] for r in trials)
     assert statuses["KILLED_BY_ASHA"] >= 1, statuses
@@ -115,21 +128,46 @@ def test_quick_sweep_end_to_end(tmp_path: Path, sweep_cache: Path) -> None:
     assert final.info.status == "FINISHED"
     assert "test_recon" in final.data.metrics and "test_snr_db" in final.data.metrics
     assert "test_emotion_acc_recon" in final.data.metrics
+    # The exported WAVs were read back and judged, beside the real test clips.
+    for name in ("real", "recon", "gen", "conv"):
+        assert 1.0 <= final.data.metrics[f"wav_{name}_dnsmos"] <= 5.0, name
+        assert 0.0 <= final.data.metrics[f"wav_{name}_smile_acc"] <= 1.0, name
+    assert 0.0 < final.data.metrics["wav_recon_stoi"] <= 1.0
+    assert "wav_aug_smile_uar_gain" in final.data.metrics
+    # A conditional model is registered too, with its emotion input named.
     versions = client.search_model_versions("name='emovae'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        signature = mlflow.models.get_model_info(versions[0].source).signature
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert [spec.name for spec in signature.inputs.inputs] == ["log_mel", "emotion"]
 
     wavs = sorted((out / "final" / "samples").glob("*.wav"))
     assert len(wavs) == 6
+    for wav in wavs:  # audio, not only files: finite, not silent, right rate and length
+        audio, rate = sf.read(wav)
+        assert rate == 22050 and len(audio) == 22050  # features.duration=1.0 in SHRINK
+        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
+    recon = read_manifest(out / "final" / "reconstructions" / "manifest.csv")
+    assert recon and all((out / "final" / "reconstructions" / r["file"]).is_file() for r in recon)
     report = (out / "final" / "report" / "report.md").read_text()
     assert parents[0].data.tags["best.trial_id"] in report
     assert (out / "trials.csv").read_text().count("\n") == 9  # header + one row per trial
 
 
-def _wait_for_epochs(sweep_dir: Path, trials: int, timeout: float) -> None:
+def _wait_for_epochs(
+    sweep_dir: Path, trials: int, timeout: float, driver: subprocess.Popen
+) -> None:
     """Until `trials` trials have reported an epoch (Ray's result.json files: plain file reads,
-    so the watcher never touches the MLflow store the driver is writing)."""
+    so the watcher never touches the MLflow store the driver is writing). A driver that exits
+    first fails the test at once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            raise AssertionError(f"the driver exited ({driver.returncode}) before {trials} epochs")
         reported = [p for p in sweep_dir.glob("tune/*/result.json") if p.stat().st_size > 0]
         if len(reported) >= trials:
             return
@@ -152,7 +190,7 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
         start_new_session=True,  # the driver leads a process group holding the Ray it starts
     )
     try:
-        _wait_for_epochs(out, trials=2, timeout=900)
+        _wait_for_epochs(out, trials=2, timeout=900, driver=driver)
     finally:
         # SIGKILL the whole group: the driver and the Ray processes it started (agents that
         # would otherwise outlive it, re-parented to init).

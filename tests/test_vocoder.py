@@ -26,7 +26,7 @@ from emovae.audio.vocoder import (
     load_vocoder,
 )
 from emovae.config import FeatureConfig
-from emovae.features import log_mel
+from emovae.features import log_mel, max_log_mel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -250,3 +250,15 @@ def test_bad_input_is_named():
     mels[1, 5, 5] = np.nan
     with pytest.raises(ValueError, match=r"clips \[1\] are not finite"):
         vocoder(mels)
+
+
+@pytest.mark.parametrize("name", VOCODERS)
+def test_values_no_sound_can_have_are_clamped_not_overflowed(name):
+    # An untrained decoder's log-mel of 200 would overflow exp() in float32: inf, then NaN audio.
+    features = hifigan_features(0.5)
+    loud = np.full((1, 80, 44), 200.0, np.float32)
+    out = load_vocoder(name, features, n_iter=4)(loud)
+    assert np.isfinite(out).all() and np.abs(out).max() > 0.0
+    # The clamp is the log-mel of the loudest full-scale sound, which real audio stays under.
+    assert log_mel(np.ones(11025, np.float32), features).max() <= max_log_mel(features)
+    assert log_mel(harmonic(0.5), features).max() < max_log_mel(features)

@@ -18,7 +18,7 @@ import torch
 
 from emovae.audio import hifigan
 from emovae.config import FeatureConfig
-from emovae.features import mel_from_log
+from emovae.features import max_log_mel, mel_from_log
 from emovae.griffinlim import mel_to_audio
 from emovae.train import select_device
 
@@ -95,7 +95,8 @@ class Vocoder(ABC):
         if not finite.all():
             bad = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(f"vocoder {self.name}: log-mels of clips {bad} are not finite")
-        return mels
+        # An untrained decoder can emit values whose exp overflows float32 inside the vocoder.
+        return mels.clamp_max(max_log_mel(self.features))
 
     @abstractmethod
     def _synthesize(self, log_mels: torch.Tensor, length: int | None) -> torch.Tensor:
