@@ -131,7 +131,14 @@ def _run_one(args: argparse.Namespace, spec: Any, params: dict[str, Any], seed: 
     metrics = evaluate_checkpoint(checkpoint, data, work / "evaluation", history, args.device)
     judge = final_judge(data, spec.judge, spec.experiment.data.cache_dir, args.device)
     emotion = emotion_evaluation(
-        checkpoint, data, judge, work / "evaluation", settings.emotion_samples, seed, settings
+        checkpoint,
+        data,
+        judge,
+        work / "evaluation",
+        settings.emotion_samples,
+        seed,
+        settings,
+        args.device,
     )
     exported = export_audio(checkpoint, data, settings, work, seed, args.device)
     audio = audio_evaluation(
@@ -176,7 +183,9 @@ def augment(args: argparse.Namespace) -> None:
     spec = load_space(args.space, args.overrides)
     data = prepare_data(spec.experiment.data, spec.experiment.features)
     work = Path(args.work) / args.name / f"seed{args.seed}"
-    exported = ExportedAudio(work / "samples" / "manifest.csv", work / "reconstructions", None)
+    exported = ExportedAudio(
+        work / "samples" / "manifest.csv", work / "reconstructions" / "manifest.csv", None
+    )
     judge = final_judge(data, spec.judge, spec.experiment.data.cache_dir, args.device)
     judges = prepare_audio_judges(data, judge, spec.experiment.data.cache_dir)
     rows = read_manifest(exported.samples)

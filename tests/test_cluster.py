@@ -258,15 +258,16 @@ def logged_epochs(uri: str) -> int:
 
 def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path, sweep_cache: Path) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
-    # Two trials at once, each about 65 s of training on a 2-core machine (more data per
-    # epoch, no ASHA or early stop): still training when the server is back up, although a
-    # restarted server took 33 s to answer while the trials kept both cores busy.
+    # Two trials at once, each about 2 min of training on a 2-core machine (more data per
+    # epoch, about 2 s an epoch; no ASHA or early stop): still training when the server is
+    # back up, although a restarted server took 33 s to answer while the trials kept both
+    # cores busy (at 32 epochs both trials had finished before it was up once).
     extra = (
         "data.synthetic_per_emotion=8",
         "sweep.num_samples=2",
-        "train.max_epochs=32",
-        "train.patience=32",
-        "sweep.grace_period=32",
+        "train.max_epochs=64",
+        "train.patience=64",
+        "sweep.grace_period=64",
         "sweep.mlflow_flush_s=2",  # writes while the server is down, so the outage shows
     )
     with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:

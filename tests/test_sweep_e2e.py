@@ -77,7 +77,9 @@ def epoch_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, "val_recon"))
 
 
-def test_quick_sweep_end_to_end(tmp_path: Path, sweep_cache: Path) -> None:
+def test_quick_sweep_end_to_end(
+    tmp_path: Path, sweep_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "sweep"
     result = run(
         sweep_command(
@@ -137,12 +139,16 @@ def test_quick_sweep_end_to_end(tmp_path: Path, sweep_cache: Path) -> None:
     # A conditional model is registered too, with its emotion input named.
     versions = client.search_model_versions("name='emovae'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which later tests' drivers would
+    # inherit (and log there): the context puts the variable back as it was.
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(client.tracking_uri)
-    try:
-        signature = mlflow.models.get_model_info(versions[0].source).signature
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with monkeypatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+        mlflow.set_tracking_uri(client.tracking_uri)
+        try:
+            signature = mlflow.models.get_model_info(versions[0].source).signature
+        finally:
+            mlflow.set_tracking_uri(previous)
     assert [spec.name for spec in signature.inputs.inputs] == ["log_mel", "emotion"]
 
     wavs = sorted((out / "final" / "samples").glob("*.wav"))
@@ -180,7 +186,14 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
 ) -> None:
     out = tmp_path / "sweep"
     command = sweep_command(
-        out, sweep_cache, "sweep.num_samples=4", "train.max_epochs=6", *NO_EMOTION
+        out,
+        sweep_cache,
+        "sweep.num_samples=4",
+        # Enough epochs that trials are still training when the driver is killed: an epoch of
+        # the shrunk model takes well under a second.
+        "train.max_epochs=40",
+        "train.patience=40",
+        *NO_EMOTION,
     )
     driver = subprocess.Popen(
         [*command, "--no-finalise"],
