@@ -295,7 +295,8 @@ def audio_evaluation(
     (the test speakers' real clips: the ceiling), `wav_recon_*`, `wav_gen_*`, `wav_conv_*`,
     and for a conditional model the augmentation test through both judges (`wav_aug_*`).
     Written to `out_dir/audio_metrics.json` too."""
-    judges = prepare_audio_judges(data, judge, cache_dir, seed)
+    # After the sweep the machine is the finaliser's: DNSMOS, its slowest judge, uses every core.
+    judges = prepare_audio_judges(data, judge, cache_dir, seed, workers=torch.get_num_threads())
     names = data.label_names
     real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache_dir)
     metrics = score_set(judges, real)

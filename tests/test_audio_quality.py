@@ -95,6 +95,18 @@ def test_dnsmos_equals_speechmos_on_a_real_clip(real_clips: list[np.ndarray]) ->
         assert at_22k[key][0] == pytest.approx(float(expected[f"{key}_mos"]), abs=1e-4)
 
 
+@pytest.mark.emodb
+def test_parallel_workers_score_the_same_as_one(
+    scorer: DnsMos, real_clips: list[np.ndarray]
+) -> None:
+    serial = scorer.score(real_clips, EMODB_RATE)
+    parallel = DnsMos(workers=2).score(real_clips, EMODB_RATE)
+    for key in DNSMOS_KEYS:  # same windows, same order: equal to rounding
+        np.testing.assert_allclose(parallel[key], serial[key], rtol=1e-6)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        DnsMos(workers=0)
+
+
 def _buzz(seconds: float, rate: int) -> np.ndarray:
     """A 120 Hz pulse train through a fixed 1 kHz lowpass: voiced-like, but no speech."""
     pulses = np.zeros(int(seconds * rate))

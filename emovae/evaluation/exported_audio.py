@@ -60,10 +60,15 @@ class AudioJudges:
 
 
 def prepare_audio_judges(
-    data: PreparedData, cnn: TrainedJudge | None, cache_dir: str | Path, seed: int = 0
+    data: PreparedData,
+    cnn: TrainedJudge | None,
+    cache_dir: str | Path,
+    seed: int = 0,
+    workers: int = 1,
 ) -> AudioJudges:
     """The CNN judge as given, and an eGeMAPS judge trained on `data.train`'s WAVs (their
-    eGeMAPS are cached under `cache_dir`/egemaps, keyed by content)."""
+    eGeMAPS are cached under `cache_dir`/egemaps, keyed by content); DNSMOS runs `workers`
+    windows at once."""
     train_features = egemaps_of_files(data.train.paths, Path(cache_dir) / "egemaps")
     smile = train_smile_judge(
         train_features,
@@ -73,7 +78,13 @@ def prepare_audio_judges(
         seed=seed,
     )
     return AudioJudges(
-        cnn, smile, DnsMos(), data.features, data.normalizer, data.label_names, train_features
+        cnn,
+        smile,
+        DnsMos(workers=workers),
+        data.features,
+        data.normalizer,
+        data.label_names,
+        train_features,
     )
 
 
