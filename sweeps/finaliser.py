@@ -290,13 +290,21 @@ def audio_evaluation(
     cache_dir: str | Path,
     out_dir: Path,
     seed: int,
+    dnsmos_clips: int = 0,
 ) -> dict[str, float]:
     """The exported WAVs read back and scored (emovae.evaluation.exported_audio): `wav_real_*`
     (the test speakers' real clips: the ceiling), `wav_recon_*`, `wav_gen_*`, `wav_conv_*`,
     and for a conditional model the augmentation test through both judges (`wav_aug_*`).
     Written to `out_dir/audio_metrics.json` too."""
     # After the sweep the machine is the finaliser's: DNSMOS, its slowest judge, uses every core.
-    judges = prepare_audio_judges(data, judge, cache_dir, seed, workers=torch.get_num_threads())
+    judges = prepare_audio_judges(
+        data,
+        judge,
+        cache_dir,
+        seed,
+        workers=torch.get_num_threads(),
+        dnsmos_clips=dnsmos_clips,
+    )
     names = data.label_names
     real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache_dir)
     metrics = score_set(judges, real)
@@ -457,7 +465,15 @@ def _evaluate(
         )
     exported = export_audio(checkpoint, data, settings, out, config.seed, config.device)
     if settings.audio_metrics:
-        audio = audio_evaluation(exported, data, judge, cache_dir, out / "evaluation", config.seed)
+        audio = audio_evaluation(
+            exported,
+            data,
+            judge,
+            cache_dir,
+            out / "evaluation",
+            config.seed,
+            settings.dnsmos_clips,
+        )
     return metrics, emotion, audio
 
 

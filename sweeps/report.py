@@ -735,6 +735,7 @@ AUDIO_COLUMNS = (
     ("smile_uar", "eGeMAPS UAR"),
     ("dnsmos", "DNSMOS ovrl"),
     ("dnsmos_sig", "DNSMOS sig"),
+    ("dnsmos_n", "DNSMOS clips"),
     ("fd_cnn", "FD (CNN)"),
     ("fd_smile", "FD (eGeMAPS)"),
     ("stoi", "STOI"),

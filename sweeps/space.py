@@ -119,6 +119,9 @@ class FinaliseSettings:
     # Score the exported WAVs (wav_* metrics: the eGeMAPS judge, DNSMOS, STOI, augmentation,
     # and the CNN judge where sweep.emotion_every >= 1 trained one); needs the quality extra.
     audio_metrics: bool = True
+    # DNSMOS (about 0.5 s per 9 s window per core) on at most this many WAVs per set, spread
+    # evenly over the set; 0 = every WAV.
+    dnsmos_clips: int = 0
     conversion_source: str = "neutral"  # emotion of the real clips that conversion starts from
     conversion_strength: float = 0.6  # share of the diffusion prior's noise a conversion adds
     register_model: bool = True
@@ -330,6 +333,11 @@ def _check_emotion(
     if finalise.emotion_samples < 1:
         raise ConfigError(
             f"{source}: finalise.emotion_samples: expected at least 1, got {finalise.emotion_samples}"
+        )
+    if finalise.dnsmos_clips < 0:
+        raise ConfigError(
+            f"{source}: finalise.dnsmos_clips: expected 0 (every WAV) or a number of WAVs, "
+            f"got {finalise.dnsmos_clips}"
         )
     if not 0.0 < finalise.conversion_strength <= 1.0:
         raise ConfigError(

@@ -3,6 +3,7 @@ test, on a small synthetic corpus (real files on disk, read back as a user's wou
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.exported_audio import (
     AudioJudges,
     augmentation_gain,
+    dnsmos_subset,
     prepare_audio_judges,
     score_set,
     wav_set,
@@ -95,6 +97,24 @@ def test_unlabelled_samples_get_quality_but_no_accuracy(
         wav_set(judges, "gen", data.test.paths[:3], [0])
     with pytest.raises(ValueError, match="expected one of real, recon"):
         wav_set(judges, "fake", data.test.paths[:3], None)
+
+
+def test_dnsmos_on_a_capped_subset_spread_over_the_set(
+    setup: tuple[PreparedData, AudioJudges, Path],
+) -> None:
+    assert dnsmos_subset(5, 0).tolist() == [0, 1, 2, 3, 4]
+    assert dnsmos_subset(5, 9).tolist() == [0, 1, 2, 3, 4]
+    assert dnsmos_subset(100, 4).tolist() == [0, 33, 66, 99]  # first and last emotion too
+    data, judges, cache = setup
+    real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache)
+    full = score_set(judges, real)
+    capped = score_set(dataclasses.replace(judges, dnsmos_clips=2), real)
+    assert full["wav_real_dnsmos_n"] == len(real) > 2 and capped["wav_real_dnsmos_n"] == 2
+    first_and_last = judges.dnsmos.score([real.clips[0], real.clips[-1]], FEATURES.sample_rate)
+    assert capped["wav_real_dnsmos"] == pytest.approx(first_and_last["ovrl"].mean())
+    assert capped["wav_real_smile_acc"] == full["wav_real_smile_acc"]  # only DNSMOS is capped
+    with pytest.raises(ValueError, match="dnsmos_clips: expected 0"):
+        prepare_audio_judges(data, None, cache, dnsmos_clips=-1)
 
 
 def test_augmentation_compares_both_judges_with_and_without_extra_clips(

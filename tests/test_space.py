@@ -214,6 +214,7 @@ def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
         (["finalise.vocoder=hifigan"], r"finalise: vocoder hifigan reads 80 mels.*features.n_mels"),
         (["finalise.vocoder=wavenet"], "finalise.vocoder: expected one of griffinlim, hifigan"),
         (["finalise.conversion_strength=0"], r"conversion_strength: expected a value in \(0, 1\]"),
+        (["finalise.dnsmos_clips=-1"], r"finalise.dnsmos_clips: expected 0 \(every WAV\)"),
     ],
 )
 def test_generation_and_audio_settings_are_checked_before_ray(

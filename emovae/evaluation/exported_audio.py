@@ -8,7 +8,8 @@ For each set (`real` test clips, `recon`structions, `gen`erated samples, `conv`e
 - `wav_<set>_smile_acc` / `_uar`: the eGeMAPS judge (emovae.evaluation.smile_judge), a
   classical model that never saw a spectrogram: what blur augmentation taught the CNN judge to
   forgive, it does not;
-- `wav_<set>_dnsmos` (overall), `_dnsmos_sig`, `_dnsmos_bak`: DNSMOS P.835;
+- `wav_<set>_dnsmos` (overall), `_dnsmos_sig`, `_dnsmos_bak`: DNSMOS P.835, on every clip or
+  on `dnsmos_clips` of them spread evenly over the set (`_dnsmos_n` says how many);
 - `wav_<set>_fd_cnn` / `_fd_smile`: Frechet distance to the real test clips in each judge's
   space (compare only between sets of equal size, see `frechet_distance`);
 - `wav_recon_stoi`: STOI of each reconstruction against its original.
@@ -57,6 +58,9 @@ class AudioJudges:
     normalizer: Normalizer
     label_names: list[str]
     train_smile_features: np.ndarray  # (N, 88) eGeMAPS of the real training clips
+    # DNSMOS costs about 0.5 s per 9 s window on a CPU core: at most this many clips per set
+    # are scored, spread evenly over it (sets are written emotion by emotion); 0 = all.
+    dnsmos_clips: int = 0
 
 
 def prepare_audio_judges(
@@ -65,6 +69,7 @@ def prepare_audio_judges(
     cache_dir: str | Path,
     seed: int = 0,
     workers: int = 1,
+    dnsmos_clips: int = 0,
 ) -> AudioJudges:
     """The CNN judge as given, and an eGeMAPS judge trained on `data.train`'s WAVs (their
     eGeMAPS are cached under `cache_dir`/egemaps, keyed by content); DNSMOS runs `workers`
@@ -77,6 +82,8 @@ def prepare_audio_judges(
         data.label_names,
         seed=seed,
     )
+    if dnsmos_clips < 0:
+        raise ValueError(f"dnsmos_clips: expected 0 (all) or a number of clips, got {dnsmos_clips}")
     return AudioJudges(
         cnn,
         smile,
@@ -85,6 +92,7 @@ def prepare_audio_judges(
         data.normalizer,
         data.label_names,
         train_features,
+        dnsmos_clips,
     )
 
 
@@ -148,6 +156,13 @@ def _accuracy_and_uar(pred: np.ndarray, labels: np.ndarray) -> tuple[float, floa
     return accuracy, uar
 
 
+def dnsmos_subset(n: int, at_most: int) -> np.ndarray:
+    """Indices of the clips DNSMOS scores: all `n`, or `at_most` spread evenly over them."""
+    if at_most == 0 or at_most >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, at_most).round().astype(np.int64))
+
+
 def score_set(
     judges: AudioJudges,
     clips: WavSet,
@@ -165,8 +180,10 @@ def score_set(
         if clips.cnn is not None:
             cnn_acc, cnn_uar = _accuracy_and_uar(clips.cnn.pred, clips.labels)
             metrics |= {f"{prefix}_cnn_acc": cnn_acc, f"{prefix}_cnn_uar": cnn_uar}
-    quality = judges.dnsmos.score(clips.clips, judges.features.sample_rate)
+    scored = dnsmos_subset(len(clips), judges.dnsmos_clips)
+    quality = judges.dnsmos.score([clips.clips[i] for i in scored], judges.features.sample_rate)
     metrics |= {
+        f"{prefix}_dnsmos_n": float(len(scored)),
         f"{prefix}_dnsmos": float(np.mean(quality["ovrl"])),
         f"{prefix}_dnsmos_sig": float(np.mean(quality["sig"])),
         f"{prefix}_dnsmos_bak": float(np.mean(quality["bak"])),
