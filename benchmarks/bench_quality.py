@@ -5,9 +5,10 @@ training seeds, through the finaliser's own steps (retrain -> evaluate -> export
 WAVs), and records every metric per seed; `augment` repeats the augmentation test over judge
 seeds; `table` prints mean and spread per arm beside the targets.
 
+    python benchmarks/bench_quality.py from-final --sweep runs/emodb_cpu --name temporal_diffusion
     python benchmarks/bench_quality.py run --space emodb_cpu \\
         --set data.path=../shared/data/emodb/wav --params-from runs/emodb_cpu \\
-        --seeds 0 1 2 --name temporal_diffusion
+        --seeds 1 2 --name temporal_diffusion
     python benchmarks/bench_quality.py run ... --set train.arch=seed --set train.prior=gaussian \\
         --set finalise.max_epochs=60 --seeds 0 --name seed_arch
     python benchmarks/bench_quality.py run ... --checkpoint runs/bench_quality/NAME/seed0/... \\
@@ -37,12 +38,15 @@ from typing import Any
 import torch
 
 from emovae.audio.export import read_manifest
+from emovae.checkpoint import load_model
 from emovae.dataset import prepare_data
 from emovae.evaluate import evaluate_checkpoint
 from emovae.evaluation.exported_audio import augmentation_gain, prepare_audio_judges, wav_set
 from emovae.train import train
 from sweeps.driver import TUNE_DIR, read_state
 from sweeps.finaliser import (
+    AUDIO_METRICS_FILE,
+    EMOTION_METRICS_FILE,
     ExportedAudio,
     audio_evaluation,
     emotion_evaluation,
@@ -163,6 +167,36 @@ def _run_one(args: argparse.Namespace, spec: Any, params: dict[str, Any], seed: 
     return out
 
 
+def from_final(args: argparse.Namespace) -> None:
+    """A finished sweep's final model as one seed of an arm: the metrics its finaliser wrote
+    (the same steps `run` takes), so the sweep's retraining is not repeated."""
+    sweep = Path(args.sweep)
+    evaluation = sweep / "final" / "evaluation"
+    metrics: dict[str, Any] = {}
+    for name in ("metrics.json", EMOTION_METRICS_FILE, AUDIO_METRICS_FILE):
+        payload = json.loads((evaluation / name).read_text())
+        metrics |= payload.get("metrics", payload) if name == "metrics.json" else payload
+    checkpoint = sweep / "final" / "checkpoints" / "best.pt"
+    loaded = load_model(checkpoint)
+    spec = read_state(sweep).spec()
+    record = {
+        "name": args.name,
+        "seed": loaded.train.seed,
+        "config": dataclasses.asdict(loaded.train),
+        "finalise": dataclasses.asdict(spec.finalise),
+        "checkpoint": str(checkpoint),
+        "metrics": metrics,
+        "seconds": None,  # the sweep's own run time is in RESULTS_quality.md
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.machine()}, CPU",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    out = RESULTS / args.name / f"seed{loaded.train.seed}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1, default=_json_default))
+    print(f"wrote {out}")
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -259,7 +293,9 @@ def table(args: argparse.Namespace) -> None:
                     f"seeds): UAR gain {_mean_spread(gains)}; per seed "
                     + ", ".join(f"{g:+.3f}" for g in gains)
                 )
-        seconds = [r["seconds"] for r in records]
+        seconds = [r["seconds"] for r in records if r["seconds"]]
+        if not seconds:
+            continue
         print(
             f"\nTime per seed: train {_mean_spread([s['train'] for s in seconds])} s, "
             f"evaluate {_mean_spread([s['evaluate'] for s in seconds])} s"
@@ -287,9 +323,12 @@ def main() -> int:
     augment_parser = commands.choices["augment"]
     augment_parser.add_argument("--seed", type=int, default=0, help="the model's training seed")
     augment_parser.add_argument("--judge-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    final_parser = commands.add_parser("from-final")
+    final_parser.add_argument("--sweep", required=True, help="a finalised sweep folder")
+    final_parser.add_argument("--name", required=True)
     commands.add_parser("table")
     args = parser.parse_args()
-    {"run": run, "augment": augment, "table": table}[args.command](args)
+    {"run": run, "augment": augment, "from-final": from_final, "table": table}[args.command](args)
     return 0
 
 
