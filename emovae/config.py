@@ -77,6 +77,7 @@ class FeatureConfig:
 
 ARCHS = ("seed", "temporal")
 PRIORS = ("gaussian", "diffusion")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -119,9 +120,12 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0 = all cores the process may use
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores on GPU
+    # fp32, or bf16: the training forward pass and loss under torch.autocast (GPUs with bf16
+    # tensor cores; on CPUs without AMX it is slower); evaluation always runs in fp32.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("arch", ARCHS), ("prior", PRIORS)):
+        for name, allowed in (("arch", ARCHS), ("prior", PRIORS), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(
                     f"train.{name}: expected one of {', '.join(allowed)}, "

@@ -127,10 +127,14 @@ def _train_epoch(
     for start in range(0, usable, config.batch_size):
         index = order[start : start + config.batch_size]
         x = features[index]
-        recon, mu, logvar = model(x, _decoder_labels(model, labels[index], config.label_dropout))
-        terms = vae_loss(recon, x, mu, logvar, beta, config.spectral_weight)
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            decoder_labels = _decoder_labels(model, labels[index], config.label_dropout)
+            recon, mu, logvar = model(x, decoder_labels)
+            terms = vae_loss(
+                recon.float(), x, mu.float(), logvar.float(), beta, config.spectral_weight
+            )
+            prior_loss = model.prior_loss(mu.float(), labels[index] if model.n_classes else None)
         objective = terms["loss"]
-        prior_loss = model.prior_loss(mu, labels[index] if model.n_classes else None)
         if prior_loss is not None:
             # The prior trains on detached latents: it follows the encoder without shaping it,
             # and the VAE's own loss ("loss") stays the spec's sum.
