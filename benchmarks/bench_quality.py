@@ -100,7 +100,8 @@ def _params(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """The searched values: a sweep's best trial, or the space's params if all are constants."""
     if args.params_from:
         sweep = read_state(Path(args.params_from)).spec()
-        records = load_trial_records(Path(args.params_from) / TUNE_DIR)
+        # Ray reads the experiment through pyarrow, which needs an absolute path.
+        records = load_trial_records(Path(args.params_from).resolve() / TUNE_DIR)
         leaders = ranked(records, sweep.sweep.metric, sweep.sweep.mode)
         if not leaders:
             raise SystemExit(f"{args.params_from}: no trial to take the parameters from")
