@@ -47,7 +47,6 @@ from sweeps.driver import TUNE_DIR, read_state
 from sweeps.finaliser import (
     AUDIO_METRICS_FILE,
     EMOTION_METRICS_FILE,
-    ExportedAudio,
     audio_evaluation,
     emotion_evaluation,
     export_audio,
@@ -99,9 +98,10 @@ SHOWN = (
 def _params(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     """The searched values: a sweep's best trial, or the space's params if all are constants."""
     if args.params_from:
-        sweep = read_state(Path(args.params_from)).spec()
         # Ray reads the experiment through pyarrow, which needs an absolute path.
-        records = load_trial_records(Path(args.params_from).resolve() / TUNE_DIR)
+        sweep_dir = Path(args.params_from).resolve()
+        sweep = read_state(sweep_dir).spec()
+        records = load_trial_records(sweep_dir / TUNE_DIR)
         leaders = ranked(records, sweep.sweep.metric, sweep.sweep.mode)
         if not leaders:
             raise SystemExit(f"{args.params_from}: no trial to take the parameters from")
@@ -147,7 +147,13 @@ def _run_one(args: argparse.Namespace, spec: Any, params: dict[str, Any], seed: 
     )
     exported = export_audio(checkpoint, data, settings, work, seed, args.device)
     audio = audio_evaluation(
-        exported, data, judge, spec.experiment.data.cache_dir, work / "evaluation", seed
+        exported,
+        data,
+        judge,
+        spec.experiment.data.cache_dir,
+        work / "evaluation",
+        seed,
+        settings.dnsmos_clips,
     )
     finished = time.perf_counter()
     record = {
@@ -158,14 +164,9 @@ def _run_one(args: argparse.Namespace, spec: Any, params: dict[str, Any], seed: 
         "checkpoint": str(checkpoint),
         "metrics": metrics | emotion.metrics | audio,
         "seconds": {"train": trained - started, "evaluate": finished - trained},
-        "command": " ".join(sys.argv),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    out = RESULTS / args.name / f"seed{seed}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=_json_default))
-    return out
+    return _write_record(record)
 
 
 def from_final(args: argparse.Namespace) -> None:
@@ -175,8 +176,7 @@ def from_final(args: argparse.Namespace) -> None:
     evaluation = sweep / "final" / "evaluation"
     metrics: dict[str, Any] = {}
     for name in ("metrics.json", EMOTION_METRICS_FILE, AUDIO_METRICS_FILE):
-        payload = json.loads((evaluation / name).read_text())
-        metrics |= payload.get("metrics", payload) if name == "metrics.json" else payload
+        metrics |= json.loads((evaluation / name).read_text())
     checkpoint = sweep / "final" / "checkpoints" / "best.pt"
     loaded = load_model(checkpoint)
     spec = read_state(sweep).spec()
@@ -188,14 +188,21 @@ def from_final(args: argparse.Namespace) -> None:
         "checkpoint": str(checkpoint),
         "metrics": metrics,
         "seconds": None,  # the sweep's own run time is in RESULTS_quality.md
-        "command": " ".join(sys.argv),
         "machine": f"{platform.machine()}, CPU",
+    }
+    print(f"wrote {_write_record(record)}")
+
+
+def _write_record(record: dict[str, Any]) -> Path:
+    """results/quality/<name>/seed<N>.json, stamped with the command and the date."""
+    record |= {
+        "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    out = RESULTS / args.name / f"seed{loaded.train.seed}.json"
+    out = RESULTS / record["name"] / f"seed{record['seed']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, default=_json_default))
-    print(f"wrote {out}")
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -218,17 +225,15 @@ def augment(args: argparse.Namespace) -> None:
     spec = load_space(args.space, args.overrides)
     data = prepare_data(spec.experiment.data, spec.experiment.features)
     work = Path(args.work) / args.name / f"seed{args.seed}"
-    exported = ExportedAudio(
-        work / "samples" / "manifest.csv", work / "reconstructions" / "manifest.csv", None
-    )
+    samples = work / "samples" / "manifest.csv"
     judge = final_judge(data, spec.judge, spec.experiment.data.cache_dir, args.device)
     judges = prepare_audio_judges(data, judge, spec.experiment.data.cache_dir)
-    rows = read_manifest(exported.samples)
+    rows = read_manifest(samples)
     names = data.label_names
     generated = wav_set(
         judges,
         "gen",
-        [exported.samples.parent / r["file"] for r in rows],
+        [samples.parent / r["file"] for r in rows],
         [names.index(r["emotion"]) for r in rows],
     )
     real = wav_set(

@@ -61,6 +61,8 @@ class Vocoder(ABC):
     def __init__(self, features: FeatureConfig, device: torch.device):
         self.features = features
         self.device = device
+        # A filterbank sum: computed once, not on every call.
+        self.max_log_mel = max_log_mel(features)
 
     def __call__(
         self, log_mels: np.ndarray | torch.Tensor, length: int | None = None
@@ -96,7 +98,7 @@ class Vocoder(ABC):
             bad = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(f"vocoder {self.name}: log-mels of clips {bad} are not finite")
         # An untrained decoder can emit values whose exp overflows float32 inside the vocoder.
-        return mels.clamp_max(max_log_mel(self.features))
+        return mels.clamp_max(self.max_log_mel)
 
     @abstractmethod
     def _synthesize(self, log_mels: torch.Tensor, length: int | None) -> torch.Tensor:
