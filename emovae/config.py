@@ -10,12 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -24,6 +25,79 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 class ConfigError(ValueError):
     """A configuration file or mapping has an unknown key or a value of the wrong type."""
+
+
+class Range(NamedTuple):
+    """The valid values of a numeric field: above `low` and below `high` (None: unbounded), each
+    end included or not, optionally a multiple of `multiple_of`; `note` explains the bound or a
+    special value, in the error message."""
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    multiple_of: int = 1
+    note: str = ""
+
+    def contains(self, value: float) -> bool:
+        # YAML's .nan and .inf are never a valid setting.
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and not (
+            value >= self.low if self.low_inclusive else value > self.low
+        ):
+            return False
+        if self.high is not None and not (
+            value <= self.high if self.high_inclusive else value < self.high
+        ):
+            return False
+        return self.multiple_of == 1 or value % self.multiple_of == 0
+
+    def describe(self, integer: bool) -> str:
+        """E.g. 'an integer >= 1', 'a number in (0, 1)', 'a multiple of 8 >= 8 (why)'."""
+        if self.multiple_of > 1:
+            kind = f"a multiple of {self.multiple_of}"
+        else:
+            kind = "an integer" if integer else "a number"
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            opening = "[" if self.low_inclusive else "("
+            closing = "]" if self.high_inclusive else ")"
+            bounds = f"in {opening}{low}, {high}{closing}"
+        elif self.low is not None:
+            bounds = f"{'>=' if self.low_inclusive else '>'} {low}"
+        elif self.high is not None:
+            bounds = f"{'<=' if self.high_inclusive else '<'} {high}"
+        else:
+            bounds = "that is finite"
+        return f"{kind} {bounds}" + (f" ({self.note})" if self.note else "")
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_range(value: float, valid: Range, where: str) -> None:
+    """Raise a ConfigError naming `where`, the valid range and `value` when it is outside."""
+    if not valid.contains(value):
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        expected = valid.describe(integer)
+        if not math.isfinite(value):
+            expected = expected.replace("a number", "a finite number", 1)
+        raise ConfigError(f"{where}: expected {expected}, got {value}")
+
+
+def check_ranges(section: str, config: Any, ranges: dict[str, Range]) -> None:
+    """Each field of `config` named in `ranges` (None values, where allowed, are skipped)."""
+    for name, valid in ranges.items():
+        value = getattr(config, name)
+        if value is not None:
+            check_range(value, valid, f"{section}.{name}")
+
+
+# np.random.seed (emovae.train) and Optuna's RandomState take 0 .. 2^32 - 1, and default_rng
+# (the speaker split) refuses negatives: elsewhere a bad seed fails in every trial.
+SEED_RANGE = Range(0, 2**32 - 1)
 
 
 @dataclass
@@ -42,6 +116,27 @@ class DataConfig:
     cache_dir: str = ".cache/emovae"  # feature cache and generated synthetic corpora
     synthetic_speakers: int = 6  # only for path == "synthetic"
     synthetic_per_emotion: int = 6  # utterances per speaker and emotion, synthetic corpus only
+
+    def __post_init__(self) -> None:
+        check_ranges("data", self, DATA_RANGES)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                "data.val_fraction + data.test_fraction: expected a sum < 1 (the rest of the "
+                f"speakers train), got {self.val_fraction} + {self.test_fraction}"
+            )
+
+
+# The splitting code (emovae.data.splits) refuses a fraction of 0 and holds out at least one
+# speaker for each of test and validation, so a split needs 3 speakers; the synthetic corpus has
+# at most emovae.data.synthetic.MAX_SPEAKERS speakers and MAX_PER_EMOTION clips per emotion
+# (tests check these copies against them: the generator imports scipy, too slow to import here).
+DATA_RANGES: dict[str, Range] = {
+    "val_fraction": Range(0.0, 1.0, low_inclusive=False, high_inclusive=False),
+    "test_fraction": Range(0.0, 1.0, low_inclusive=False, high_inclusive=False),
+    "split_seed": SEED_RANGE,
+    "synthetic_speakers": Range(3, 99, note="a speaker-independent split needs 3"),
+    "synthetic_per_emotion": Range(1, 260),
+}
 
 
 LOG_MODES = ("add", "clamp")
@@ -63,6 +158,24 @@ class FeatureConfig:
     pad_mode: str = "constant"  # STFT edge padding: librosa's constant, or HiFi-GAN's reflect
 
     def __post_init__(self) -> None:
+        check_ranges("features", self, FEATURE_RANGES)
+        nyquist = self.sample_rate / 2
+        check_range(
+            self.fmin,
+            Range(0.0, nyquist, high_inclusive=False, note="below features.sample_rate / 2"),
+            "features.fmin",
+        )
+        if self.fmax is not None:
+            check_range(
+                self.fmax,
+                Range(
+                    self.fmin,
+                    nyquist,
+                    low_inclusive=False,
+                    note="above features.fmin, at most features.sample_rate / 2",
+                ),
+                "features.fmax",
+            )
         for name, allowed in (
             ("power", (1.0, 2.0)),
             ("log_mode", LOG_MODES),
@@ -73,6 +186,33 @@ class FeatureConfig:
                 raise ConfigError(
                     f"features.{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}"
                 )
+
+
+FEATURE_RANGES: dict[str, Range] = {
+    "sample_rate": Range(1),
+    "n_fft": Range(1),
+    "hop_length": Range(1),
+    "n_mels": Range(1),
+    "duration": Range(0.0, low_inclusive=False),
+    "log_floor": Range(0.0, low_inclusive=False),
+}
+
+
+def clip_frames(features: FeatureConfig) -> int:
+    """Frames of a clip of `features.duration` seconds (librosa's centred STFT)."""
+    return 1 + round(features.duration * features.sample_rate) // features.hop_length
+
+
+def max_time_downsample(features: FeatureConfig) -> int:
+    """The most stride-2 stages that still shorten the latent: at this many, a clip's latent is
+    one frame; each further stage only pads the input to twice the length."""
+    return (clip_frames(features) - 1).bit_length()
+
+
+def check_time_downsample(value: int, features: FeatureConfig, where: str) -> None:
+    most = max_time_downsample(features)
+    note = f"{most} stages already make a clip's {clip_frames(features)} frames one latent frame"
+    check_range(value, Range(0, most, note=note), where)
 
 
 ARCHS = ("seed", "temporal")
@@ -136,14 +276,7 @@ class TrainConfig:
                 "train.prior: diffusion needs train.arch: temporal (a latent over time); "
                 f"train.arch is {self.arch!r}"
             )
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ConfigError(
-                f"train.label_dropout: expected a share in [0, 1), got {self.label_dropout}"
-            )
-        if self.guidance < 1.0:
-            raise ConfigError(
-                f"train.guidance: expected at least 1 (no guidance), got {self.guidance}"
-            )
+        check_ranges("train", self, TRAIN_RANGES)
         if self.guidance > 1.0 and self.conditional and self.label_dropout == 0.0:
             raise ConfigError(
                 "train.guidance: classifier-free guidance needs train.label_dropout > 0 (the "
@@ -151,11 +284,47 @@ class TrainConfig:
             )
 
 
+# Also the ranges a search space's params may search in (sweeps.space). Why some bounds:
+# patience 0 would stop after the first epoch, improved or not (emovae.train); ReduceLROnPlateau
+# needs a factor below 1; the prior's GroupNorm(8) needs channels in multiples of 8. lr 0 is
+# allowed: it freezes the weights (the early-stopping test relies on it).
+TRAIN_RANGES: dict[str, Range] = {
+    "latent_dim": Range(1),
+    "beta": Range(0.0),
+    "lr": Range(0.0),
+    "grad_clip": Range(0.0, note="0: no clipping"),
+    "batch_size": Range(1),
+    "spectral_weight": Range(0.0),
+    "base_channels": Range(1),
+    "hidden_channels": Range(1),
+    "time_downsample": Range(0),  # and at most max_time_downsample(features): ExperimentConfig
+    "label_dropout": Range(0.0, 1.0, high_inclusive=False),
+    "prior_channels": Range(8, multiple_of=8, note="the prior's GroupNorm has 8 groups"),
+    "prior_steps": Range(1),
+    "guidance": Range(1.0, note="1: no guidance"),
+    "prior_finetune_steps": Range(0, note="0: none"),
+    "max_epochs": Range(1),
+    "patience": Range(1),
+    "lr_factor": Range(0.0, 1.0, low_inclusive=False, high_inclusive=False),
+    "lr_patience": Range(0),
+    "min_lr": Range(0.0),
+    "kl_warmup_epochs": Range(0, note="0: none"),
+    "weight_decay": Range(0.0),
+    "seed": SEED_RANGE,
+    "num_threads": Range(0, note="0: all cores"),
+}
+
+
 @dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Past this bound the temporal model pads every clip to 2^time_downsample frames: a
+        # typo such as 20 allocates a million frames per clip in every trial.
+        check_time_downsample(self.train.time_downsample, self.features, "train.time_downsample")
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "train": TrainConfig}
@@ -221,7 +390,24 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
         if key not in valid:
             raise _unknown_key_error(str(key), valid, where)
         kwargs[key] = check_value(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if where == cls.__name__:
+            raise  # no source to add: the message names its key
+        raise ConfigError(_from_source(str(exc), where)) from exc
+
+
+def _from_source(message: str, where: str) -> str:
+    """A __post_init__ message ("train.lr: ...", naming its key from the section on) prefixed
+    with the source that `where` names up to the section ("exp.yaml.train", "quick.yaml: train"):
+    "exp.yaml.train.lr: ...", like the type errors of the same file."""
+    if message.startswith(where):
+        return message
+    section = re.match(r"\w*", message).group()
+    if section and where.endswith(section):
+        return where[: -len(section)] + message
+    return f"{where}: {message}"
 
 
 def experiment_from_dict(values: dict[str, Any], where: str = "config") -> ExperimentConfig:
@@ -234,7 +420,10 @@ def experiment_from_dict(values: dict[str, Any], where: str = "config") -> Exper
         if key not in SECTIONS:
             raise _unknown_key_error(str(key), list(SECTIONS), where)
         sections[key] = from_dict(SECTIONS[key], section_values or {}, f"{where}.{key}")
-    return ExperimentConfig(**sections)
+    try:
+        return ExperimentConfig(**sections)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from exc
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

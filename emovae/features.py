@@ -23,7 +23,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from emovae.config import FeatureConfig
+from emovae.config import FeatureConfig, clip_frames
 
 CACHE_VERSION = 1  # bump when the extraction code changes what it computes
 
@@ -34,7 +34,7 @@ class AudioError(ValueError):
 
 def n_frames(features: FeatureConfig) -> int:
     """Frames of a clip of `features.duration` seconds (librosa's centred STFT)."""
-    return 1 + round(features.duration * features.sample_rate) // features.hop_length
+    return clip_frames(features)
 
 
 def load_audio(path: Path, features: FeatureConfig) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emovae.config import from_dict
+from emovae.config import SEED_RANGE, Range, check_ranges, from_dict
 from emovae.dataset import PreparedData
 from emovae.train import configure_threads, select_device
 
@@ -71,6 +71,31 @@ class JudgeConfig:
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = leave as is
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        check_ranges("judge", self, JUDGE_RANGES)
+
+
+# patience 0 would stop after the first epoch, better or not; masks are shares of the clip.
+JUDGE_RANGES: dict[str, Range] = {
+    "epochs": Range(1),
+    "lr": Range(0.0, low_inclusive=False),
+    "batch_size": Range(1),
+    "channels": Range(1),
+    "n_blocks": Range(1),
+    "embedding_dim": Range(1),
+    "freq_bands": Range(1),
+    "dropout": Range(0.0, 1.0, high_inclusive=False),
+    "weight_decay": Range(0.0),
+    "patience": Range(1),
+    "freq_mask": Range(0.0, 1.0),
+    "time_mask": Range(0.0, 1.0),
+    "blur_prob": Range(0.0, 1.0, note="0: no blur"),
+    "blur_time": Range(0.0),
+    "blur_freq": Range(0.0),
+    "seed": SEED_RANGE,
+    "num_threads": Range(0, note="0: leave as is"),
+}
 
 
 class EmotionJudge(nn.Module):

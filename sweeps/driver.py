@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ from sweeps.tracking import (
     git_commit,
     log_learning_curves,
     log_params,
+    mark_interrupted_trials,
     tag_forgotten_trials,
 )
 from sweeps.trainable import best_key, emotion_settings, judge_cache_dir, train_trial
@@ -57,6 +62,18 @@ class SweepFailedError(RuntimeError):
     """Every trial of the sweep failed."""
 
 
+class ClusterError(RuntimeError):
+    """Ray cannot be reached, or no node of it can ever run one trial."""
+
+
+class SweepInterruptedError(RuntimeError):
+    """The driver was stopped (Ctrl-C, SIGTERM) before every trial had run."""
+
+
+def resume_command(sweep_dir: Path) -> str:
+    return f"python sweeps/run.py --out {sweep_dir} --resume"
+
+
 @dataclass
 class SweepResult:
     sweep_dir: Path
@@ -67,6 +84,8 @@ class SweepResult:
     best_value: float | None
     tracking_uri: str
     parent_run_id: str
+    # A `--resume` found every trial already run: nothing was trained or logged again.
+    already_complete: bool = False
 
 
 @dataclass
@@ -201,7 +220,7 @@ def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
 
 
 def _tuner(
-    spec: SweepSpec, sweep_dir: Path, trainable: Any, logger: MlflowTrialLogger
+    spec: SweepSpec, sweep_dir: Path, trainable: Any, callbacks: list[tune.Callback]
 ) -> tune.Tuner:
     searcher = ConcurrencyLimiter(
         OptunaSearch(sampler=_tpe(spec.sweep.seed)),
@@ -230,7 +249,7 @@ def _tuner(
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(sweep_dir),
-            callbacks=[logger],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
             # Tune deletes a trial's older checkpoints as soon as a new one registers, but
             # snapshots its experiment state (what --resume reads) a moment later: with only
@@ -290,6 +309,163 @@ def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, m
     return path
 
 
+def _connect_ray(address: str | None) -> bool:
+    """Join the cluster at `address`, or start a local Ray: first, so that an unreachable
+    cluster leaves nothing written. True when this call started (and must stop) Ray."""
+    if ray.is_initialized():
+        return False
+    _probe_address(address)
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+    except ConnectionError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answers there ({reason}); start one with "
+            "`ray start --head`, or leave out --address to run on this machine"
+        ) from exc
+    return True
+
+
+def _probe_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """A `host:port` nobody listens on: Ray's client would retry for minutes, silently."""
+    if not address or address == "auto":
+        return  # Ray answers "auto" at once (it reads the local session's address file)
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray's own error names what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+            "start one with `ray start --head`, or leave out --address to run on this machine"
+        ) from exc
+
+
+def trials_that_fit(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
+    """How many trials asking `cpus` CPUs and `gpus` GPUs the nodes (Ray resource dicts) run
+    at once."""
+    total = 0
+    for resources in nodes:
+        slots = math.floor(resources.get("CPU", 0.0) / cpus + 1e-9)
+        if gpus > 0:
+            slots = min(slots, math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
+        total += slots
+    return total
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _check_resources(
+    spec: SweepSpec, address: str | None, stage: Callable[[str], None]
+) -> ResourceWait | None:
+    """Refuse (locally) or bound the wait for (on a cluster, whose autoscaler may add nodes) a
+    trial shape that no node offers; say how many trials really run at once."""
+    cpus, gpus = spec.sweep.cpus_per_trial, spec.sweep.gpus_per_trial
+    nodes = _alive_nodes()
+    fits = trials_that_fit(nodes, cpus, gpus)
+    where = f"the cluster at {address}" if address else "this machine"
+    if fits == 0:
+        largest_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        largest_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        message = (
+            f"each trial asks for sweep.cpus_per_trial={cpus:g} CPUs and "
+            f"sweep.gpus_per_trial={gpus:g} GPUs, but no node of {where} has that (the "
+            f"largest has {largest_cpu:g} CPUs, {largest_gpu:g} GPUs); fix: --set "
+            "sweep.gpus_per_trial=0 --set sweep.cpus_per_trial=1, or a CPU-sized space "
+            "(--space quick, or --space emodb_cpu for real data)"
+        )
+        wait_s = spec.sweep.resource_wait_s
+        if address is None or wait_s == 0:
+            raise ClusterError(message)
+        stage(
+            f"No node offers a trial's {cpus:g} CPUs and {gpus:g} GPUs yet: waiting up to "
+            f"{wait_s:g} s (sweep.resource_wait_s) for the autoscaler to add one"
+        )
+        return ResourceWait(wait_s, message)
+    if spec.sweep.max_concurrent > fits:
+        stage(
+            f"sweep.max_concurrent is {spec.sweep.max_concurrent}, but {where} fits {fits} "
+            f"trial(s) of {cpus:g} CPUs and {gpus:g} GPUs at a time: {fits} run at once"
+            + (" (until the cluster grows)" if address else "")
+        )
+    return None
+
+
+class ResourceWaitTimeout(RuntimeError):
+    pass
+
+
+class ResourceWait(tune.Callback):
+    """Ends the sweep when no trial could start within `wait_s`: an autoscaler that never
+    adds a node of the asked shape. The trials stay pending, so `--resume` can still run them."""
+
+    def __init__(self, wait_s: float, message: str):
+        self.wait_s = wait_s
+        self.message = message
+        self._since: float | None = None
+        self._started = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state: a resumed driver waits afresh.
+        return self.__dict__ | {"_since": None}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._started:
+            return
+        if any(t.status != "PENDING" for t in trials):
+            self._started = True
+            return
+        now = time.monotonic()
+        self._since = self._since or now
+        if now - self._since > self.wait_s:
+            raise ResourceWaitTimeout(
+                f"{self.message} (no trial started within sweep.resource_wait_s={self.wait_s:g} s)"
+            )
+
+
+def _sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | None:
+    """The trial records when every trial of the sweep has ended, else None."""
+    if not tune.Tuner.can_restore(str(tune_path)):
+        return None
+    trials = load_trial_records(tune_path)
+    if len(trials) < num_samples or any(t.status == "INTERRUPTED" for t in trials):
+        return None
+    return trials
+
+
+def _open_sweep(
+    spec: SweepSpec | None, sweep_dir: Path, tracking_uri: str | None, resume: bool
+) -> tuple[SweepSpec, SweepState | None]:
+    """The sweep's space and, on resume, its stored state; checks only, writes nothing."""
+    if resume:
+        state = read_state(sweep_dir)
+        check_tracking_uri(state.tracking_uri)
+        return state.spec(), state
+    if spec is None:
+        raise ValueError("a new sweep needs a search space")
+    # A folder whose sweep never started a trial (it failed before) may be started again.
+    if (sweep_dir / STATE_FILE).exists() and tune.Tuner.can_restore(str(sweep_dir / TUNE_DIR)):
+        raise ConfigError(
+            f"{sweep_dir}: a sweep already exists here; pass --resume to continue it "
+            "or --out to start a new one"
+        )
+    check_tracking_uri(tracking_uri or default_tracking_uri(sweep_dir))  # a typo: no folder
+    return spec, None
+
+
+def _close_parent(state: SweepState, status: RunStatus, reason: str) -> None:
+    """Best effort: the error being raised matters more than MLflow's answer."""
+    try:
+        client = MlflowClient(state.tracking_uri)
+        client.set_tag(state.parent_run_id, "emovae.error", reason[:5000])
+        client.set_terminated(state.parent_run_id, RunStatus.to_string(status))
+    except Exception:  # noqa: S110 - MLflow down: the run stays as it was, the error still raises
+        pass
+
+
 def run_sweep(
     spec: SweepSpec | None,
     sweep_dir: str | Path,
@@ -299,31 +475,64 @@ def run_sweep(
     on_stage: Callable[[str], None] | None = None,
 ) -> SweepResult:
     """Run (or with `resume`, continue) the sweep in `sweep_dir`. On resume the space stored in
-    the folder is used, so a resumed sweep is the sweep that was started. `on_stage` hears
-    what the driver is doing before Ray's own progress table starts."""
+    the folder is used, so a resumed sweep is the sweep that was started; a sweep whose
+    trials have all ended is returned as it is (`already_complete`). `on_stage` hears what the
+    driver is doing before Ray's own progress table starts."""
     stage = on_stage or (lambda message: None)
     sweep_dir = Path(sweep_dir).resolve()
     tune_path = sweep_dir / TUNE_DIR
-    if resume:
-        state = read_state(sweep_dir)
-        spec = state.spec()
-        check_tracking_uri(state.tracking_uri)
-        if not tune.Tuner.can_restore(str(tune_path)):
-            raise ConfigError(f"{sweep_dir}: no Ray Tune experiment state to resume from")
-    else:
-        if spec is None:
-            raise ValueError("a new sweep needs a search space")
-        if (sweep_dir / STATE_FILE).exists():
-            raise ConfigError(
-                f"{sweep_dir}: a sweep already exists here; pass --resume to continue it "
-                "or --out to start a new one"
-            )
-        uri = tracking_uri or default_tracking_uri(sweep_dir)
-        check_tracking_uri(uri)  # before anything is written: a typo'd server leaves no folder
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
-        _write_state(sweep_dir, state)
+    spec, state = _open_sweep(spec, sweep_dir, tracking_uri, resume)
+    if state is not None:
+        trials = _sweep_complete(tune_path, spec.sweep.num_samples)
+        if trials is not None:
+            return _result(spec, state, sweep_dir, trials, already_complete=True)
+    if spec.experiment.data.path == "synthetic":
+        stage(
+            "Training on the built-in synthetic corpus; real data: "
+            "--set data.path=/path/to/emodb/wav (or a RAVDESS folder)"
+        )
 
+    started_ray = _connect_ray(address)
+    try:
+        resource_wait = _check_resources(spec, address, stage)
+        if state is None:
+            uri = tracking_uri or default_tracking_uri(sweep_dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
+            _write_state(sweep_dir, state)
+        try:
+            _fit(spec, state, sweep_dir, resume, resource_wait, stage)
+        except ResourceWaitTimeout as exc:
+            _close_parent(state, RunStatus.FAILED, str(exc))
+            raise ClusterError(str(exc)) from exc
+        except KeyboardInterrupt:
+            _close_parent(state, RunStatus.KILLED, "interrupted before the sweep's trials ran")
+            raise
+        except Exception as exc:
+            _close_parent(state, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    trials = load_trial_records(tune_path)
+    interrupted = [t for t in trials if t.status == "INTERRUPTED"]
+    if interrupted or len(trials) < spec.sweep.num_samples:
+        _stop_interrupted(spec, state, sweep_dir, trials, len(interrupted))
+    result = _result(spec, state, sweep_dir, trials)
+    _record_outcome(spec, state, sweep_dir, result)
+    return result
+
+
+def _fit(
+    spec: SweepSpec,
+    state: SweepState,
+    sweep_dir: Path,
+    resume: bool,
+    resource_wait: ResourceWait | None,
+    stage: Callable[[str], None],
+) -> None:
+    """Data, judge and MLflow parent run, then Ray Tune: a new tuner, or the stored one."""
     experiment = _absolute_cache(spec)
     # Extract features (and generate the synthetic corpus) once, before trials read the cache.
     stage(f"Preparing features in {experiment['data']['cache_dir']} (cached after the first run)")
@@ -335,37 +544,98 @@ def run_sweep(
     stage(f"Starting the sweep: {spec.sweep.num_samples} trials; MLflow: {state.tracking_uri}")
 
     trainable = _trainable(spec, experiment)
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
-        started_ray = True
+    tune_path = sweep_dir / TUNE_DIR
+    if resume and tune.Tuner.can_restore(str(tune_path)):
+        tuner = tune.Tuner.restore(
+            str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+    else:
+        base_params = flatten("", {k: v for k, v in experiment.items() if k != "train"})
+        base_params |= {k: str(v) for k, v in experiment["train"].items() if k not in spec.params}
+        logger = MlflowTrialLogger(
+            state.tracking_uri,
+            state.experiment_id,
+            state.parent_run_id,
+            base_params,
+            backlog_path=str(sweep_dir / BACKLOG_FILE),
+            flush_every_s=spec.sweep.mlflow_flush_s,
+        )
+        callbacks = [logger] + ([resource_wait] if resource_wait else [])
+        tuner = _tuner(spec, sweep_dir, trainable, callbacks)
+    tune_logger = logging.getLogger("ray.tune.tune")
+    hint = _HideTuneRestoreHint()
+    tune_logger.addFilter(hint)
     try:
-        if resume:
-            tuner = tune.Tuner.restore(
-                str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=False
-            )
-        else:
-            base_params = flatten("", {k: v for k, v in experiment.items() if k != "train"})
-            base_params |= {
-                k: str(v) for k, v in experiment["train"].items() if k not in spec.params
-            }
-            logger = MlflowTrialLogger(
-                state.tracking_uri,
-                state.experiment_id,
-                state.parent_run_id,
-                base_params,
-                backlog_path=str(sweep_dir / BACKLOG_FILE),
-                flush_every_s=spec.sweep.mlflow_flush_s,
-            )
-            tuner = _tuner(spec, sweep_dir, trainable, logger)
         tuner.fit()
     finally:
-        if started_ray:
-            ray.shutdown()
+        tune_logger.removeFilter(hint)
 
-    trials = load_trial_records(tune_path)
+
+class _HideTuneRestoreHint(logging.Filter):
+    """After Ctrl-C Tune suggests its own API (`Tuner.restore(...)`); the driver names this
+    project's command instead (SweepInterruptedError)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def _stop_interrupted(
+    spec: SweepSpec,
+    state: SweepState,
+    sweep_dir: Path,
+    trials: list[TrialRecord],
+    n_interrupted: int,
+) -> None:
+    """A driver stopped mid-sweep (Ctrl-C, SIGTERM): record what ran, finalise nothing."""
+    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
+    ended = len(trials) - n_interrupted
+    not_started = spec.sweep.num_samples - len(trials)
+    summary = (
+        f"{ended} of {spec.sweep.num_samples} trials ended, {n_interrupted} interrupted "
+        f"(running or queued), {not_started} not proposed yet"
+    )
+    try:
+        client = MlflowClient(state.tracking_uri)
+        runs = child_runs(client, state.experiment_id, state.parent_run_id)
+        cut_short = {t.trial_id for t in trials if t.status == "INTERRUPTED"}
+        mark_interrupted_trials(client, runs, cut_short)
+    except Exception:  # noqa: S110 - MLflow down: the runs stay as they were; resume fixes them
+        pass
+    _close_parent(state, RunStatus.KILLED, f"interrupted: {summary}")
+    raise SweepInterruptedError(
+        f"the sweep was interrupted: {summary} (trials so far: {csv_path}); nothing was "
+        f"finalised. Continue it with: {resume_command(sweep_dir)}"
+    )
+
+
+def _result(
+    spec: SweepSpec,
+    state: SweepState,
+    sweep_dir: Path,
+    trials: list[TrialRecord],
+    already_complete: bool = False,
+) -> SweepResult:
     leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode)
     best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
+    return SweepResult(
+        sweep_dir,
+        spec.sweep.metric,
+        spec.sweep.mode,
+        trials,
+        best,
+        best_score,
+        state.tracking_uri,
+        state.parent_run_id,
+        already_complete,
+    )
+
+
+def _record_outcome(
+    spec: SweepSpec, state: SweepState, sweep_dir: Path, result: SweepResult
+) -> None:
+    """trials.csv, learning curves and the parent run's outcome; errors when MLflow missed
+    part of the sweep or every trial failed."""
+    trials = result.trials
     csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
     backlog = sweep_dir / BACKLOG_FILE
     unlogged = (
@@ -373,12 +643,13 @@ def run_sweep(
         if backlog.exists() and backlog.stat().st_size
         else ""
     )
+    client = MlflowClient(state.tracking_uri)
     try:
         histories = {t.trial_id: t.history for t in trials}
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
         log_learning_curves(client, runs, histories)
         tag_forgotten_trials(client, runs, set(histories))
-        _log_outcome(client, state, spec, trials, best, best_score, csv_path)
+        _log_outcome(client, state, spec, trials, result.best, result.best_value, csv_path)
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
         reason = f"{type(exc).__name__}: {exc}"[:300]
         raise TrackingError(
@@ -390,16 +661,6 @@ def run_sweep(
             f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
             f"missed some of it{unlogged}"
         )
-    if best is None:
+    if result.best is None:
         first_error = next((t.error for t in trials if t.error), "no trial reported a result")
         raise SweepFailedError(f"all {len(trials)} trials failed; first error:\n{first_error}")
-    return SweepResult(
-        sweep_dir,
-        spec.sweep.metric,
-        spec.sweep.mode,
-        trials,
-        best,
-        best_score,
-        state.tracking_uri,
-        state.parent_run_id,
-    )

@@ -50,13 +50,14 @@ from sweeps.driver import TUNE_DIR, SweepState, read_state
 from sweeps.report import TrialRecord, ranked, write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
-from sweeps.tracking import TAG_ROLE, create_child_run, flatten, log_params
+from sweeps.tracking import TAG_ROLE, child_runs, create_child_run, flatten, log_params
 from sweeps.trainable import judge_beside_vae, judge_cache_dir
 
 FINAL_DIR = "final"
 CONFUSION_FILE = "emotion_confusion.png"
 EMOTION_METRICS_FILE = "emotion_metrics.json"
 AUDIO_METRICS_FILE = "audio_metrics.json"
+FINISHED_FILE = "finished.json"  # in final/: written last, so a finalisation cut short has none
 
 
 @dataclass
@@ -325,6 +326,20 @@ def audio_evaluation(
     return metrics
 
 
+def is_finalised(sweep_dir: str | Path) -> bool:
+    """Whether a finalisation of this sweep ran to its end."""
+    return (Path(sweep_dir) / FINAL_DIR / FINISHED_FILE).is_file()
+
+
+def _close_unfinished_final_runs(client: MlflowClient, state: SweepState) -> None:
+    """A finalisation killed mid-way left its `final` run RUNNING: closed as KILLED, so a sweep
+    holds one finished `final` run per finalisation that ended."""
+    for run in child_runs(client, state.experiment_id, state.parent_run_id):
+        if run.data.tags.get(TAG_ROLE) == "final" and run.info.status == "RUNNING":
+            client.set_tag(run.info.run_id, "emovae.error", "finalisation interrupted")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
 def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False) -> FinalResult:
     """Retrain the sweep's best configuration, evaluate it on the test speakers, export and
     judge audio, write the report and register the model."""
@@ -376,6 +391,8 @@ def _retrain_and_report(
     data = prepare_data(data_config, spec.experiment.features)
     out = sweep_dir / FINAL_DIR
     client = MlflowClient(state.tracking_uri)
+    _close_unfinished_final_runs(client, state)
+    (out / FINISHED_FILE).unlink(missing_ok=True)
     run_id = create_child_run(
         client, state.experiment_id, state.parent_run_id, "final", {TAG_ROLE: "final"}
     )
@@ -404,8 +421,11 @@ def _retrain_and_report(
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     except BaseException as exc:
         client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        stopped = isinstance(exc, KeyboardInterrupt)
+        status = RunStatus.KILLED if stopped else RunStatus.FAILED
+        client.set_terminated(run_id, RunStatus.to_string(status))
         raise
+    (out / FINISHED_FILE).write_text(json.dumps({"run_id": run_id, "model_uri": model_uri}))
     return FinalResult(
         run_id,
         dataclasses.asdict(config),

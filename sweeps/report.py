@@ -36,6 +36,7 @@ STATUS_LABELS = {
     "FINISHED": "finished",
     "KILLED_BY_ASHA": "stopped by ASHA",
     "FAILED": "failed",
+    "INTERRUPTED": "interrupted",
 }
 TOP_N = 5
 DPI = 90
@@ -52,7 +53,7 @@ _MISSING = object()  # a param absent from a record, shown apart from a sampled 
 class TrialRecord:
     trial_id: str
     params: dict[str, Any]  # the searched params' sampled values for this trial
-    status: str  # "FINISHED" | "KILLED_BY_ASHA" | "FAILED"
+    status: str  # "FINISHED" | "KILLED_BY_ASHA" | "FAILED" | "INTERRUPTED"
     history: list[dict[str, float]]  # per-epoch metrics as reported; empty if it never reported
     error: str | None = None
 
@@ -522,7 +523,11 @@ def write_report(
     # 1. Summary
     counts = {status: sum(1 for r in records if r.status == status) for status in STATUS_LABELS}
     other = len(records) - sum(counts.values())
-    parts = [f"{counts[status]} {label}" for status, label in STATUS_LABELS.items()]
+    parts = [
+        f"{counts[status]} {label}"
+        for status, label in STATUS_LABELS.items()
+        if counts[status] or status != "INTERRUPTED"  # shown only where a sweep was cut short
+    ]
     if other:
         parts.append(f"{other} with another status")
     trained = sum(epochs_run(r) for r in records)

@@ -30,9 +30,12 @@ _RAY_COLUMNS = frozenset(
 
 
 def trial_status(ray_status: str, last_result: dict[str, Any] | None) -> str:
-    """FINISHED (ran to its budget or its own early stopping), KILLED_BY_ASHA, or FAILED."""
+    """FINISHED (ran to its budget or its own early stopping), KILLED_BY_ASHA, FAILED, or
+    INTERRUPTED (pending or running when the driver stopped: `--resume` continues it)."""
     if ray_status == "ERROR":
         return "FAILED"
+    if ray_status != "TERMINATED":
+        return "INTERRUPTED"
     if (last_result or {}).get("is_last_epoch", 0.0) >= 1.0:
         return "FINISHED"
     return "KILLED_BY_ASHA"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 # With CheckpointConfig(num_to_keep) set, Tune snapshots its state at every trial checkpoint, which
@@ -25,7 +26,14 @@ from emovae.checkpoint import CheckpointError
 from emovae.config import ConfigError
 from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
-from sweeps.driver import SweepFailedError, SweepResult, run_sweep
+from sweeps.driver import (
+    ClusterError,
+    SweepFailedError,
+    SweepInterruptedError,
+    SweepResult,
+    resume_command,
+    run_sweep,
+)
 from sweeps.report import TrialRecord, best_value, epochs_run
 from sweeps.space import load_space
 from sweeps.tracking import TrackingError
@@ -37,7 +45,9 @@ USER_ERRORS = (
     CheckpointError,
     TrackingError,
     SweepFailedError,
+    ClusterError,
 )
+INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by SIGINT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,8 +103,16 @@ def _sort_key(trial: TrialRecord, result: SweepResult) -> tuple[bool, float]:
     return (score is None, sign * (score or 0.0))
 
 
+def _sigterm_as_sigint(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler, `kill`) stops the sweep the way Ctrl-C does: Tune saves its state
+    and the driver stops without finalising."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    sweep_dir = args.out
     try:
         spec = None if args.resume else load_space(args.space, args.overrides)
         sweep_dir = args.out or Path("runs") / (spec.name if spec else args.space)
@@ -112,15 +130,29 @@ def main(argv: list[str] | None = None) -> int:
             on_stage=lambda message: print(message, flush=True),
         )
         print_summary(result)
-        if not args.no_finalise:
-            from sweeps.finalise import print_final  # torch-heavy imports only when needed
-            from sweeps.finaliser import finalise
+        if args.no_finalise:
+            return 0
+        from sweeps.finalise import print_final  # torch-heavy imports only when needed
+        from sweeps.finaliser import finalise, is_finalised
 
-            print("\nFinalising: retraining the best configuration ...")
-            print_final(finalise(sweep_dir, progress=True))
+        if result.already_complete and is_finalised(sweep_dir):
+            print(
+                f"\nThis sweep is complete and finalised: nothing to resume. To retrain and "
+                f"export again: python sweeps/finalise.py --sweep {sweep_dir}"
+            )
+            return 0
+        print("\nFinalising: retraining the best configuration ...")
+        print_final(finalise(sweep_dir, progress=True))
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SweepInterruptedError as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except KeyboardInterrupt:
+        where = f": {resume_command(sweep_dir)}" if sweep_dir else ""
+        print(f"\nInterrupted; what was saved resumes with{where}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 0
 
 

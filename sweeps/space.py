@@ -21,8 +21,9 @@ min, `val_fd_recon` min, `val_latent_silhouette` max) or of samples from a condi
 prior (`val_gen_emotion_acc` max, `val_gen_fd` min).
 
 Everything is checked before Ray starts: unknown keys (with the nearest valid name), unknown
-distributions, low > high, values of the wrong type for the field, an objective the trials do
-not report, a mode against the objective's direction.
+distributions, low > high, values of the wrong type for the field, values (constants, searched
+bounds and choices) outside the field's valid range, a constant in `train` that `params` also
+searches, an objective the trials do not report, a mode against the objective's direction.
 """
 
 from __future__ import annotations
@@ -38,12 +39,18 @@ from typing import Any
 import yaml
 
 from emovae.config import (
+    SEED_RANGE,
+    TRAIN_RANGES,
     ConfigError,
     DataConfig,
     ExperimentConfig,
     FeatureConfig,
+    Range,
     TrainConfig,
     apply_overrides,
+    check_range,
+    check_ranges,
+    check_time_downsample,
     check_value,
     from_dict,
 )
@@ -105,6 +112,27 @@ class SweepSettings:
     # Seconds between writes of the trials' queued metrics to MLflow (and at each trial's end):
     # one write per run covers every epoch queued since the last.
     mlflow_flush_s: float = 30.0
+    # With --address: how long to wait for a node that can run one trial (an autoscaler adding
+    # it) before giving up; 0 = give up at once. On this machine a missing shape fails at once.
+    resource_wait_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        check_ranges("sweep", self, SWEEP_RANGES)
+
+
+SWEEP_RANGES: dict[str, Range] = {
+    "num_samples": Range(1),
+    "max_concurrent": Range(1),
+    "seed": SEED_RANGE,
+    "grace_period": Range(1),
+    "reduction_factor": Range(2, note="ASHA keeps 1/reduction_factor of the trials per rung"),
+    "cpus_per_trial": Range(0.0, low_inclusive=False),
+    "gpus_per_trial": Range(0.0),
+    "max_failures": Range(0),
+    "emotion_every": Range(0, note="0: off"),
+    "mlflow_flush_s": Range(0.0),
+    "resource_wait_s": Range(0.0, note="0: give up at once"),
+}
 
 
 @dataclass
@@ -129,6 +157,19 @@ class FinaliseSettings:
     # Generated clips per emotion for a conditional VAE's emotion metrics and augmentation test
     # (only with sweep.emotion_every >= 1).
     emotion_samples: int = 16
+
+    def __post_init__(self) -> None:
+        check_ranges("finalise", self, FINALISE_RANGES)
+
+
+FINALISE_RANGES: dict[str, Range] = {
+    "n_samples": Range(1),
+    "max_epochs": Range(0, note="0: the sweep's train.max_epochs"),
+    "griffin_lim_iters": Range(0),
+    "dnsmos_clips": Range(0, note="0: every WAV"),
+    "conversion_strength": Range(0.0, 1.0, low_inclusive=False),
+    "emotion_samples": Range(1),
+}
 
 
 @dataclass
@@ -187,7 +228,11 @@ def _check_distribution(
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{at}: expected a non-empty list of values")
-        return {kind: [check_value(value, annotation, at) for value in args]}
+        values = [check_value(value, annotation, at) for value in args]
+        if key in TRAIN_RANGES:
+            for value in values:
+                check_range(value, TRAIN_RANGES[key], at)
+        return {kind: values}
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{at}: expected [low, high], got {args!r}")
     number = int if kind in ("int", "logint") else float
@@ -208,6 +253,17 @@ def _check_distribution(
         raise ConfigError(f"{at}: low {low} is greater than high {high}")
     if kind in ("loguniform", "logint") and low <= 0:
         raise ConfigError(f"{at}: a log distribution needs low > 0, got {low}")
+    valid = TRAIN_RANGES.get(key)
+    if valid is not None:
+        if valid.multiple_of > 1:
+            raise ConfigError(
+                f"{at}: train.{key} must be {valid.describe(True)}, which {kind} "
+                f"distributions do not keep to; search a choice, e.g. "
+                f"{{choice: [{valid.multiple_of * 2}, {valid.multiple_of * 4}]}}"
+            )
+        # Both ends in the field's range put every value between them there too.
+        for bound in (low, high):
+            check_range(bound, valid, at)
     return {kind: [low, high]}
 
 
@@ -237,6 +293,8 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
             checked[key] = _check_distribution(key, spec, hints[key], where)
         else:
             checked[key] = check_value(spec, hints[key], f"{where}.{key}")
+            if key in TRAIN_RANGES:
+                check_range(checked[key], TRAIN_RANGES[key], f"{where}.{key}")
     return checked
 
 
@@ -254,12 +312,16 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
                 f"{source}: unknown section '{key}'{hint} (valid: {', '.join(SECTIONS)})"
             )
     sweep = from_dict(SweepSettings, raw.get("sweep") or {}, f"{source}: sweep")
-    experiment = ExperimentConfig(
-        data=from_dict(DataConfig, raw.get("data") or {}, f"{source}: data"),
-        features=from_dict(FeatureConfig, raw.get("features") or {}, f"{source}: features"),
-        train=from_dict(TrainConfig, raw.get("train") or {}, f"{source}: train"),
-    )
+    data = from_dict(DataConfig, raw.get("data") or {}, f"{source}: data")
+    features = from_dict(FeatureConfig, raw.get("features") or {}, f"{source}: features")
+    train = from_dict(TrainConfig, raw.get("train") or {}, f"{source}: train")
+    try:
+        experiment = ExperimentConfig(data=data, features=features, train=train)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
     params = validate_params(raw.get("params"), f"{source}: params")
+    _check_not_searched(raw.get("train") or {}, params, source)
+    _check_searched_time_downsample(params, features, source)
     judge = from_dict(JudgeConfig, raw.get("judge") or {}, f"{source}: judge")
     finalise = from_dict(FinaliseSettings, raw.get("finalise") or {}, f"{source}: finalise")
     if not experiment.data.path:
@@ -268,10 +330,45 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
             "wav/, a RAVDESS root or a CSV manifest), e.g. --set data.path=/data/emodb/wav"
         )
     _check_settings(sweep, experiment, source)
-    _check_emotion(sweep, judge, finalise, source)
+    _check_emotion(sweep, source)
     _check_generation_objective(sweep, experiment, params, source)
     _check_finalise_audio(finalise, experiment.features, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
+
+
+def _check_not_searched(train: Any, params: dict[str, Any], source: str) -> None:
+    """A constant in `train` for a field that `params` also sets would be silently replaced in
+    every trial: the user meant one of the two."""
+    if not isinstance(train, dict):
+        return  # from_dict names the wrong type
+    for key, value in train.items():
+        if key not in params:
+            continue
+        if isinstance(params[key], dict):
+            raise ConfigError(
+                f"{source}: train.{key} is also searched in params.{key}; the search would "
+                f"override it: to fix the value, use --set params.{key}={value} (a constant), "
+                f"or remove it from train"
+            )
+        raise ConfigError(
+            f"{source}: train.{key} ({value}) is also set in params.{key} ({params[key]}), "
+            "which would override it: keep one of them"
+        )
+
+
+def _check_searched_time_downsample(
+    params: dict[str, Any], features: FeatureConfig, source: str
+) -> None:
+    """The frame-count bound of ExperimentConfig for the values a search may propose."""
+    spec = params.get("time_downsample")
+    if spec is None:
+        return
+    if isinstance(spec, dict):
+        ((kind, values),) = spec.items()
+        where = f"{source}: params.time_downsample.{kind}"
+    else:
+        values, where = [spec], f"{source}: params.time_downsample"
+    check_time_downsample(max(values), features, where)
 
 
 def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: str) -> None:
@@ -289,20 +386,6 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
             f"{where}.mode: '{sweep.mode}' contradicts {sweep.metric}, where {better} is "
             f"better; set sweep.mode: {OBJECTIVES[sweep.metric]}"
         )
-    positive = ("num_samples", "max_concurrent", "grace_period")
-    for name in positive:
-        if getattr(sweep, name) < 1:
-            raise ConfigError(f"{where}.{name}: expected at least 1, got {getattr(sweep, name)}")
-    if sweep.reduction_factor < 2:
-        raise ConfigError(
-            f"{where}.reduction_factor: expected at least 2, got {sweep.reduction_factor}"
-        )
-    if sweep.cpus_per_trial <= 0 or sweep.gpus_per_trial < 0:
-        raise ConfigError(f"{where}: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
-    if sweep.mlflow_flush_s < 0:
-        raise ConfigError(
-            f"{where}.mlflow_flush_s: expected seconds >= 0, got {sweep.mlflow_flush_s}"
-        )
     if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
         raise ConfigError(f"{where}.gpus_per_trial: above 1 it must be a whole number")
     if sweep.grace_period > experiment.train.max_epochs:
@@ -312,37 +395,11 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
         )
 
 
-def _check_emotion(
-    sweep: SweepSettings, judge: JudgeConfig, finalise: FinaliseSettings, source: str
-) -> None:
-    if sweep.emotion_every < 0:
-        raise ConfigError(
-            f"{source}: sweep.emotion_every: expected 0 (off) or a number of epochs >= 1, "
-            f"got {sweep.emotion_every}"
-        )
+def _check_emotion(sweep: SweepSettings, source: str) -> None:
     if sweep.metric in EMOTION_OBJECTIVES and sweep.emotion_every < 1:
         raise ConfigError(
             f"{source}: sweep.emotion_every: the objective {sweep.metric} is an emotion metric, "
             "which trials only report with sweep.emotion_every >= 1 (e.g. 1: every epoch)"
-        )
-    for name in ("epochs", "batch_size", "channels", "n_blocks", "embedding_dim", "freq_bands"):
-        if getattr(judge, name) < 1:
-            raise ConfigError(
-                f"{source}: judge.{name}: expected at least 1, got {getattr(judge, name)}"
-            )
-    if finalise.emotion_samples < 1:
-        raise ConfigError(
-            f"{source}: finalise.emotion_samples: expected at least 1, got {finalise.emotion_samples}"
-        )
-    if finalise.dnsmos_clips < 0:
-        raise ConfigError(
-            f"{source}: finalise.dnsmos_clips: expected 0 (every WAV) or a number of WAVs, "
-            f"got {finalise.dnsmos_clips}"
-        )
-    if not 0.0 < finalise.conversion_strength <= 1.0:
-        raise ConfigError(
-            f"{source}: finalise.conversion_strength: expected a value in (0, 1], "
-            f"got {finalise.conversion_strength}"
         )
 
 

@@ -33,7 +33,7 @@ from sweeps.results import trial_error_text, trial_status
 LOG = logging.getLogger(__name__)
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_ROLE = "emovae.role"  # sweep | trial | final
-TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED
+TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED | INTERRUPTED
 TAG_ERROR = "emovae.error"
 # On a run whose trial Ray no longer knows: see tag_forgotten_trials.
 TAG_FORGOTTEN = "emovae.forgotten_by_ray"
@@ -176,7 +176,12 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
     )
 
 
-RUN_STATUS = {"FINISHED": "FINISHED", "KILLED_BY_ASHA": "KILLED", "FAILED": "FAILED"}
+RUN_STATUS = {
+    "FINISHED": "FINISHED",
+    "KILLED_BY_ASHA": "KILLED",
+    "FAILED": "FAILED",
+    "INTERRUPTED": "KILLED",
+}
 
 
 def log_learning_curves(
@@ -209,6 +214,16 @@ def tag_forgotten_trials(client: MlflowClient, runs: list, trial_ids: set[str]) 
             client.set_tag(run.info.run_id, TAG_FORGOTTEN, "true")
             forgotten.append(trial_id)
     return forgotten
+
+
+def mark_interrupted_trials(client: MlflowClient, runs: list, trial_ids: set[str]) -> None:
+    """Close the child runs (among `runs`) of trials a stopped driver cut short as KILLED,
+    tagged INTERRUPTED: Tune's clean-up after Ctrl-C ends them like finished trials, so the
+    logger cannot tell them apart; a resumed sweep reopens and continues them."""
+    for run in runs:
+        if run.data.tags.get(TAG_ROLE) == "trial" and run.data.tags.get(TAG_TRIAL_ID) in trial_ids:
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, "INTERRUPTED")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -333,20 +348,26 @@ class MlflowTrialLogger(tune.Callback):
         self._queue.append(("metrics", trial.trial_id, step, metrics, _now_ms(), placement))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._queue.append(self._finish_op(trial))
+        # Tune calls this before it sets the trial's status: the trial has ended regardless.
+        self._queue.append(self._finish_op(trial, "TERMINATED"))
         self._flush(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._queue.append(self._finish_op(trial))
+        self._queue.append(self._finish_op(trial, "ERROR"))
         self._flush(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Finish what can be finished, close runs the sweep can no longer finish (none left
         RUNNING), and keep what MLflow would not take in the backlog file."""
         queued = {op[1] for op in self._queue if op[0] == "finish"}
+        mentioned = set(_trial_ids(self._queue))
         for trial in trials:
             if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in queued:
                 run_id = self._runs.get(trial.trial_id)
+                reported = "epoch" in (trial.last_result or {})  # Tune pre-fills some keys
+                never_ran = run_id is None and not reported and trial.status != "ERROR"
+                if never_ran and trial.trial_id not in mentioned:
+                    continue  # a queued trial the sweep's end cancelled: no run to show for it
                 if run_id is None or run_id not in self._closed:
                     self._queue.append(self._finish_op(trial))
         self._queue.append(("close_orphans",))
@@ -359,8 +380,8 @@ class MlflowTrialLogger(tune.Callback):
 
     # ---- the queue ---------------------------------------------------------------------------
 
-    def _finish_op(self, trial: Any) -> tuple:
-        tag = trial_status(trial.status, trial.last_result)
+    def _finish_op(self, trial: Any, ray_status: str | None = None) -> tuple:
+        tag = trial_status(ray_status or trial.status, trial.last_result)
         error = trial_error_text(trial) if tag == "FAILED" else None
         checkpoint = trial.checkpoint if self.log_checkpoints and tag != "FAILED" else None
         return ("finish", trial.trial_id, tag, error, checkpoint, _now_ms())

@@ -405,3 +405,28 @@ def test_fractional_gpus_share_one_gpu_between_concurrent_trials(
     ]
     most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
     assert most >= 2, spans
+
+
+def test_cluster_without_a_node_of_the_trial_shape_gives_up_after_resource_wait_s(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
+    out, log = tmp_path / "sweep", tmp_path / "driver.log"
+    # No node has a GPU: an autoscaler could add one, so the driver waits, but only
+    # sweep.resource_wait_s, and the trials stay pending for a later --resume.
+    extra = ("sweep.num_samples=2", "sweep.gpus_per_trial=0.25", "sweep.resource_wait_s=5")
+    with ray_cluster({"num_cpus": 2, "num_gpus": 0}) as cluster:
+        address = cluster.address
+        command = driver_command(out, sweep_cache, *extra, options=("--address", address))
+        driver = start_driver(command, log)
+        try:
+            code, output = finish_driver(driver, log, timeout=300)
+        finally:
+            stop_group(driver)
+    assert code == 2, output[-6000:]
+    assert "waiting up to 5 s (sweep.resource_wait_s)" in output
+    assert "no trial started within sweep.resource_wait_s=5 s" in output
+    assert f"no node of the cluster at {address} has that" in output
+    client, runs = experiment_runs(f"sqlite:///{out / 'mlflow.db'}")
+    parent = [r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep"]
+    assert [r.info.status for r in parent] == ["FAILED"]
+    assert not trial_runs(runs)

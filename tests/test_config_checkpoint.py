@@ -21,6 +21,9 @@ from emovae.checkpoint import (
     save_checkpoint,
 )
 from emovae.config import (
+    DATA_RANGES,
+    FEATURE_RANGES,
+    TRAIN_RANGES,
     ConfigError,
     DataConfig,
     ExperimentConfig,
@@ -28,9 +31,13 @@ from emovae.config import (
     TrainConfig,
     apply_overrides,
     experiment_from_dict,
+    field_names,
     from_dict,
     load_experiment,
 )
+from emovae.data.corpus import CorpusError, Item
+from emovae.data.splits import split_speakers
+from emovae.data.synthetic import MAX_PER_EMOTION, MAX_SPEAKERS
 from emovae.features import Normalizer, n_frames
 
 
@@ -194,6 +201,170 @@ def test_exponent_floats_without_a_dot_are_accepted(tmp_path: Path, text: str) -
 def test_apply_overrides_rejects_malformed_entries(override: str, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         apply_overrides({"seed": 3}, [override])
+
+
+# --- value ranges -----------------------------------------------------------------------------
+
+SPEAKERS = "an integer in [3, 99] (a speaker-independent split needs 3)"
+FMIN = "a number in [0, 11025) (below features.sample_rate / 2)"
+FMAX = "a number in (0, 11025] (above features.fmin, at most features.sample_rate / 2)"
+# One value just outside each checked field's range, and the range the message must name.
+OUT_OF_RANGE = [
+    ("data", "val_fraction", 0.0, "a number in (0, 1)"),
+    ("data", "test_fraction", 1.0, "a number in (0, 1)"),
+    ("data", "split_seed", -1, "an integer in [0, 4294967295]"),
+    ("data", "synthetic_speakers", 2, SPEAKERS),
+    ("data", "synthetic_speakers", 100, SPEAKERS),
+    ("data", "synthetic_per_emotion", 0, "an integer in [1, 260]"),
+    ("features", "sample_rate", 0, "an integer >= 1"),
+    ("features", "n_fft", 0, "an integer >= 1"),
+    ("features", "hop_length", 0, "an integer >= 1"),
+    ("features", "n_mels", 0, "an integer >= 1"),
+    ("features", "duration", 0.0, "a number > 0"),
+    ("features", "fmin", -1.0, FMIN),
+    ("features", "fmin", 11025.0, FMIN),
+    ("features", "fmax", 11026.0, FMAX),
+    ("features", "fmax", 0.0, FMAX),
+    ("features", "log_floor", 0.0, "a number > 0"),
+    ("train", "latent_dim", 0, "an integer >= 1"),
+    ("train", "beta", -0.1, "a number >= 0"),
+    ("train", "lr", -1e-3, "a number >= 0"),
+    ("train", "grad_clip", -1.0, "a number >= 0 (0: no clipping)"),
+    ("train", "batch_size", 0, "an integer >= 1"),
+    ("train", "spectral_weight", -0.5, "a number >= 0"),
+    ("train", "base_channels", 0, "an integer >= 1"),
+    ("train", "hidden_channels", 0, "an integer >= 1"),
+    ("train", "time_downsample", -1, "an integer >= 0"),
+    ("train", "label_dropout", 1.0, "a number in [0, 1)"),
+    ("train", "prior_channels", 0, "a multiple of 8 >= 8 (the prior's GroupNorm has 8 groups)"),
+    ("train", "prior_channels", 20, "a multiple of 8 >= 8 (the prior's GroupNorm has 8 groups)"),
+    ("train", "prior_steps", 0, "an integer >= 1"),
+    ("train", "guidance", 0.5, "a number >= 1 (1: no guidance)"),
+    ("train", "prior_finetune_steps", -1, "an integer >= 0 (0: none)"),
+    ("train", "max_epochs", 0, "an integer >= 1"),
+    ("train", "patience", 0, "an integer >= 1"),
+    ("train", "lr_factor", 1.0, "a number in (0, 1)"),
+    ("train", "lr_factor", 0.0, "a number in (0, 1)"),
+    ("train", "lr_patience", -1, "an integer >= 0"),
+    ("train", "min_lr", -1e-6, "a number >= 0"),
+    ("train", "kl_warmup_epochs", -1, "an integer >= 0 (0: none)"),
+    ("train", "weight_decay", -1e-4, "a number >= 0"),
+    ("train", "seed", -1, "an integer in [0, 4294967295]"),
+    ("train", "num_threads", -1, "an integer >= 0 (0: all cores)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "valid"),
+    OUT_OF_RANGE,
+    ids=[f"{s}.{k}={v}" for s, k, v, _ in OUT_OF_RANGE],
+)
+def test_values_out_of_range_are_refused_naming_key_and_range(
+    section: str, key: str, value: float, valid: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict({section: {key: value}})
+    assert str(info.value) == f"config.{section}.{key}: expected {valid}, got {value}"
+
+
+# The other end of each range, and the values the shipped configurations rely on, load.
+AT_THE_EDGE = [
+    ("data", "val_fraction", 0.01),
+    ("data", "synthetic_speakers", 3),
+    ("data", "synthetic_per_emotion", 260),
+    ("features", "fmin", 0.0),
+    ("features", "fmax", 11025.0),
+    ("train", "beta", 0.0),
+    ("train", "lr", 0.0),  # freezes the weights: tests of early stopping use it
+    ("train", "grad_clip", 0.0),
+    ("train", "spectral_weight", 0.0),
+    ("train", "time_downsample", 0),
+    ("train", "time_downsample", 9),
+    ("train", "label_dropout", 0.0),
+    ("train", "prior_channels", 8),
+    ("train", "guidance", 1.0),
+    ("train", "lr_patience", 0),
+    ("train", "min_lr", 0.0),
+    ("train", "weight_decay", 0.0),
+    ("train", "seed", 2**32 - 1),
+    ("train", "num_threads", 0),
+    ("train", "patience", 1),
+]
+
+
+@pytest.mark.parametrize(("section", "key", "value"), AT_THE_EDGE)
+def test_values_at_the_edge_of_their_range_load(section: str, key: str, value: float) -> None:
+    config = experiment_from_dict({section: {key: value}})
+    assert getattr(getattr(config, section), key) == value
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"config\.train\.beta: expected a finite number >= 0"):
+        experiment_from_dict(apply_overrides({}, [f"train.beta={text}"]))
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"data": {"val_fraction": 0.5, "test_fraction": 0.5}},
+            r"config\.data\.val_fraction \+ data\.test_fraction: expected a sum < 1",
+        ),
+        (
+            {"features": {"fmin": 4000.0, "fmax": 3000.0}},
+            r"config\.features\.fmax: expected a number in \(4000, 11025\] \(above features.fmin",
+        ),
+        (
+            {"features": {"sample_rate": 16000, "fmax": 8000.5}},
+            r"config\.features\.fmax: expected a number in \(0, 8000\].*sample_rate / 2\), got",
+        ),
+        # 1 s at 22,050 Hz and hop 256: 87 frames, one latent frame after 7 stride-2 stages.
+        (
+            {"features": {"duration": 1.0}, "train": {"time_downsample": 8}},
+            r"config\.train\.time_downsample: expected an integer in \[0, 7\] \(7 stages .* 87 "
+            r"frames one latent frame\), got 8",
+        ),
+    ],
+)
+def test_ranges_that_depend_on_other_fields(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_dict(values)
+
+
+def test_range_errors_name_their_source_once(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  base_channels: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    assert str(info.value) == f"{path}.train.base_channels: expected an integer >= 1, got 0"
+    # Built in code, or from a mapping without a source: the message starts at the key.
+    with pytest.raises(ConfigError, match=r"^train\.base_channels: expected an integer >= 1"):
+        TrainConfig(base_channels=0)
+    with pytest.raises(ConfigError, match=r"^train\.base_channels: expected an integer >= 1"):
+        from_dict(TrainConfig, {"base_channels": 0})
+    with pytest.raises(ConfigError, match=r"^src: train\.base_channels: expected"):
+        from_dict(TrainConfig, {"base_channels": 0}, "src: train")
+    with pytest.raises(ConfigError, match=r"^src: features\.duration: expected a number > 0"):
+        from_dict(FeatureConfig, {"duration": 0}, "src: features")
+
+
+@pytest.mark.parametrize(
+    ("cls", "ranges"),
+    [(DataConfig, DATA_RANGES), (FeatureConfig, FEATURE_RANGES), (TrainConfig, TRAIN_RANGES)],
+)
+def test_range_tables_name_fields(cls: type, ranges: dict) -> None:
+    assert set(ranges) <= set(field_names(cls))
+
+
+def test_synthetic_corpus_ranges_match_the_generator_and_the_split() -> None:
+    assert DATA_RANGES["synthetic_speakers"].high == MAX_SPEAKERS
+    assert DATA_RANGES["synthetic_per_emotion"].high == MAX_PER_EMOTION
+    least = DATA_RANGES["synthetic_speakers"].low
+    items = [Item(Path(f"{s}.wav"), "anger", str(s), str(s)) for s in range(least)]
+    split_speakers(items, 0.15, 0.2, 0)
+    with pytest.raises(CorpusError, match="at least 3 speakers"):
+        split_speakers(items[:-1], 0.15, 0.2, 0)
 
 
 # --- checkpoints ------------------------------------------------------------------------------

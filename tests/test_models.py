@@ -98,8 +98,8 @@ def test_a_time_resolved_latent_is_summarised_per_clip() -> None:
     [
         ({"arch": "seed", "prior": "diffusion"}, "train.prior: diffusion needs train.arch"),
         ({"arch": "transformer"}, "train.arch: expected one of seed, temporal"),
-        ({"label_dropout": 1.0}, r"train.label_dropout: expected a share in \[0, 1\)"),
-        ({"guidance": 0.5}, "train.guidance: expected at least 1"),
+        ({"label_dropout": 1.0}, r"train.label_dropout: expected a number in \[0, 1\)"),
+        ({"guidance": 0.5}, r"train.guidance: expected a number >= 1 \(1: no guidance\)"),
         ({"label_dropout": 0.0}, "classifier-free guidance needs train.label_dropout > 0"),
     ],
 )

@@ -24,6 +24,9 @@ def test_status_from_ray_status_and_last_epoch_flag():
     assert trial_status("TERMINATED", {"is_last_epoch": 1.0}) == "FINISHED"
     assert trial_status("TERMINATED", {"is_last_epoch": 0.0}) == "KILLED_BY_ASHA"
     assert trial_status("TERMINATED", None) == "KILLED_BY_ASHA"
+    # Pending or running when the driver stopped: not an ASHA decision.
+    for left in ("RUNNING", "PENDING", "PAUSED"):
+        assert trial_status(left, {"is_last_epoch": 0.0}) == "INTERRUPTED"
 
 
 def test_error_text_prefers_the_local_file_then_storage(tmp_path: Path):

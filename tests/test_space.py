@@ -8,10 +8,13 @@ import pytest
 import yaml
 from ray import tune
 
-from emovae.config import ConfigError, TrainConfig
-from emovae.judge import JudgeConfig
+from emovae.config import ConfigError, TrainConfig, field_names
+from emovae.judge import JUDGE_RANGES, JudgeConfig
 from sweeps.space import (
+    FINALISE_RANGES,
     OBJECTIVES,
+    SWEEP_RANGES,
+    FinaliseSettings,
     SweepSettings,
     available_spaces,
     load_space,
@@ -96,8 +99,13 @@ def test_bad_distributions_fail_by_name(tmp_path: Path, entry: str, message: str
     [
         ("sweep:\n  metric: val_loss", r"not a valid objective.*beta"),
         ("sweep:\n  mode: maximize", r"expected 'min' or 'max'"),
-        ("sweep:\n  num_samples: 0", r"num_samples: expected at least 1"),
-        ("sweep:\n  reduction_factor: 1", r"reduction_factor: expected at least 2"),
+        ("sweep:\n  num_samples: 0", r"sweep.num_samples: expected an integer >= 1, got 0"),
+        ("sweep:\n  reduction_factor: 1", r"sweep.reduction_factor: expected an integer >= 2"),
+        ("sweep:\n  cpus_per_trial: 0", r"sweep.cpus_per_trial: expected a number > 0, got 0.0"),
+        ("sweep:\n  gpus_per_trial: -1", r"sweep.gpus_per_trial: expected a number >= 0"),
+        ("sweep:\n  max_failures: -1", r"sweep.max_failures: expected an integer >= 0"),
+        ("sweep:\n  mlflow_flush_s: -1", r"sweep.mlflow_flush_s: expected a number >= 0"),
+        ("sweep:\n  seed: -1", r"sweep.seed: expected an integer in \[0, 4294967295\]"),
         ("sweep:\n  gpus_per_trial: 1.5", r"above 1 it must be a whole number"),
         ("sweep:\n  grace_period: 9\ntrain:\n  max_epochs: 4", r"exceeds train.max_epochs 4"),
         ("sweep:\n  num_samples: four", r"sweep.num_samples: expected int"),
@@ -105,8 +113,36 @@ def test_bad_distributions_fail_by_name(tmp_path: Path, entry: str, message: str
         ("data:\n  pth: x", r"data: unknown key 'pth'.*'path'"),
         ("sweep:\n  mode: max", r"sweep.mode: 'max' contradicts val_recon, where lower is better"),
         ("sweep:\n  metric: val_spectral\n  mode: max", r"sweep.mode: 'max' contradicts"),
-        ("sweep:\n  emotion_every: -1", r"sweep.emotion_every: expected 0 \(off\)"),
-        ("finalise:\n  emotion_samples: 0", r"finalise.emotion_samples: expected at least 1"),
+        (
+            "sweep:\n  emotion_every: -1",
+            r"sweep.emotion_every: expected an integer >= 0 \(0: off\)",
+        ),
+        ("finalise:\n  emotion_samples: 0", r"finalise.emotion_samples: expected an integer >= 1"),
+        ("finalise:\n  n_samples: 0", r"finalise.n_samples: expected an integer >= 1, got 0"),
+        ("finalise:\n  max_epochs: -1", r"finalise.max_epochs: expected an integer >= 0 \(0: the"),
+        (
+            "finalise:\n  griffin_lim_iters: -1",
+            r"finalise.griffin_lim_iters: expected an integer >= 0",
+        ),
+        ("judge:\n  lr: 0", r"judge.lr: expected a number > 0, got 0.0"),
+        ("judge:\n  dropout: 1.0", r"judge.dropout: expected a number in \[0, 1\), got 1.0"),
+        ("judge:\n  patience: 0", r"judge.patience: expected an integer >= 1, got 0"),
+        ("judge:\n  n_blocks: 0", r"judge.n_blocks: expected an integer >= 1, got 0"),
+        ("judge:\n  freq_mask: 1.5", r"judge.freq_mask: expected a number in \[0, 1\], got 1.5"),
+        (
+            "judge:\n  blur_prob: -0.1",
+            r"judge.blur_prob: expected a number in \[0, 1\] \(0: no blur\)",
+        ),
+        ("judge:\n  blur_time: -1", r"judge.blur_time: expected a number >= 0"),
+        ("judge:\n  weight_decay: -1", r"judge.weight_decay: expected a number >= 0"),
+        (
+            "data:\n  val_fraction: 0",
+            r"space.yaml: data.val_fraction: expected a number in \(0, 1\)",
+        ),
+        (
+            "features:\n  hop_length: 0",
+            r"space.yaml: features.hop_length: expected an integer >= 1",
+        ),
     ],
 )
 def test_bad_settings_fail_by_name(tmp_path: Path, section: str, message: str) -> None:
@@ -161,7 +197,7 @@ def test_judge_section_maps_onto_judge_config(tmp_path: Path) -> None:
         load_space(write_space(tmp_path, "judge:\n  epoch: 3\n"))
     with pytest.raises(ConfigError, match=r"judge.epochs: expected int"):
         load_space(write_space(tmp_path, "judge:\n  epochs: many\n"))
-    with pytest.raises(ConfigError, match=r"judge.epochs: expected at least 1"):
+    with pytest.raises(ConfigError, match=r"judge.epochs: expected an integer >= 1, got 0"):
         load_space(write_space(tmp_path, "judge:\n  epochs: 0\n"))
     with pytest.raises(ConfigError, match=r"unknown section 'judges'.*'judge'"):
         load_space(write_space(tmp_path, "judges:\n  epochs: 3\n"))
@@ -213,8 +249,11 @@ def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
         (["train.conditional=false"], "needs train.conditional: true"),
         (["finalise.vocoder=hifigan"], r"finalise: vocoder hifigan reads 80 mels.*features.n_mels"),
         (["finalise.vocoder=wavenet"], "finalise.vocoder: expected one of griffinlim, hifigan"),
-        (["finalise.conversion_strength=0"], r"conversion_strength: expected a value in \(0, 1\]"),
-        (["finalise.dnsmos_clips=-1"], r"finalise.dnsmos_clips: expected 0 \(every WAV\)"),
+        (["finalise.conversion_strength=0"], r"conversion_strength: expected a number in \(0, 1\]"),
+        (
+            ["finalise.dnsmos_clips=-1"],
+            r"finalise.dnsmos_clips: expected an integer >= 0 \(0: every",
+        ),
     ],
 )
 def test_generation_and_audio_settings_are_checked_before_ray(
@@ -235,3 +274,97 @@ def test_missing_quality_packages_are_named_with_their_extra(
     )
     with pytest.raises(ConfigError, match=r"'pystoi'.*emovae-sweeps\[quality\]"):
         load_space("quick")
+
+
+# --- value ranges -----------------------------------------------------------------------------
+
+
+def test_out_of_range_constants_are_refused_before_ray() -> None:
+    """The issue's example: every trial died on a torch RuntimeError."""
+    with pytest.raises(ConfigError) as info:
+        load_space("quick", ["train.base_channels=0"])
+    message = str(info.value)
+    assert message.endswith("quick.yaml: train.base_channels: expected an integer >= 1, got 0")
+    assert message.count("quick.yaml") == 1
+
+
+def test_a_constant_that_params_searches_is_an_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_space("quick", ["train.latent_dim=8"])
+    message = str(info.value)
+    assert "quick.yaml: train.latent_dim is also searched in params.latent_dim" in message
+    assert "--set params.latent_dim=8" in message
+    # The fix the message suggests loads, with the value fixed for every trial.
+    assert load_space("quick", ["params.latent_dim=8"]).params["latent_dim"] == 8
+
+
+def test_a_constant_in_both_train_and_params_is_an_error(tmp_path: Path) -> None:
+    path = write_space(tmp_path, "train:\n  beta: 0.01\nparams:\n  beta: 0.02\n")
+    with pytest.raises(
+        ConfigError, match=r"train.beta \(0.01\) is also set in params.beta \(0.02\)"
+    ):
+        load_space(path)
+
+
+# Searched ranges and choices outside the TrainConfig field's range, and the range named.
+PARAMS_OUT_OF_RANGE = [
+    ("beta: {uniform: [-1, 1]}", r"params.beta.uniform: expected a number >= 0, got -1.0"),
+    ("lr: {uniform: [-1.0e-3, 1.0e-3]}", r"params.lr.uniform: expected a number >= 0, got -0.001"),
+    ("latent_dim: {int: [0, 8]}", r"params.latent_dim.int: expected an integer >= 1, got 0"),
+    ("batch_size: {choice: [16, 0]}", r"params.batch_size.choice: expected an integer >= 1, got 0"),
+    (
+        "lr_factor: {uniform: [0.5, 1.0]}",
+        r"params.lr_factor.uniform: expected a number in \(0, 1\)",
+    ),
+    ("guidance: {uniform: [0.5, 2.0]}", r"params.guidance.uniform: expected a number >= 1 \(1: no"),
+    (
+        "label_dropout: {choice: [0.1, 1.0]}",
+        r"params.label_dropout.choice: expected a number in \[",
+    ),
+    ("spectral_weight: -0.5", r"params.spectral_weight: expected a number >= 0, got -0.5"),
+    ("grad_clip: {loguniform: [0.1, .inf]}", r"params.grad_clip.loguniform: expected a finite"),
+    (
+        "prior_channels: {choice: [64, 100]}",
+        r"params.prior_channels.choice: expected a multiple of 8",
+    ),
+    (
+        "prior_channels: {int: [8, 64]}",
+        r"params.prior_channels.int: .* int distributions do not keep to; search a choice",
+    ),
+    # Default features: 3 s, 259 frames, one latent frame after 9 stride-2 stages.
+    (
+        "time_downsample: {int: [0, 12]}",
+        r"params.time_downsample.int: expected an integer in \[0, 9\]",
+    ),
+    ("time_downsample: 10", r"params.time_downsample: expected an integer in \[0, 9\]"),
+]
+
+
+@pytest.mark.parametrize(("entry", "message"), PARAMS_OUT_OF_RANGE)
+def test_searched_values_outside_the_field_range_are_refused(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_space(write_space(tmp_path, f"params:\n  {entry}\n"))
+
+
+def test_searched_time_downsample_is_bounded_by_the_space_features() -> None:
+    # The quick space's 1.5 s clips have 130 frames: 8 stages make one latent frame.
+    assert load_space("quick", ["params.time_downsample={choice: [0, 8]}"])
+    with pytest.raises(ConfigError, match=r"quick.yaml: params.time_downsample.choice: .*\[0, 8\]"):
+        load_space("quick", ["params.time_downsample={choice: [0, 9]}"])
+    with pytest.raises(ConfigError, match=r"quick.yaml: train.time_downsample: .*\[0, 8\].* got 9"):
+        load_space("quick", ["train.time_downsample=9"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "ranges"),
+    [
+        (SweepSettings, SWEEP_RANGES),
+        (FinaliseSettings, FINALISE_RANGES),
+        (JudgeConfig, JUDGE_RANGES),
+    ],
+)
+def test_range_tables_name_fields_and_hold_the_defaults(cls: type, ranges: dict) -> None:
+    assert set(ranges) <= set(field_names(cls))
+    cls()  # the defaults are in range

@@ -303,3 +303,116 @@ def test_unreachable_tracking_server_fails_before_any_trial(
     assert result.returncode == 2
     assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in result.stderr
     assert not (out / "tune").exists()
+
+
+def _wait_and_interrupt(out: Path, driver: subprocess.Popen) -> tuple[int, str]:
+    """Ctrl-C once two trials have trained an epoch: SIGINT to the driver's process group, as
+    a terminal sends it to the foreground job; the exit code and what it printed."""
+    _wait_for_epochs(out, trials=2, timeout=900, driver=driver)
+    os.killpg(driver.pid, signal.SIGINT)
+    output, _ = driver.communicate(timeout=300)
+    return driver.returncode, output
+
+
+def test_ctrl_c_stops_without_finalising_and_resume_finishes_once(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
+    out = tmp_path / "sweep"
+    command = sweep_command(
+        out,
+        sweep_cache,
+        "sweep.num_samples=4",
+        "sweep.max_concurrent=64",  # more than any CI machine fits: said, not silently queued
+        "train.max_epochs=40",  # still training when the signal comes
+        "train.patience=40",
+        "finalise.max_epochs=1",
+        "finalise.n_samples=6",
+        *NO_EMOTION,
+    )
+    driver = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
+    try:
+        code, output = _wait_and_interrupt(out, driver)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(timeout=60)
+    assert code == 130, output[-5000:]
+    assert "sweep.max_concurrent is 64, but this machine fits" in output
+    assert f"python sweeps/run.py --out {out} --resume" in output, output[-3000:]
+    assert "Tuner.restore(" not in output
+    assert not (out / "final").exists()  # nothing finalised from a partial sweep
+
+    rows = (out / "trials.csv").read_text().splitlines()[1:]
+    statuses = Counter(row.split(",")[1] for row in rows)
+    assert statuses["INTERRUPTED"] >= 1, rows
+    client, runs = mlflow_runs(out)
+    assert [r.info.status for r in by_role(runs, "sweep")] == ["KILLED"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    interrupted = {row.split(",")[0] for row in rows if row.split(",")[1] == "INTERRUPTED"}
+    for r in by_role(runs, "trial"):
+        if r.data.tags[TAG_TRIAL_ID] in interrupted:
+            assert r.data.tags[TAG_TRIAL_STATUS] == "INTERRUPTED", r.data.tags
+            assert r.info.status == "KILLED"
+        else:
+            assert r.data.tags[TAG_TRIAL_STATUS] in ("FINISHED", "KILLED_BY_ASHA")
+
+    resume = [sys.executable, str(REPO / "sweeps" / "run.py"), "--out", str(out), "--resume"]
+    resumed = run(resume)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    client, runs = mlflow_runs(out)
+    known = {t.trial_id for t in ExperimentAnalysis(str(out / "tune")).trials}
+    trials = by_role(runs, "trial")
+    assert Counter(r.data.tags[TAG_TRIAL_ID] for r in trials) == Counter(known)  # reused
+    assert {r.data.tags[TAG_TRIAL_STATUS] for r in trials} <= {"FINISHED", "KILLED_BY_ASHA"}
+    assert "INTERRUPTED" not in (out / "trials.csv").read_text()
+    assert [r.info.status for r in by_role(runs, "final")] == ["FINISHED"]
+
+    again = run(resume, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "complete and finalised" in again.stdout
+    assert f"python sweeps/finalise.py --sweep {out}" in again.stdout
+    _, runs = mlflow_runs(out)
+    assert len(by_role(runs, "final")) == 1  # no second retraining
+
+
+def test_trial_shape_no_node_offers_fails_before_anything_is_written(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
+    for setting, shown in (
+        ("sweep.gpus_per_trial=0.25", "sweep.gpus_per_trial=0.25"),
+        ("sweep.cpus_per_trial=4096", "sweep.cpus_per_trial=4096"),
+    ):
+        out = tmp_path / setting
+        result = run(sweep_command(out, sweep_cache, setting), timeout=180)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert shown in result.stderr and "no node of this machine has that" in result.stderr
+        assert "--set sweep.gpus_per_trial=0 --set sweep.cpus_per_trial=1" in result.stderr
+        assert not out.exists()
+
+
+def test_failure_before_the_first_trial_closes_the_run_and_a_rerun_starts_again(
+    tmp_path: Path, sweep_cache: Path
+) -> None:
+    out, empty = tmp_path / "sweep", tmp_path / "no-clips"
+    empty.mkdir()
+    failed = run(sweep_command(out, sweep_cache, f"data.path={empty}", *NO_EMOTION))
+    assert failed.returncode == 2 and str(empty) in failed.stderr, failed.stderr[-3000:]
+    _, runs = mlflow_runs(out)
+    assert [r.info.status for r in by_role(runs, "sweep")] == ["FAILED"]
+
+    rerun = run(
+        sweep_command(out, sweep_cache, "sweep.num_samples=1", "train.max_epochs=1", *NO_EMOTION)
+        + ["--no-finalise"]
+    )
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
+    _, runs = mlflow_runs(out)
+    assert sorted(r.info.status for r in by_role(runs, "sweep")) == ["FAILED", "FINISHED"]
+    assert len(by_role(runs, "trial")) == 1
