@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import ray
 from mlflow.entities import RunStatus
@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from emovae.config import ConfigError, DataConfig
 from emovae.dataset import PreparedData, prepare_data
 from emovae.judge import ensure_judge
+from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
 from sweeps.report import TrialRecord, best_value, epochs_run, ranked
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
@@ -220,7 +221,11 @@ def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
 
 
 def _tuner(
-    spec: SweepSpec, sweep_dir: Path, trainable: Any, callbacks: list[tune.Callback]
+    spec: SweepSpec,
+    sweep_dir: Path,
+    trainable: Any,
+    callbacks: list[tune.Callback],
+    console: SweepConsole | None,
 ) -> tune.Tuner:
     searcher = ConcurrencyLimiter(
         OptunaSearch(sampler=_tpe(spec.sweep.seed)),
@@ -256,6 +261,11 @@ def _tuner(
             # one kept, a driver killed in between resumes a trial from a deleted checkpoint.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
+            progress_reporter=console,
+            # With the compact console, each trial's output goes to stdout and stderr files in
+            # its folder instead of the driver's console.
+            log_to_file=console is not None,
+            sync_config=tune.SyncConfig(sync_artifacts=console is not None),
         ),
     )
 
@@ -309,14 +319,19 @@ def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, m
     return path
 
 
-def _connect_ray(address: str | None) -> bool:
+def _connect_ray(address: str | None, log_to_driver: bool = True) -> bool:
     """Join the cluster at `address`, or start a local Ray: first, so that an unreachable
     cluster leaves nothing written. True when this call started (and must stop) Ray."""
     if ray.is_initialized():
         return False
     _probe_address(address)
     try:
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=log_to_driver,
+        )
     except ConnectionError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(
@@ -473,13 +488,34 @@ def run_sweep(
     address: str | None = None,
     resume: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    progress: TextIO | None = None,
 ) -> SweepResult:
     """Run (or with `resume`, continue) the sweep in `sweep_dir`. On resume the space stored in
     the folder is used, so a resumed sweep is the sweep that was started; a sweep whose
     trials have all ended is returned as it is (`already_complete`). `on_stage` hears what the
-    driver is doing before Ray's own progress table starts."""
-    stage = on_stage or (lambda message: None)
+    driver is doing before the trials start.
+
+    `progress`: a stream for the compact trial table (`sweeps.console`; Tune's classic output
+    engine, `RAY_AIR_NEW_OUTPUT=0`); Ray's logs then go to `LOG_FILE` in the sweep folder and
+    each trial's output to its own folder. None: Ray Tune's own console output."""
     sweep_dir = Path(sweep_dir).resolve()
+    if progress is None:
+        return _run_sweep(spec, sweep_dir, tracking_uri, address, resume, on_stage, None, None)
+    with RayLogFile(sweep_dir / LOG_FILE) as logs:
+        return _run_sweep(spec, sweep_dir, tracking_uri, address, resume, on_stage, progress, logs)
+
+
+def _run_sweep(
+    spec: SweepSpec | None,
+    sweep_dir: Path,
+    tracking_uri: str | None,
+    address: str | None,
+    resume: bool,
+    on_stage: Callable[[str], None] | None,
+    progress: TextIO | None,
+    logs: RayLogFile | None,
+) -> SweepResult:
+    stage = on_stage or (lambda message: None)
     tune_path = sweep_dir / TUNE_DIR
     spec, state = _open_sweep(spec, sweep_dir, tracking_uri, resume)
     if state is not None:
@@ -492,16 +528,19 @@ def run_sweep(
             "--set data.path=/path/to/emodb/wav (or a RAVDESS folder)"
         )
 
-    started_ray = _connect_ray(address)
+    started_ray = _connect_ray(address, log_to_driver=progress is None)
+    if logs is not None:
+        logs.attach()  # ray.init emptied the "ray" logger's handlers
     try:
         resource_wait = _check_resources(spec, address, stage)
+        console = _console(spec, progress) if progress else None
         if state is None:
             uri = tracking_uri or default_tracking_uri(sweep_dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
             _write_state(sweep_dir, state)
         try:
-            _fit(spec, state, sweep_dir, resume, resource_wait, stage)
+            _fit(spec, state, sweep_dir, resume, resource_wait, console, stage)
         except ResourceWaitTimeout as exc:
             _close_parent(state, RunStatus.FAILED, str(exc))
             raise ClusterError(str(exc)) from exc
@@ -530,6 +569,7 @@ def _fit(
     sweep_dir: Path,
     resume: bool,
     resource_wait: ResourceWait | None,
+    console: SweepConsole | None,
     stage: Callable[[str], None],
 ) -> None:
     """Data, judge and MLflow parent run, then Ray Tune: a new tuner, or the stored one."""
@@ -561,7 +601,7 @@ def _fit(
             flush_every_s=spec.sweep.mlflow_flush_s,
         )
         callbacks = [logger] + ([resource_wait] if resource_wait else [])
-        tuner = _tuner(spec, sweep_dir, trainable, callbacks)
+        tuner = _tuner(spec, sweep_dir, trainable, callbacks, console)
     tune_logger = logging.getLogger("ray.tune.tune")
     hint = _HideTuneRestoreHint()
     tune_logger.addFilter(hint)
@@ -577,6 +617,19 @@ class _HideTuneRestoreHint(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tuner.restore(" not in record.getMessage()
+
+
+def _console(spec: SweepSpec, stream: TextIO) -> SweepConsole:
+    return SweepConsole(
+        stream,
+        metric=spec.sweep.metric,
+        best_metric=best_key(spec.sweep.metric),
+        mode=spec.sweep.mode,
+        params=[k for k, v in spec.params.items() if isinstance(v, dict)],
+        max_epochs=spec.experiment.train.max_epochs,
+        num_samples=spec.sweep.num_samples,
+        max_concurrent=spec.sweep.max_concurrent,
+    )
 
 
 def _stop_interrupted(

@@ -26,7 +26,9 @@ from emovae.checkpoint import CheckpointError
 from emovae.config import ConfigError
 from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
+from sweeps.console import LOG_FILE
 from sweeps.driver import (
+    TUNE_DIR,
     ClusterError,
     SweepFailedError,
     SweepInterruptedError,
@@ -79,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-finalise", action="store_true", help="skip retraining the best config"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray Tune's own console output (a box per trial result) and the trials' output, "
+        "instead of the compact table (they go to the sweep folder's sweep.log and trial folders)",
+    )
     return parser
 
 
@@ -121,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out {sweep_dir}: on a cluster the sweep folder is Ray's storage path and must "
                 "be an absolute path on storage every node shares (NFS, EFS), e.g. /app/runs/quick"
             )
+        # Tune reads it when the sweep starts: its classic engine takes our compact reporter.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
+        if not args.verbose:
+            print(
+                f"Ray's log: {Path(sweep_dir) / LOG_FILE}; each trial's output: "
+                f"{Path(sweep_dir) / TUNE_DIR}/<trial>/stdout and stderr (--verbose: here)",
+                flush=True,
+            )
         result = run_sweep(
             spec,
             sweep_dir,
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             args.address,
             resume=args.resume,
             on_stage=lambda message: print(message, flush=True),
+            progress=None if args.verbose else sys.stdout,
         )
         print_summary(result)
         if args.no_finalise:
@@ -142,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         print("\nFinalising: retraining the best configuration ...")
-        print_final(finalise(sweep_dir, progress=True))
+        # A progress bar redraws itself: on a terminal only, never into a log file.
+        print_final(finalise(sweep_dir, progress=sys.stdout.isatty()))
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,10 @@ def epoch_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, "val_recon"))
 
 
+def trial_dirs(sweep_dir: Path) -> list[Path]:
+    return [p for p in (sweep_dir / "tune").iterdir() if (p / "params.json").is_file()]
+
+
 def test_quick_sweep_end_to_end(
     tmp_path: Path, sweep_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -95,6 +99,17 @@ def test_quick_sweep_end_to_end(
 
     client, runs = mlflow_runs(out)
     parents, trials, finals = by_role(runs, "sweep"), by_role(runs, "trial"), by_role(runs, "final")
+    # The console, captured without a terminal: plain lines, every trial, the best one and the
+    # report, and Ray's own output in the sweep folder instead.
+    console = result.stdout + result.stderr
+    assert len(console.splitlines()) < 80, console
+    assert "\x1b[" not in console and "\r" not in console
+    for r in trials:
+        assert f"trial {r.data.tags[TAG_TRIAL_ID]} started" in console
+    assert f"Best trial {parents[0].data.tags['best.trial_id']}" in console
+    assert f"Report (every metric): {out / 'final' / 'report' / 'report.md'}" in console
+    assert (out / "sweep.log").is_file() and str(out / "sweep.log") in console.splitlines()[0]
+    assert all((p / "stdout").is_file() and (p / "stderr").is_file() for p in trial_dirs(out))
     assert len(parents) == 1 and len(finals) == 1 and len(trials) == 8
     parent_id = parents[0].info.run_id
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials + finals)
@@ -273,6 +288,14 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(
     trials = by_role(runs, "trial")
     failed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "FAILED"]
     assert failed and len(failed) < len(trials) == 4
+    # The compact console keeps a failed trial's whole error and says where its output is.
+    for r in failed:
+        trial_id = r.data.tags[TAG_TRIAL_ID]
+        assert f"trial {trial_id} FAILED" in result.stdout
+        (folder,) = [p for p in trial_dirs(out) if trial_id in p.name]
+        assert f"its output: {folder / 'stdout'}, {folder / 'stderr'}" in result.stdout
+    assert "TrainingDivergedError: epoch 1: non-finite" in result.stdout
+    assert "\x1b[" not in result.stdout
     for r in failed:
         assert r.info.status == "FAILED"
         assert "non-finite" in r.data.tags["emovae.error"]
@@ -286,10 +309,13 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(
             "params.lr=1.0e+30",
             *NO_EMOTION,
         )
-        + ["--no-finalise"]
+        + ["--no-finalise", "--verbose"]
     )
     assert all_bad.returncode == 2
     assert "all 2 trials failed" in all_bad.stderr and "non-finite" in all_bad.stderr
+    # --verbose: Ray Tune's own output (its trial boxes and status tables) on the console.
+    assert "Trial status:" in all_bad.stdout and "╭" in all_bad.stdout, all_bad.stdout[-3000:]
+    assert not (tmp_path / "all-bad" / "sweep.log").exists()
 
 
 def test_unreachable_tracking_server_fails_before_any_trial(
