@@ -26,10 +26,10 @@ from emovae.checkpoint import CheckpointError
 from emovae.config import ConfigError
 from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
+from sweeps.cluster import ClusterError
 from sweeps.console import LOG_FILE
 from sweeps.driver import (
     TUNE_DIR,
-    ClusterError,
     SweepFailedError,
     SweepInterruptedError,
     SweepResult,

@@ -23,7 +23,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ExperimentAnalysis
 
 from emovae.audio.export import read_manifest
-from sweeps.tracking import TAG_FORGOTTEN, TAG_ROLE, TAG_TRIAL_ID, TAG_TRIAL_STATUS
+from sweeps.tracking import (
+    TAG_FORGOTTEN,
+    TAG_ROLE,
+    TAG_TRIAL_ID,
+    TAG_TRIAL_STATUS,
+    create_child_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -401,12 +407,28 @@ def test_ctrl_c_stops_without_finalising_and_resume_finishes_once(
     assert "INTERRUPTED" not in (out / "trials.csv").read_text()
     assert [r.info.status for r in by_role(runs, "final")] == ["FINISHED"]
 
+    # A finalisation killed mid-way leaves its `final` run RUNNING and no finished marker:
+    # --resume finalises again and closes that run as KILLED.
+    (parent,) = by_role(runs, "sweep")
+    create_child_run(
+        client, parent.info.experiment_id, parent.info.run_id, "final", {TAG_ROLE: "final"}
+    )
+    (out / "final" / "finished.json").unlink()
+    refinalised = run(resume)
+    assert refinalised.returncode == 0, refinalised.stderr[-3000:]
+    _, runs = mlflow_runs(out)
+    assert sorted(r.info.status for r in by_role(runs, "final")) == [
+        "FINISHED",
+        "FINISHED",
+        "KILLED",
+    ]
+
     again = run(resume, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "complete and finalised" in again.stdout
     assert f"python sweeps/finalise.py --sweep {out}" in again.stdout
     _, runs = mlflow_runs(out)
-    assert len(by_role(runs, "final")) == 1  # no second retraining
+    assert len(by_role(runs, "final")) == 3  # no further retraining
 
 
 def test_trial_shape_no_node_offers_fails_before_anything_is_written(

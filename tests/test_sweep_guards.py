@@ -11,13 +11,8 @@ from types import SimpleNamespace
 import pytest
 import ray
 
-from sweeps.driver import (
-    ClusterError,
-    ResourceWait,
-    ResourceWaitTimeout,
-    run_sweep,
-    trials_that_fit,
-)
+from sweeps.cluster import ClusterError, ResourceWait, ResourceWaitTimeout, trials_that_fit
+from sweeps.driver import run_sweep
 from sweeps.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
