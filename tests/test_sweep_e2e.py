@@ -355,8 +355,10 @@ def test_ctrl_c_stops_without_finalising_and_resume_finishes_once(
         sweep_cache,
         "sweep.num_samples=4",
         "sweep.max_concurrent=64",  # more than any CI machine fits: said, not silently queued
-        "train.max_epochs=40",  # still training when the signal comes
-        "train.patience=40",
+        # Still training or queued when the signal comes (2 trials run at a time on 2 cores;
+        # an epoch of the shrunk model takes about half a second).
+        "train.max_epochs=12",
+        "train.patience=12",
         "finalise.max_epochs=1",
         "finalise.n_samples=6",
         *NO_EMOTION,
