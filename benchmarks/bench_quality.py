@@ -52,9 +52,9 @@ from sweeps.finaliser import (
     export_audio,
     final_judge,
 )
-from sweeps.report import ranked
 from sweeps.results import load_trial_records
 from sweeps.space import load_space, trial_train_config
+from sweeps.trials import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 # (metric, ratio-to key or None, threshold, what the issue asks)

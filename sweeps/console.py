@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from ray.tune import ProgressReporter
 
 from sweeps.results import trial_error_text, trial_status
+from sweeps.trials import TrialStatus
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FILE = "sweep.log"  # in the sweep folder: Ray's and Tune's driver-side logs
@@ -25,10 +26,10 @@ REDRAW_EVERY_S = 1.0
 SHOWN = {
     "PENDING": "queued",
     "RUNNING": "running",
-    "FINISHED": "finished",
-    "KILLED_BY_ASHA": "stopped (ASHA)",
-    "FAILED": "FAILED",
-    "INTERRUPTED": "interrupted",
+    TrialStatus.FINISHED: "finished",
+    TrialStatus.KILLED_BY_ASHA: "stopped (ASHA)",
+    TrialStatus.FAILED: "FAILED",
+    TrialStatus.INTERRUPTED: "interrupted",
     "PAUSED": "paused",
 }
 
@@ -178,7 +179,8 @@ class SweepConsole(ProgressReporter):
         for trial in trials:
             status = self._status(trial)
             counts[status] = counts.get(status, 0) + 1
-        order = ("FINISHED", "KILLED_BY_ASHA", "FAILED", "RUNNING", "PENDING")
+        ended = (TrialStatus.FINISHED, TrialStatus.KILLED_BY_ASHA, TrialStatus.FAILED)
+        order = (*ended, "RUNNING", "PENDING")
         parts = [f"{counts[s]} {SHOWN[s]}" for s in order if counts.get(s)]
         trained = sum(self._epochs(t) for t in trials)
         elapsed = time.monotonic() - self._started

@@ -37,7 +37,6 @@ from sweeps.cluster import (
     connect_ray,
 )
 from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
-from sweeps.report import TrialRecord, best_value, epochs_run, ranked
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
 from sweeps.tracking import (
@@ -56,6 +55,7 @@ from sweeps.tracking import (
     tag_forgotten_trials,
 )
 from sweeps.trainable import best_key, emotion_settings, judge_cache_dir, train_trial
+from sweeps.trials import TrialRecord, TrialStatus, best_value, epochs_run, ranked
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
@@ -286,7 +286,7 @@ def _log_outcome(
     csv_path: Path,
 ) -> None:
     client.log_artifact(state.parent_run_id, str(csv_path))
-    for status in ("FINISHED", "KILLED_BY_ASHA", "FAILED"):
+    for status in (TrialStatus.FINISHED, TrialStatus.KILLED_BY_ASHA, TrialStatus.FAILED):
         count = sum(t.status == status for t in trials)
         client.set_tag(state.parent_run_id, f"trials.{status.lower()}", str(count))
     if best is None:
@@ -324,7 +324,7 @@ def _sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | No
     if not tune.Tuner.can_restore(str(tune_path)):
         return None
     trials = load_trial_records(tune_path)
-    if len(trials) < num_samples or any(t.status == "INTERRUPTED" for t in trials):
+    if len(trials) < num_samples or any(t.status == TrialStatus.INTERRUPTED for t in trials):
         return None
     return trials
 
@@ -433,7 +433,7 @@ def _run_sweep(
             ray.shutdown()
 
     trials = load_trial_records(tune_path)
-    interrupted = [t for t in trials if t.status == "INTERRUPTED"]
+    interrupted = [t for t in trials if t.status == TrialStatus.INTERRUPTED]
     if interrupted or len(trials) < spec.sweep.num_samples:
         _stop_interrupted(spec, state, sweep_dir, trials, len(interrupted))
     result = _result(spec, state, sweep_dir, trials)
@@ -528,7 +528,7 @@ def _stop_interrupted(
     try:
         client = MlflowClient(state.tracking_uri)
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
-        cut_short = {t.trial_id for t in trials if t.status == "INTERRUPTED"}
+        cut_short = {t.trial_id for t in trials if t.status == TrialStatus.INTERRUPTED}
         mark_interrupted_trials(client, runs, cut_short)
     except Exception:  # noqa: S110 - MLflow down: the runs stay as they were; resume fixes them
         pass

@@ -47,11 +47,12 @@ from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import MeanReconstruction
 from emovae.train import TrainResult, select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
-from sweeps.report import TrialRecord, ranked, write_report
+from sweeps.report import write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
 from sweeps.tracking import TAG_ROLE, child_runs, create_child_run, flatten, log_params
 from sweeps.trainable import judge_beside_vae, judge_cache_dir
+from sweeps.trials import TrialRecord, ranked
 
 FINAL_DIR = "final"
 CONFUSION_FILE = "emotion_confusion.png"

@@ -32,11 +32,22 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from sweeps.trials import (
+    TrialRecord,
+    TrialStatus,
+    best_value,
+    check_mode,
+    epoch_rows,
+    epochs_run,
+    finite_number,
+    ranked,
+)
+
 STATUS_LABELS = {
-    "FINISHED": "finished",
-    "KILLED_BY_ASHA": "stopped by ASHA",
-    "FAILED": "failed",
-    "INTERRUPTED": "interrupted",
+    TrialStatus.FINISHED: "finished",
+    TrialStatus.KILLED_BY_ASHA: "stopped by ASHA",
+    TrialStatus.FAILED: "failed",
+    TrialStatus.INTERRUPTED: "interrupted",
 }
 TOP_N = 5
 DPI = 90
@@ -47,72 +58,6 @@ FINAL_IMAGES = (
 )
 _PRIMITIVES = (type(None), bool, int, float, str)
 _MISSING = object()  # a param absent from a record, shown apart from a sampled None
-
-
-@dataclass
-class TrialRecord:
-    trial_id: str
-    params: dict[str, Any]  # the searched params' sampled values for this trial
-    status: str  # "FINISHED" | "KILLED_BY_ASHA" | "FAILED" | "INTERRUPTED"
-    history: list[dict[str, float]]  # per-epoch metrics as reported; empty if it never reported
-    error: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Numbers from the records
-
-
-def _finite(value: Any) -> float | None:
-    """`value` as a float, or None where it is missing, NaN, infinite or not a number."""
-    if value is None or isinstance(value, (bool, str)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a < b if mode == "min" else a > b
-
-
-def _epoch_rows(record: TrialRecord) -> list[tuple[int, dict[str, Any]]]:
-    """(epoch, metrics) in report order; a row without an epoch gets its 1-based position."""
-    rows = []
-    for index, row in enumerate(record.history):
-        epoch = _finite(row.get("epoch")) if isinstance(row, dict) else None
-        rows.append(
-            (int(epoch) if epoch is not None else index + 1, row if isinstance(row, dict) else {})
-        )
-    return rows
-
-
-def best_epoch(record: TrialRecord, metric: str, mode: str) -> tuple[float, int] | None:
-    """(best finite value of `metric`, its epoch) over the trial's epochs; None if none."""
-    _check_mode(mode)
-    best: tuple[float, int] | None = None
-    for epoch, row in _epoch_rows(record):
-        value = _finite(row.get(metric))
-        if value is not None and (best is None or _better(value, best[0], mode)):
-            best = (value, epoch)
-    return best
-
-
-def best_value(record: TrialRecord, metric: str, mode: str) -> float | None:
-    """The best finite value of `metric` over the trial's epochs; None if there is none."""
-    found = best_epoch(record, metric, mode)
-    return found[0] if found is not None else None
-
-
-def epochs_run(record: TrialRecord) -> int:
-    """The last epoch the trial reached (a trial restored from a checkpoint repeats none)."""
-    return max((epoch for epoch, _ in _epoch_rows(record)), default=0)
 
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
@@ -137,22 +82,6 @@ def rung_survival(records: list[TrialRecord], asha: dict[str, int]) -> list[tupl
         int(asha.get("max_t") or 0),
     )
     return [(rung, sum(1 for epochs in reached if epochs >= rung)) for rung in rungs]
-
-
-def ranked(
-    records: list[TrialRecord], metric: str, mode: str
-) -> list[tuple[TrialRecord, float, int]]:
-    """Trials with a value, best first; failed trials are left out (their config crashed)."""
-    scored = []
-    for record in records:
-        if record.status == "FAILED":
-            continue
-        found = best_epoch(record, metric, mode)
-        if found is not None:
-            scored.append((record, found[0], found[1]))
-    # A stable sort keeps trial order among ties, so the earliest trial wins them.
-    scored.sort(key=lambda item: item[1] if mode == "min" else -item[1])
-    return scored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +119,7 @@ class _SearchSpace:
                 except TypeError:
                     continue
                 continue
-            number = _finite(value)
+            number = finite_number(value)
             if number is None or not dist.low <= number <= dist.high:
                 continue
             if isinstance(dist, IntDistribution):
@@ -255,14 +184,16 @@ def build_study(
     Finished and ASHA-stopped trials with a value are COMPLETE with their best value; failed
     trials and trials that never reported the metric are FAIL.
     """
-    _check_mode(mode)
+    check_mode(mode)
     space = _search_space(params_spec)
     with _quiet_optuna():
         study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
         for record in records:
             params = space.optuna_params(record.params or {})
             distributions = {name: space.distributions[name] for name in params}
-            value = None if record.status == "FAILED" else best_value(record, metric, mode)
+            value = (
+                None if record.status == TrialStatus.FAILED else best_value(record, metric, mode)
+            )
             state = TrialState.COMPLETE if value is not None else TrialState.FAIL
             trial = optuna.trial.create_trial(
                 state=state,
@@ -396,12 +327,12 @@ def _train_name(metric: str) -> str | None:
 def _plot_curves(record: TrialRecord, metric: str, best_at: int | None, path: Path) -> None:
     # A checkpoint restore may repeat epochs; the last report of an epoch wins.
     by_epoch: dict[int, dict[str, Any]] = {}
-    for epoch, row in _epoch_rows(record):
+    for epoch, row in epoch_rows(record):
         by_epoch[epoch] = row
     epochs = sorted(by_epoch)
 
     def series(name: str) -> list[float]:
-        values = (_finite(by_epoch[epoch].get(name)) for epoch in epochs)
+        values = (finite_number(by_epoch[epoch].get(name)) for epoch in epochs)
         return [value if value is not None else math.nan for value in values]
 
     panels = [(metric, [_train_name(metric), metric])]
@@ -506,7 +437,7 @@ def write_report(
     the emotion-preservation metrics on the test speakers, "confusion": the judge's confusion
     matrix PNG on generated samples or None}.
     """
-    _check_mode(mode)
+    check_mode(mode)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     direction = "minimise" if mode == "min" else "maximise"
@@ -516,7 +447,7 @@ def write_report(
     extra = sorted({k for r in records for k in (r.params or {}) if k not in space.distributions})
     param_names = searched + extra
     scored = ranked(records, metric, mode)
-    failed = [r for r in records if r.status == "FAILED"]
+    failed = [r for r in records if r.status == TrialStatus.FAILED]
 
     lines = [f"# {title}", ""]
 
@@ -526,7 +457,8 @@ def write_report(
     parts = [
         f"{counts[status]} {label}"
         for status, label in STATUS_LABELS.items()
-        if counts[status] or status != "INTERRUPTED"  # shown only where a sweep was cut short
+        if counts[status]
+        or status != TrialStatus.INTERRUPTED  # shown only where a sweep was cut short
     ]
     if other:
         parts.append(f"{other} with another status")
@@ -631,7 +563,7 @@ def write_report(
                 importances = optuna.importance.get_param_importances(
                     study, evaluator=evaluator, params=usable
                 )
-            if not all(_finite(v) is not None for v in importances.values()):
+            if not all(finite_number(v) is not None for v in importances.values()):
                 importances, reason = {}, "fANOVA returned non-finite importances"
         except Exception as exc:  # importance is optional; the report must still be written
             importances, reason = {}, f"fANOVA failed ({type(exc).__name__}: {exc})"

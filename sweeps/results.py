@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweeps.report import TrialRecord
+from sweeps.trials import TrialRecord, TrialStatus
 
 # Ray's bookkeeping columns; the rest of a trial's progress rows are the trainer's metrics.
 _RAY_COLUMNS = frozenset(
@@ -29,16 +29,15 @@ _RAY_COLUMNS = frozenset(
 )
 
 
-def trial_status(ray_status: str, last_result: dict[str, Any] | None) -> str:
-    """FINISHED (ran to its budget or its own early stopping), KILLED_BY_ASHA, FAILED, or
-    INTERRUPTED (pending or running when the driver stopped: `--resume` continues it)."""
+def trial_status(ray_status: str, last_result: dict[str, Any] | None) -> TrialStatus:
+    """A trial's end from Ray's status and its last result's `is_last_epoch` flag."""
     if ray_status == "ERROR":
-        return "FAILED"
+        return TrialStatus.FAILED
     if ray_status != "TERMINATED":
-        return "INTERRUPTED"
+        return TrialStatus.INTERRUPTED
     if (last_result or {}).get("is_last_epoch", 0.0) >= 1.0:
-        return "FINISHED"
-    return "KILLED_BY_ASHA"
+        return TrialStatus.FINISHED
+    return TrialStatus.KILLED_BY_ASHA
 
 
 def trial_error_text(trial: Any) -> str | None:

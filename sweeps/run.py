@@ -36,9 +36,9 @@ from sweeps.driver import (
     resume_command,
     run_sweep,
 )
-from sweeps.report import TrialRecord, best_value, epochs_run
 from sweeps.space import load_space
 from sweeps.tracking import TrackingError
+from sweeps.trials import TrialRecord, best_value, epochs_run
 
 USER_ERRORS = (
     ConfigError,

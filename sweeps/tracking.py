@@ -29,11 +29,12 @@ from ray import tune
 
 from emovae.evaluate import plot_learning_curves
 from sweeps.results import trial_error_text, trial_status
+from sweeps.trials import TrialStatus
 
 LOG = logging.getLogger(__name__)
 TAG_TRIAL_ID = "ray.trial_id"
 TAG_ROLE = "emovae.role"  # sweep | trial | final
-TAG_TRIAL_STATUS = "emovae.trial_status"  # FINISHED | KILLED_BY_ASHA | FAILED | INTERRUPTED
+TAG_TRIAL_STATUS = "emovae.trial_status"  # a sweeps.trials.TrialStatus
 TAG_ERROR = "emovae.error"
 # On a run whose trial Ray no longer knows: see tag_forgotten_trials.
 TAG_FORGOTTEN = "emovae.forgotten_by_ray"
@@ -177,10 +178,10 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 
 
 RUN_STATUS = {
-    "FINISHED": "FINISHED",
-    "KILLED_BY_ASHA": "KILLED",
-    "FAILED": "FAILED",
-    "INTERRUPTED": "KILLED",
+    TrialStatus.FINISHED: "FINISHED",
+    TrialStatus.KILLED_BY_ASHA: "KILLED",
+    TrialStatus.FAILED: "FAILED",
+    TrialStatus.INTERRUPTED: "KILLED",
 }
 
 
@@ -222,7 +223,7 @@ def mark_interrupted_trials(client: MlflowClient, runs: list, trial_ids: set[str
     logger cannot tell them apart; a resumed sweep reopens and continues them."""
     for run in runs:
         if run.data.tags.get(TAG_ROLE) == "trial" and run.data.tags.get(TAG_TRIAL_ID) in trial_ids:
-            client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, "INTERRUPTED")
+            client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, TrialStatus.INTERRUPTED)
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
@@ -382,8 +383,10 @@ class MlflowTrialLogger(tune.Callback):
 
     def _finish_op(self, trial: Any, ray_status: str | None = None) -> tuple:
         tag = trial_status(ray_status or trial.status, trial.last_result)
-        error = trial_error_text(trial) if tag == "FAILED" else None
-        checkpoint = trial.checkpoint if self.log_checkpoints and tag != "FAILED" else None
+        error = trial_error_text(trial) if tag == TrialStatus.FAILED else None
+        checkpoint = (
+            trial.checkpoint if self.log_checkpoints and tag != TrialStatus.FAILED else None
+        )
         return ("finish", trial.trial_id, tag, error, checkpoint, _now_ms())
 
     def _flush(self, trial_id: str | None = None, everything: bool = False) -> bool:
@@ -526,7 +529,7 @@ class MlflowTrialLogger(tune.Callback):
     def _close_orphans(self) -> None:
         for run in child_runs(self.client, self.experiment_id, self.parent_run_id):
             if run.info.status == "RUNNING" and run.data.tags.get(TAG_ROLE) == "trial":
-                self.client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, "INTERRUPTED")
+                self.client.set_tag(run.info.run_id, TAG_TRIAL_STATUS, TrialStatus.INTERRUPTED)
                 self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def _write_backlog(self) -> None:

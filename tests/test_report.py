@@ -10,14 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.report import (
-    TrialRecord,
-    asha_rungs,
-    best_value,
-    build_study,
-    rung_survival,
-    write_report,
-)
+from sweeps.report import asha_rungs, build_study, rung_survival, write_report
+from sweeps.trials import TrialRecord, best_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC = "val_recon"
