@@ -35,10 +35,7 @@ def connect_ray(address: str | None, log_to_driver: bool = True) -> bool:
         )
     except ConnectionError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(
-            f"--address {address}: no Ray cluster answers there ({reason}); start one with "
-            "`ray start --head`, or leave out --address to run on this machine"
-        ) from exc
+        raise _unreachable(address, reason) from exc
     return True
 
 
@@ -52,10 +49,14 @@ def _probe_address(address: str | None, timeout_s: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ClusterError(
-            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-            "start one with `ray start --head`, or leave out --address to run on this machine"
-        ) from exc
+        raise _unreachable(address, exc.strerror or str(exc)) from exc
+
+
+def _unreachable(address: str | None, reason: str) -> ClusterError:
+    return ClusterError(
+        f"--address {address}: no Ray cluster answers there ({reason}); start one with "
+        "`ray start --head`, or leave out --address to run on this machine"
+    )
 
 
 def trials_that_fit(nodes: list[dict[str, float]], cpus: float, gpus: float) -> int:
