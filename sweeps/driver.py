@@ -2,6 +2,7 @@
 
 A sweep folder holds everything needed to resume or finalise it:
     sweep.json   the validated space, tracking URI, MLflow ids (written before any trial runs)
+    optuna.journal  the Optuna study behind the search (or sweep.optuna_storage's database)
     tune/        Ray Tune's experiment state, trial results and checkpoints
     mlflow.db    the default MLflow store (sqlite), mlartifacts/ its artifacts
     trials.csv   one row per trial after the sweep
@@ -13,18 +14,18 @@ import dataclasses
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import ray
-from mlflow.entities import RunStatus
+from mlflow.entities import Dataset, RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from emovae.config import ConfigError, DataConfig
 from emovae.dataset import PreparedData, prepare_data
@@ -37,25 +38,44 @@ from sweeps.cluster import (
     connect_ray,
 )
 from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
+from sweeps.databases import masked
 from sweeps.results import load_trial_records
-from sweeps.space import SweepSpec, spec_from_dict, to_tune_space
+from sweeps.space import SweepSettings, SweepSpec, spec_from_dict, to_tune_space
+from sweeps.study import (
+    StudyLocation,
+    SweepSearch,
+    check_study,
+    claim_study,
+    search_distributions,
+)
+from sweeps.system_metrics import monitor_settings
 from sweeps.tracking import (
     TAG_ROLE,
     MlflowTrialLogger,
     TrackingError,
     check_tracking_uri,
     child_runs,
+    corpus_dataset,
     default_tracking_uri,
     ensure_experiment,
     flatten,
     git_commit,
+    log_dataset,
     log_learning_curves,
     log_params,
     mark_interrupted_trials,
     tag_forgotten_trials,
+    tracking_client,
 )
 from sweeps.trainable import best_key, emotion_settings, judge_cache_dir, train_trial
 from sweeps.trials import TrialRecord, TrialStatus, best_value, epochs_run, ranked
+from sweeps.warm_start import (
+    WarmStart,
+    WarmStartError,
+    WarmStartRequest,
+    seed_study,
+    warm_start_points,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = "sweep.json"
@@ -87,6 +107,7 @@ class SweepResult:
     parent_run_id: str
     # A `--resume` found every trial already run: nothing was trained or logged again.
     already_complete: bool = False
+    experiment_id: str = ""
 
 
 @dataclass
@@ -99,9 +120,23 @@ class SweepState:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    sweep_id: str = ""  # owner mark of the sweep's Optuna study ("": a folder from before it)
 
     def spec(self) -> SweepSpec:
         return spec_from_dict(self.space, self.name, self.source)
+
+    def study(self, sweep_dir: Path) -> StudyLocation:
+        return StudyLocation(str(sweep_dir), self.sweep_id, self.spec().sweep.optuna_storage)
+
+
+@dataclass
+class SweepPlan:
+    """What the checks before Ray found; nothing is written yet."""
+
+    spec: SweepSpec
+    state: SweepState | None  # None: a new sweep
+    study: StudyLocation
+    warm: WarmStart | None = None
 
 
 def read_state(sweep_dir: Path) -> SweepState:
@@ -128,10 +163,10 @@ def _absolute_cache(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _start_tracking(
-    spec: SweepSpec, sweep_dir: Path, tracking_uri: str, experiment_name: str
+    spec: SweepSpec, sweep_dir: Path, tracking_uri: str, experiment_name: str, sweep_id: str
 ) -> SweepState:
     check_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     # A local store keeps artifacts inside the sweep folder, not in the current directory.
     artifacts = None if tracking_uri.startswith("http") else (sweep_dir / "mlartifacts").as_uri()
     experiment_id = ensure_experiment(client, experiment_name, artifacts)
@@ -147,15 +182,22 @@ def _start_tracking(
         tracking_uri=tracking_uri,
         experiment_id=experiment_id,
         parent_run_id=parent.info.run_id,
+        sweep_id=sweep_id,
     )
 
 
-def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, data: Any) -> None:
+def _log_sweep_params(
+    client: MlflowClient, state: SweepState, spec: SweepSpec, study: StudyLocation, data: Any
+) -> None:
     params = flatten("sweep", dataclasses.asdict(spec.sweep))
     params |= flatten("", {k: v for k, v in spec.raw.items() if k != "sweep"})
     params |= {
-        # TPE samples at random for its first 10 trials: a sweep of 10 or fewer is random+ASHA.
-        "searcher": f"OptunaSearch(TPESampler(seed={spec.sweep.seed}, n_startup_trials=10))",
+        # TPE samples at random until tpe_startup_trials have finished (warm-start ones count).
+        "searcher": (
+            f"OptunaSearch(TPESampler(seed={spec.sweep.seed}, "
+            f"n_startup_trials={spec.sweep.tpe_startup_trials}))"
+        ),
+        "optuna_study": study.describe(),
         "scheduler": (
             f"ASHA(time_attr=epoch, max_t={spec.experiment.train.max_epochs}, "
             f"grace_period={spec.sweep.grace_period}, reduction_factor={spec.sweep.reduction_factor})"
@@ -170,6 +212,21 @@ def _log_sweep_params(client: MlflowClient, state: SweepState, spec: SweepSpec, 
     client.log_dict(state.parent_run_id, spec.raw, "space.yaml")
     if data.bad_files:
         client.log_dict(state.parent_run_id, {"bad_files": data.bad_files}, "bad_files.json")
+
+
+def _dataset(spec: SweepSpec, data: PreparedData) -> Dataset:
+    """The corpus for MLflow's Dataset column: `synthetic`, or its folder's last two parts
+    (EmoDB's `emodb/wav`)."""
+    synthetic = spec.experiment.data.path == "synthetic"
+    name = "synthetic" if synthetic else "/".join(Path(data.corpus_path).parts[-2:])
+    counts = {
+        split: {
+            emotion: int((part.labels == index).sum())
+            for index, emotion in enumerate(data.label_names)
+        }
+        for split, part in (("train", data.train), ("val", data.val), ("test", data.test))
+    }
+    return corpus_dataset(name, data.fingerprint, data.corpus_path, counts)
 
 
 def _prepare_judge(
@@ -197,23 +254,34 @@ def _prepare_judge(
             client.log_metric(state.parent_run_id, name, value)
 
 
-def _trial_experiment(spec: SweepSpec, experiment: dict[str, Any]) -> dict[str, Any]:
+def _trial_experiment(
+    spec: SweepSpec, experiment: dict[str, Any], state: SweepState
+) -> dict[str, Any]:
     """What each trial receives: the experiment constants, the objective (whose running best
-    it reports), and the emotion settings when the sweep computes emotion metrics. A copy: the
-    driver logs the constants as every child run's params, and the judge's settings belong to
-    the parent run."""
+    it reports), the emotion settings when the sweep computes emotion metrics, and where to
+    log system metrics when it does. A copy: the driver logs the constants as every child
+    run's params, and the judge's settings belong to the parent run."""
     trial = experiment | {"objective": {"metric": spec.sweep.metric, "mode": spec.sweep.mode}}
-    if spec.sweep.emotion_every < 1:
-        return trial
-    return trial | {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
+    if spec.sweep.emotion_every >= 1:
+        trial |= {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
+    if spec.sweep.system_metrics:
+        trial |= {
+            "system_metrics": monitor_settings(
+                state.tracking_uri,
+                state.experiment_id,
+                state.parent_run_id,
+                spec.sweep.system_metrics_interval_s,
+            )
+        }
+    return trial
 
 
-def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
+def _trainable(spec: SweepSpec, experiment: dict[str, Any], state: SweepState) -> Any:
     resources = {"cpu": spec.sweep.cpus_per_trial, "gpu": spec.sweep.gpus_per_trial}
     return tune.with_resources(
         tune.with_parameters(
             train_trial,
-            experiment=_trial_experiment(spec, experiment),
+            experiment=_trial_experiment(spec, experiment, state),
             cpus_per_trial=spec.sweep.cpus_per_trial,
         ),
         resources,
@@ -223,12 +291,13 @@ def _trainable(spec: SweepSpec, experiment: dict[str, Any]) -> Any:
 def _tuner(
     spec: SweepSpec,
     sweep_dir: Path,
+    study: StudyLocation,
     trainable: Any,
     callbacks: list[tune.Callback],
     console: SweepConsole | None,
 ) -> tune.Tuner:
     searcher = ConcurrencyLimiter(
-        OptunaSearch(sampler=_tpe(spec.sweep.seed)),
+        SweepSearch(study, sampler=_tpe(spec.sweep)),
         max_concurrent=spec.sweep.max_concurrent,
     )
     scheduler = ASHAScheduler(
@@ -270,10 +339,10 @@ def _tuner(
     )
 
 
-def _tpe(seed: int) -> Any:
+def _tpe(sweep: SweepSettings) -> Any:
     import optuna
 
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+    return optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.tpe_startup_trials)
 
 
 def _log_outcome(
@@ -330,13 +399,26 @@ def _sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | No
 
 
 def _open_sweep(
-    spec: SweepSpec | None, sweep_dir: Path, tracking_uri: str | None, resume: bool
-) -> tuple[SweepSpec, SweepState | None]:
-    """The sweep's space and, on resume, its stored state; checks only, writes nothing."""
+    spec: SweepSpec | None,
+    sweep_dir: Path,
+    tracking_uri: str | None,
+    resume: bool,
+    warm_start: WarmStartRequest | None,
+) -> SweepPlan:
+    """The sweep's space, its stored state on resume, its study, the warm start's trials;
+    checks only, writes nothing."""
     if resume:
+        if warm_start is not None:
+            raise WarmStartError(
+                f"--warm-start {warm_start.source}: only a new sweep starts warm; a resumed "
+                "sweep continues the study it has"
+            )
         state = read_state(sweep_dir)
         check_tracking_uri(state.tracking_uri)
-        return state.spec(), state
+        study = state.study(sweep_dir)
+        if state.sweep_id:
+            check_study(study, resuming=True)
+        return SweepPlan(state.spec(), state, study)
     if spec is None:
         raise ValueError("a new sweep needs a search space")
     # A folder whose sweep never started a trial (it failed before) may be started again.
@@ -346,13 +428,50 @@ def _open_sweep(
             "or --out to start a new one"
         )
     check_tracking_uri(tracking_uri or default_tracking_uri(sweep_dir))  # a typo: no folder
-    return spec, None
+    study = StudyLocation(str(sweep_dir), uuid.uuid4().hex, spec.sweep.optuna_storage)
+    check_study(study, resuming=False)
+    warm = _read_warm_start(warm_start, spec) if warm_start is not None else None
+    return SweepPlan(spec, None, study, warm)
+
+
+def _read_warm_start(request: WarmStartRequest, spec: SweepSpec) -> WarmStart:
+    source = Path(request.source).resolve()
+    if not (source / STATE_FILE).is_file() or not tune.Tuner.can_restore(str(source / TUNE_DIR)):
+        raise WarmStartError(
+            f"--warm-start {request.source}: not a sweep folder (expected {STATE_FILE} and "
+            f"{TUNE_DIR}/ with trials, as sweeps/run.py writes them)"
+        )
+    return warm_start_points(
+        str(source),
+        read_state(source).spec(),
+        load_trial_records(source / TUNE_DIR),
+        spec,
+        search_distributions(spec.params),
+        request.skip_incompatible,
+    )
+
+
+def _start_study(plan: SweepPlan, state: SweepState, stage: Callable[[str], None]) -> None:
+    """A new sweep's study, seeded with the warm start's trials; recorded on the parent run."""
+    study = claim_study(plan.study, plan.spec.sweep.mode)
+    if plan.warm is None:
+        return
+    seed_study(study, plan.warm, search_distributions(plan.spec.params))
+    stage(
+        f"Warm start: {len(plan.warm.points)} trials of {plan.warm.source} seed the search"
+        + (f"; left out: {'; '.join(plan.warm.skipped)}" if plan.warm.skipped else "")
+    )
+    client = tracking_client(state.tracking_uri)
+    client.set_tag(state.parent_run_id, "warm_start_from", plan.warm.source)
+    client.set_tag(state.parent_run_id, "warm_start_trials", str(len(plan.warm.points)))
+    if plan.warm.skipped:
+        client.log_dict(state.parent_run_id, {"skipped": plan.warm.skipped}, "warm_start.json")
 
 
 def _close_parent(state: SweepState, status: RunStatus, reason: str) -> None:
     """Best effort: the error being raised matters more than MLflow's answer."""
     try:
-        client = MlflowClient(state.tracking_uri)
+        client = tracking_client(state.tracking_uri)
         client.set_tag(state.parent_run_id, "emovae.error", reason[:5000])
         client.set_terminated(state.parent_run_id, RunStatus.to_string(status))
     except Exception:  # noqa: S110 - MLflow down: the run stays as it was, the error still raises
@@ -367,6 +486,7 @@ def run_sweep(
     resume: bool = False,
     on_stage: Callable[[str], None] | None = None,
     progress: TextIO | None = None,
+    warm_start: WarmStartRequest | None = None,
 ) -> SweepResult:
     """Run (or with `resume`, continue) the sweep in `sweep_dir`. On resume the space stored in
     the folder is used, so a resumed sweep is the sweep that was started; a sweep whose
@@ -375,16 +495,20 @@ def run_sweep(
 
     `progress`: a stream for the compact trial table (`sweeps.console`; Tune's classic output
     engine, `RAY_AIR_NEW_OUTPUT=0`); Ray's logs then go to `LOG_FILE` in the sweep folder and
-    each trial's output to its own folder. None: Ray Tune's own console output."""
+    each trial's output to its own folder. None: Ray Tune's own console output.
+
+    `warm_start`: a new sweep's search starts from an earlier sweep's finished trials
+    (sweeps.warm_start)."""
     sweep_dir = Path(sweep_dir).resolve()
+    plan = _open_sweep(spec, sweep_dir, tracking_uri, resume, warm_start)
     if progress is None:
-        return _run_sweep(spec, sweep_dir, tracking_uri, address, resume, on_stage, None, None)
+        return _run_sweep(plan, sweep_dir, tracking_uri, address, resume, on_stage, None, None)
     with RayLogFile(sweep_dir / LOG_FILE) as logs:
-        return _run_sweep(spec, sweep_dir, tracking_uri, address, resume, on_stage, progress, logs)
+        return _run_sweep(plan, sweep_dir, tracking_uri, address, resume, on_stage, progress, logs)
 
 
 def _run_sweep(
-    spec: SweepSpec | None,
+    plan: SweepPlan,
     sweep_dir: Path,
     tracking_uri: str | None,
     address: str | None,
@@ -395,7 +519,7 @@ def _run_sweep(
 ) -> SweepResult:
     stage = on_stage or (lambda message: None)
     tune_path = sweep_dir / TUNE_DIR
-    spec, state = _open_sweep(spec, sweep_dir, tracking_uri, resume)
+    spec, state = plan.spec, plan.state
     if state is not None:
         trials = _sweep_complete(tune_path, spec.sweep.num_samples)
         if trials is not None:
@@ -415,8 +539,11 @@ def _run_sweep(
         if state is None:
             uri = tracking_uri or default_tracking_uri(sweep_dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            state = _start_tracking(spec, sweep_dir, uri, experiment_name=f"emovae-{spec.name}")
+            state = _start_tracking(
+                spec, sweep_dir, uri, f"emovae-{spec.name}", plan.study.sweep_id
+            )
             _write_state(sweep_dir, state)
+            _start_study(plan, state, stage)
         try:
             _fit(spec, state, sweep_dir, resume, resource_wait, console, stage)
         except ResourceWaitTimeout as exc:
@@ -455,13 +582,17 @@ def _fit(
     # Extract features (and generate the synthetic corpus) once, before trials read the cache.
     stage(f"Preparing features in {experiment['data']['cache_dir']} (cached after the first run)")
     data = prepare_data(DataConfig(**experiment["data"]), spec.experiment.features)
-    client = MlflowClient(state.tracking_uri)
+    dataset = _dataset(spec, data)
+    client = tracking_client(state.tracking_uri)
     client.update_run(state.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    _log_sweep_params(client, state, spec, data)
+    _log_sweep_params(client, state, spec, state.study(sweep_dir), data)
+    log_dataset(client, state.parent_run_id, dataset)
     _prepare_judge(client, state, spec, data, stage)
-    stage(f"Starting the sweep: {spec.sweep.num_samples} trials; MLflow: {state.tracking_uri}")
+    stage(
+        f"Starting the sweep: {spec.sweep.num_samples} trials; MLflow: {masked(state.tracking_uri)}"
+    )
 
-    trainable = _trainable(spec, experiment)
+    trainable = _trainable(spec, experiment, state)
     tune_path = sweep_dir / TUNE_DIR
     if resume and tune.Tuner.can_restore(str(tune_path)):
         tuner = tune.Tuner.restore(
@@ -477,9 +608,12 @@ def _fit(
             base_params,
             backlog_path=str(sweep_dir / BACKLOG_FILE),
             flush_every_s=spec.sweep.mlflow_flush_s,
+            dataset=dataset,
+            # The trial finds its run to log system metrics into: create it at the start.
+            eager_runs=spec.sweep.system_metrics,
         )
         callbacks = [logger] + ([resource_wait] if resource_wait else [])
-        tuner = _tuner(spec, sweep_dir, trainable, callbacks, console)
+        tuner = _tuner(spec, sweep_dir, state.study(sweep_dir), trainable, callbacks, console)
     tune_logger = logging.getLogger("ray.tune.tune")
     hint = _HideTuneRestoreHint()
     tune_logger.addFilter(hint)
@@ -526,7 +660,7 @@ def _stop_interrupted(
         f"(running or queued), {not_started} not proposed yet"
     )
     try:
-        client = MlflowClient(state.tracking_uri)
+        client = tracking_client(state.tracking_uri)
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
         cut_short = {t.trial_id for t in trials if t.status == TrialStatus.INTERRUPTED}
         mark_interrupted_trials(client, runs, cut_short)
@@ -558,6 +692,7 @@ def _result(
         state.tracking_uri,
         state.parent_run_id,
         already_complete,
+        state.experiment_id,
     )
 
 
@@ -574,7 +709,7 @@ def _record_outcome(
         if backlog.exists() and backlog.stat().st_size
         else ""
     )
-    client = MlflowClient(state.tracking_uri)
+    client = tracking_client(state.tracking_uri)
     try:
         histories = {t.trial_id: t.history for t in trials}
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
@@ -584,12 +719,12 @@ def _record_outcome(
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
         reason = f"{type(exc).__name__}: {exc}"[:300]
         raise TrackingError(
-            f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
+            f"the sweep finished (results: {csv_path}) but MLflow at {masked(state.tracking_uri)} "
             f"failed while recording it ({reason}){unlogged}"
         ) from exc
     if unlogged:
         raise TrackingError(
-            f"the sweep finished (results: {csv_path}) but MLflow at {state.tracking_uri} "
+            f"the sweep finished (results: {csv_path}) but MLflow at {masked(state.tracking_uri)} "
             f"missed some of it{unlogged}"
         )
     if result.best is None:

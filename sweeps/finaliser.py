@@ -50,7 +50,15 @@ from sweeps.driver import TUNE_DIR, SweepState, read_state
 from sweeps.report import write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
-from sweeps.tracking import TAG_ROLE, child_runs, create_child_run, flatten, log_params
+from sweeps.tracking import (
+    TAG_ROLE,
+    child_runs,
+    create_child_run,
+    flatten,
+    log_params,
+    resolved_uri,
+    tracking_client,
+)
 from sweeps.trainable import judge_beside_vae, judge_cache_dir
 from sweeps.trials import TrialRecord, ranked
 
@@ -141,7 +149,7 @@ def _register_model(
         inputs=inputs,
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
     )
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(resolved_uri(tracking_uri))
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tag("emovae.label_names", ",".join(loaded.label_names))
         info = mlflow.pytorch.log_model(
@@ -391,7 +399,7 @@ def _retrain_and_report(
     )
     data = prepare_data(data_config, spec.experiment.features)
     out = sweep_dir / FINAL_DIR
-    client = MlflowClient(state.tracking_uri)
+    client = tracking_client(state.tracking_uri)
     _close_unfinished_final_runs(client, state)
     (out / FINISHED_FILE).unlink(missing_ok=True)
     run_id = create_child_run(

@@ -3,6 +3,7 @@
 python sweeps/run.py --space quick
 python sweeps/run.py --space default --set data.path=/data/emodb/wav --address auto
 python sweeps/run.py --space quick --out runs/quick --resume     # after a crash or kill
+python sweeps/run.py --space quick --out runs/quick2 --warm-start runs/quick  # start from its trials
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from emovae.data.corpus import CorpusError
 from emovae.features import AudioError
 from sweeps.cluster import ClusterError
 from sweeps.console import LOG_FILE
+from sweeps.databases import masked
 from sweeps.driver import (
     TUNE_DIR,
     SweepFailedError,
@@ -37,8 +39,10 @@ from sweeps.driver import (
     run_sweep,
 )
 from sweeps.space import load_space
+from sweeps.study import StudyError
 from sweeps.tracking import TrackingError
 from sweeps.trials import TrialRecord, best_value, epochs_run
+from sweeps.warm_start import WarmStartRequest
 
 USER_ERRORS = (
     ConfigError,
@@ -48,6 +52,7 @@ USER_ERRORS = (
     TrackingError,
     SweepFailedError,
     ClusterError,
+    StudyError,
 )
 INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by SIGINT
 
@@ -79,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume", action="store_true", help="continue the sweep in --out")
     parser.add_argument(
+        "--warm-start",
+        metavar="SWEEP_DIR",
+        help="start the search from an earlier sweep's finished trials (compatible spaces)",
+    )
+    parser.add_argument(
+        "--warm-start-skip-incompatible",
+        action="store_true",
+        help="with --warm-start: leave out (and list) trials or parameters that do not fit "
+        "this space instead of failing",
+    )
+    parser.add_argument(
         "--no-finalise", action="store_true", help="skip retraining the best config"
     )
     parser.add_argument(
@@ -102,13 +118,29 @@ def print_summary(result: SweepResult) -> None:
         print(f"{t.trial_id:<14}{t.status:<16}{epochs_run(t):>7}  {value:>12}  {params}")
     if result.best is not None:
         print(f"\nBest trial {result.best.trial_id}: {result.metric} = {result.best_value:.5f}")
-    print(f"MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
+    # MLflow 3's UI opens in its GenAI mode unless the link asks for its model-training mode.
+    runs_page = f"#/experiments/{result.experiment_id}?workflowType=machine_learning"
+    if result.tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow: {result.tracking_uri.rstrip('/')}/{runs_page}")
+    else:
+        print(
+            f"MLflow: mlflow ui --backend-store-uri {masked(result.tracking_uri)}, then open "
+            f"http://127.0.0.1:5000/{runs_page}"
+        )
 
 
 def _sort_key(trial: TrialRecord, result: SweepResult) -> tuple[bool, float]:
     score = best_value(trial, result.metric, result.mode)
     sign = 1 if result.mode == "min" else -1
     return (score is None, sign * (score or 0.0))
+
+
+def _warm_start(args: argparse.Namespace) -> WarmStartRequest | None:
+    if args.warm_start is None:
+        if args.warm_start_skip_incompatible:
+            raise ConfigError("--warm-start-skip-incompatible needs --warm-start SWEEP_DIR")
+        return None
+    return WarmStartRequest(args.warm_start, args.warm_start_skip_incompatible)
 
 
 def _sigterm_as_sigint(signum: int, frame: object) -> None:
@@ -145,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             on_stage=lambda message: print(message, flush=True),
             progress=None if args.verbose else sys.stdout,
+            warm_start=_warm_start(args),
         )
         print_summary(result)
         if args.no_finalise:

@@ -115,6 +115,16 @@ class SweepSettings:
     # With --address: how long to wait for a node that can run one trial (an autoscaler adding
     # it) before giving up; 0 = give up at once. On this machine a missing shape fails at once.
     resource_wait_s: float = 600.0
+    # TPE proposes at random until this many trials have finished (warm-start trials count).
+    tpe_startup_trials: int = 10
+    # Where the sweep's Optuna study lives: "" = optuna.journal in the sweep folder; or an RDB
+    # URL (postgresql+psycopg2://user:${PASSWORD}@host/db: ${VAR}s are read from the
+    # environment when connecting, never stored). See sweeps.study.
+    optuna_storage: str = ""
+    # MLflow system metrics (CPU, memory, GPU) of each trial's node in its run, sampled every
+    # system_metrics_interval_s seconds (sweeps.system_metrics).
+    system_metrics: bool = False
+    system_metrics_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_ranges("sweep", self, SWEEP_RANGES)
@@ -132,6 +142,8 @@ SWEEP_RANGES: dict[str, Range] = {
     "emotion_every": Range(0, note="0: off"),
     "mlflow_flush_s": Range(0.0),
     "resource_wait_s": Range(0.0, note="0: give up at once"),
+    "tpe_startup_trials": Range(0, note="0: model-based from the first trial"),
+    "system_metrics_interval_s": Range(0.5),
 }
 
 
@@ -393,6 +405,30 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
             f"{where}.grace_period: {sweep.grace_period} exceeds train.max_epochs "
             f"{experiment.train.max_epochs}"
         )
+    if sweep.optuna_storage:
+        _check_storage_url(sweep.optuna_storage, f"{where}.optuna_storage")
+
+
+def _check_storage_url(url: str, where: str) -> None:
+    """A database URL whose password, if any, comes from the environment (${VAR}): the space
+    is stored in the sweep folder and logged to MLflow."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    expected = (
+        "expected '' (optuna.journal in the sweep folder) or a database URL such as "
+        "postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host:5432/optuna"
+    )
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{where}: {expected}, got {url!r}") from None
+    if parsed.password is not None and not str(parsed.password).startswith("$"):
+        raise ConfigError(
+            f"{where}: write the password as an environment variable reference, e.g. "
+            "postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host/optuna: the space is "
+            "stored in the sweep folder and logged to MLflow"
+        )
 
 
 def _check_emotion(sweep: SweepSettings, source: str) -> None:
@@ -459,6 +495,11 @@ def load_space(name_or_path: str, overrides: list[str] | None = None) -> SweepSp
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     raw = apply_overrides(raw or {}, overrides or [])
     return spec_from_dict(raw, path.stem, str(path))
+
+
+def searched_params(params: dict[str, Any]) -> list[str]:
+    """The names `params` searches (a distribution each), as opposed to constants."""
+    return [name for name, spec in params.items() if isinstance(spec, dict)]
 
 
 def to_tune_space(params: dict[str, Any]) -> dict[str, Any]:

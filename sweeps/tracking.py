@@ -22,12 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
+from sqlalchemy.engine import make_url
 
 from emovae.evaluate import plot_learning_curves
+from sweeps.databases import (
+    DatabaseError,
+    check_database,
+    check_mlflow_schema,
+    is_database_url,
+    masked,
+)
 from sweeps.results import trial_error_text, trial_status
 from sweeps.trials import TrialStatus
 
@@ -59,25 +67,54 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
 
 
+def resolved_uri(uri: str) -> str:
+    """The tracking URI with its `${VAR}` references read from the environment: a team's
+    database password stays out of sweep.json, which stores the URI as given."""
+    return os.path.expandvars(uri)
+
+
+def tracking_client(uri: str) -> MlflowClient:
+    return MlflowClient(resolved_uri(uri))
+
+
 def default_tracking_uri(sweep_dir: Path) -> str:
     return f"sqlite:///{(Path(sweep_dir) / 'mlflow.db').resolve()}"
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail before any trial starts when an MLflow server is unreachable."""
+    """Fail before Ray starts when the tracking store cannot be used: an MLflow server that
+    does not answer, or a database (a team's MLflow on PostgreSQL) that cannot be reached or
+    holds MLflow's tables at another schema. sqlite files are created by MLflow itself."""
+    given, uri = uri, resolved_uri(uri)
+    if is_database_url(uri):
+        password = make_url(given).password
+        if password is not None and not str(password).startswith("$"):
+            raise TrackingError(
+                f"--tracking-uri {masked(given)}: write the password as an environment "
+                "variable reference in single quotes, e.g. "
+                "'postgresql+psycopg2://mlflow:${POSTGRES_PASSWORD}@db-host/mlflow': the sweep "
+                "folder stores the URI as given"
+            )
+        try:
+            check_database(uri, "MLflow tracking store", timeout_s)
+            check_mlflow_schema(uri, timeout_s)
+        except DatabaseError as exc:
+            raise TrackingError(str(exc)) from exc
+        return
     if not uri.startswith(("http://", "https://")):
         return
+    shown = masked(uri)
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
     except requests.RequestException as exc:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start it "
+            f"MLflow tracking server {shown} is unreachable ({type(exc).__name__}); start it "
             "(mlflow server --host 127.0.0.1 --port 5000 ...) or drop --tracking-uri to log "
             "to a local sqlite store in the sweep folder"
         ) from exc
     if response.status_code != 200:
         raise TrackingError(
-            f"MLflow tracking server {uri} answered {response.status_code} on /health"
+            f"MLflow tracking server {shown} answered {response.status_code} on /health"
         )
     # /health is exempt from MLflow's Host-header check; a real API call is not.
     api = requests.get(
@@ -87,7 +124,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     )
     if api.status_code != 200:
         raise TrackingError(
-            f"MLflow tracking server {uri} refused an API call ({api.status_code}: "
+            f"MLflow tracking server {shown} refused an API call ({api.status_code}: "
             f"{api.text[:200]}); if it names the Host header, add this host to the server's "
             "--allowed-hosts"
         )
@@ -106,11 +143,41 @@ def git_commit(repo: Path) -> str:
     return result.stdout.strip() or "unknown"
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI overview; this kind opens it
+# on its runs table.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    if experiment is None or experiment.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return experiment_id
+
+
+def corpus_dataset(
+    name: str, fingerprint: str, source: str, counts: dict[str, dict[str, int]]
+) -> Dataset:
+    """The corpus as an MLflow dataset (the runs table's Dataset column): its name, content
+    fingerprint, and clips per emotion in each split."""
+    profile = {"clips": {split: sum(per.values()) for split, per in counts.items()}} | counts
+    return Dataset(
+        name=name,
+        digest=fingerprint[:36],  # MLflow keeps at most 36 characters
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        profile=json.dumps(profile),
+    )
+
+
+def log_dataset(client: MlflowClient, run_id: str, dataset: Dataset) -> None:
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, "training")]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])
 
 
 def flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -258,6 +325,8 @@ class MlflowTrialLogger(tune.Callback):
         log_checkpoints: bool = True,
         retry_every_s: float = 10.0,
         flush_every_s: float = 30.0,
+        dataset: Dataset | None = None,
+        eager_runs: bool = False,
     ):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -267,6 +336,8 @@ class MlflowTrialLogger(tune.Callback):
         self.log_checkpoints = log_checkpoints
         self.retry_every_s = retry_every_s
         self.flush_every_s = flush_every_s
+        self.dataset = dataset  # the corpus, logged as each trial run's input
+        self.eager_runs = eager_runs  # create a trial's run when it starts, not at a flush
         self._reset()
 
     def _reset(self) -> None:
@@ -294,6 +365,8 @@ class MlflowTrialLogger(tune.Callback):
             "log_checkpoints",
             "retry_every_s",
             "flush_every_s",
+            "dataset",
+            "eager_runs",
         )
         return {k: self.__dict__[k] for k in keep}
 
@@ -314,7 +387,7 @@ class MlflowTrialLogger(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
+            self._client = tracking_client(self.tracking_uri)
         return self._client
 
     @property
@@ -332,6 +405,8 @@ class MlflowTrialLogger(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = flatten("", self.base_params) | flatten("", trial.config)
         self._queue.append(("start", trial.trial_id, params, _now_ms()))
+        if self.eager_runs:
+            self._flush(trial.trial_id)
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict[str, Any], **info: Any
@@ -416,7 +491,7 @@ class MlflowTrialLogger(tune.Callback):
                 LOG.warning(
                     "MLflow at %s failed (%s: %s); trials go on, %d logging operation(s) "
                     "queued and retried every %.0f s",
-                    self.tracking_uri,
+                    masked(self.tracking_uri),
                     type(exc).__name__,
                     str(exc)[:300],
                     len(self._queue),
@@ -424,7 +499,9 @@ class MlflowTrialLogger(tune.Callback):
                 )
             return False
         if self._down_since is not None:
-            LOG.warning("MLflow at %s reachable again; queued operations logged", self.tracking_uri)
+            LOG.warning(
+                "MLflow at %s reachable again; queued operations logged", masked(self.tracking_uri)
+            )
             self._down_since = None
         return not self._queue
 
@@ -509,6 +586,8 @@ class MlflowTrialLogger(tune.Callback):
                 {TAG_TRIAL_ID: trial_id, TAG_ROLE: "trial"},
                 start_ms=first_ms,
             )
+            if self.dataset is not None:
+                log_dataset(self.client, run_id, self.dataset)
             self._runs[trial_id] = run_id
             self._last_step[run_id] = 0
             self._params[run_id] = set()
@@ -540,7 +619,7 @@ class MlflowTrialLogger(tune.Callback):
                 handle.write(json.dumps(plain, default=str) + "\n")
         LOG.error(
             "MLflow at %s: %d operation(s) could not be logged; kept in %s",
-            self.tracking_uri,
+            masked(self.tracking_uri),
             len(self._queue),
             path,
         )

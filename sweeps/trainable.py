@@ -37,6 +37,7 @@ from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import SpeechVAE
 from emovae.train import EpochMetrics, train
 from sweeps.space import trial_train_config
+from sweeps.system_metrics import system_metrics
 
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
@@ -215,13 +216,16 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
             metrics = metrics | best(metrics) | placement
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)))
 
-        train(
-            train_config,
-            data,
-            work_dir,
-            on_epoch=report,
-            resume_from=resume_from,
-            epoch_metrics=epoch_metrics,
-        )
+        monitor = experiment.get("system_metrics")
+        trial_id = tune.get_context().get_trial_id() if monitor else ""
+        with system_metrics(monitor, trial_id):
+            train(
+                train_config,
+                data,
+                work_dir,
+                on_epoch=report,
+                resume_from=resume_from,
+                epoch_metrics=epoch_metrics,
+            )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,8 +1,10 @@
 """Real servers for the cluster tests: a Ray cluster of several nodes on loopback, an MLflow
-tracking server, and the sweep CLI as a driver process.
+tracking server, a database of their own on the PostgreSQL server at 127.0.0.1:5432, and the
+sweep CLI as a driver process.
 
 Everything binds to 127.0.0.1 on free ports, and each helper stops exactly what it started:
-Popen'd processes by their own process group, Ray nodes through `Cluster.remove_node`.
+Popen'd processes by their own process group, Ray nodes through `Cluster.remove_node`,
+databases by name.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import requests
+from psycopg2 import sql
+from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: mlflow, ray
@@ -63,13 +69,15 @@ def stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with a sqlite store: start, kill (a crash), restart."""
+    """`mlflow server` on 127.0.0.1: start, kill (a crash), restart. Its store is a sqlite file
+    in `root`, or `backend_store_uri` (a PostgreSQL database: `postgres_database`)."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, backend_store_uri: str | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.db = self.root / "mlflow.db"
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.db}"
         self.artifacts = self.root / "artifacts"
         self.log = self.root / "server.log"
         self.process: subprocess.Popen | None = None
@@ -90,7 +98,7 @@ class MlflowServer:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{self.db}",
+            self.backend_store_uri,
             "--artifacts-destination",
             str(self.artifacts),
         ]
@@ -140,8 +148,8 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer(root)
+def mlflow_server(root: Path, backend_store_uri: str | None = None) -> Iterator[MlflowServer]:
+    server = MlflowServer(root, backend_store_uri=backend_store_uri)
     server.start()
     try:
         yield server
@@ -267,3 +275,63 @@ def trial_checkpoints(tune_dir: Path) -> dict[str, list[Path]]:
         for folder in Path(tune_dir).iterdir()
         if folder.is_dir() and (folder / "result.json").exists()
     }
+
+
+# ---- PostgreSQL: the server on 127.0.0.1:5432, a database of our own per test -------------
+
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def _postgres_admin(statement: sql.Composable | None = None) -> None:
+    """Run `statement` (psycopg2.sql) on the server's `postgres` database, outside a transaction
+    (CREATE and DROP DATABASE refuse one); none: only connect."""
+    connection = psycopg2.connect(dbname="postgres", connect_timeout=3, **POSTGRES)
+    try:
+        connection.autocommit = True
+        if statement is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL on 127.0.0.1:5432 (user postgres) cannot serve the tests; None if it can."""
+    try:
+        _postgres_admin()
+    except psycopg2.Error as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = f"{POSTGRES['host']}:{POSTGRES['port']} (user {POSTGRES['user']})"
+        return f"PostgreSQL on {where} is not available ({first})"
+    return None
+
+
+@contextlib.contextmanager
+def postgres_database(password: str | None = None) -> Iterator[str]:
+    """A new empty database `emovae_test_<hex>`; its SQLAlchemy URL with the psycopg2 driver
+    (the one docker/compose.yaml gives MLflow), carrying `password` if given. Dropped on exit
+    together with any connection a test left open to it."""
+    name = f"emovae_test_{uuid.uuid4().hex}"
+    _postgres_admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    user = f"{POSTGRES['user']}:{password}" if password else POSTGRES["user"]
+    try:
+        yield f"postgresql+psycopg2://{user}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
+    finally:
+        _postgres_admin(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def postgres_rows(url: str, statement: str) -> list[tuple]:
+    """The rows `statement` returns (none for an UPDATE, committed), read with psycopg2 straight
+    from the database behind the SQLAlchemy `url`, not through MLflow."""
+    parsed = make_url(url)
+    connection = psycopg2.connect(
+        host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database
+    )
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()

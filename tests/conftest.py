@@ -1,9 +1,10 @@
-"""Shared fixtures: the repository root, the real EmoDB copy, a fake RAVDESS tree, and one
-torch thread for modules that train tiny models."""
+"""Shared fixtures: the repository root, the real EmoDB copy, a database on the local
+PostgreSQL, a fake RAVDESS tree, and one torch thread for modules that train tiny models."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cluster_helpers import postgres_database, postgres_unavailable
 
 RAVDESS_RATE = 48_000
 
@@ -48,6 +50,39 @@ def require_emodb(path: Path) -> Path:
 def emodb_dir(repo_root: Path) -> Path:
     """The real EmoDB WAV folder (../shared/data/emodb/wav); see `require_emodb`."""
     return require_emodb(repo_root.parent / "shared" / "data" / "emodb" / "wav")
+
+
+def require_postgres() -> None:
+    """Nothing if PostgreSQL on 127.0.0.1:5432 serves the tests; else skip the test, or fail it
+    on CI (CI=true), where the server must run so that no PostgreSQL test silently stops."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must have it")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new empty PostgreSQL database of this test's own, dropped afterwards (see
+    `require_postgres`); its URL carries a password of its own, which the server's trust
+    authentication ignores: tests check that it is never printed."""
+    require_postgres()
+    with postgres_database(password=f"pw{uuid.uuid4().hex}") as url:
+        yield url
+
+
+@pytest.fixture
+def mlflow_backend_store() -> Iterator[str | None]:
+    """A store for a test's MLflow server: a new PostgreSQL database (the team's store) where
+    the server runs, else None (the server's sqlite file); on CI, PostgreSQL is required."""
+    if postgres_unavailable() is not None:
+        if os.environ.get("CI") == "true":
+            require_postgres()
+        yield None
+        return
+    with postgres_database() as url:
+        yield url
 
 
 def _tone(seconds: float, channels: int, seed: int) -> np.ndarray:

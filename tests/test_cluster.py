@@ -1,9 +1,10 @@
 """The sweep on a real multi-node Ray cluster with a real MLflow tracking server (issue 5).
 
 Each test starts its own servers on 127.0.0.1 (a `ray.cluster_utils.Cluster` whose nodes are
-separate raylets, an `mlflow server` on a sqlite store) and stops exactly those. The sweep is
-the shipped `quick` space, shrunk as in test_sweep_e2e.py, run by the real CLI: through the
-job server (`ray job submit`) or as a driver process joining the cluster with `--address`.
+separate raylets, an `mlflow server` on a sqlite store, or for the outage test on a PostgreSQL
+database of its own) and stops exactly those. The sweep is the shipped `quick` space, shrunk
+as in test_sweep_e2e.py, run by the real CLI: through the job server (`ray job submit`) or as
+a driver process joining the cluster with `--address`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cluster_helpers import (
     free_port,
     loopback_ray_env,
     mlflow_server,
+    postgres_rows,
     ray_cluster,
     start_driver,
     stop_group,
@@ -256,7 +258,12 @@ def logged_epochs(uri: str) -> int:
     return sum(len(epoch_steps(client, r.info.run_id)) for r in trial_runs(runs))
 
 
-def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path, sweep_cache: Path) -> None:
+def test_mlflow_server_outage_mid_sweep_loses_nothing(
+    tmp_path: Path, sweep_cache: Path, mlflow_backend_store: str | None
+) -> None:
+    """The server's store is a PostgreSQL database of the test's own, as a team's server has
+    (`mlflow_backend_store`: the server on 127.0.0.1:5432, required on CI), else its sqlite
+    file: the server is killed mid-sweep and restarted on the same store and port."""
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
     # Two trials at once, each about 2 min of training on a 2-core machine (more data per
     # epoch, about 2 s an epoch; no ASHA or early stop): still training when the server is
@@ -270,16 +277,22 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path, sweep_cach
         "sweep.grace_period=64",
         "sweep.mlflow_flush_s=2",  # writes while the server is down, so the outage shows
     )
-    with loopback_ray_env(), mlflow_server(tmp_path / "mlflow") as server:
+    store = mlflow_backend_store
+    with loopback_ray_env(), mlflow_server(tmp_path / "mlflow", store) as server:
         command = driver_command(out, sweep_cache, *extra, options=("--tracking-uri", server.uri))
         driver = start_driver(command, log)
         try:
             wait_for(lambda: logged_epochs(server.uri) >= 1, 300, "an epoch in MLflow", 2)
             server.kill()
             down_at = time.time()
-            time.sleep(12)  # longer than the logger's 10 s between retries
+            # Restarted as soon as the driver has met the outage, not after a fixed 12 s: the
+            # restart itself took 8 to 20 s, and on a faster machine an epoch took 0.55 s (35 s
+            # a trial), so after 12 s of waiting both trials once ended before it was back.
+            wait_for(
+                lambda: "trials go on" in log.read_text(), 60, "the driver to meet the outage", 0.5
+            )
             assert driver.poll() is None, tail(log)  # the sweep goes on without its server
-            server.start()  # same port, same sqlite store
+            server.start()  # same port, same store
             up_at = time.time()
             done = [rows for rows in trial_results(out / "tune").values() if rows[-1]["done"]]
             assert driver.poll() is None and len(done) < 2, "the sweep ended before the restart"
@@ -302,6 +315,9 @@ def test_mlflow_server_outage_mid_sweep_loses_nothing(tmp_path: Path, sweep_cach
             assert epoch_steps(client, r.info.run_id) == reported
         parent = [r for r in runs if r.data.tags.get(TAG_ROLE) == "sweep"]
         assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    if store is not None:  # what the server answered is what PostgreSQL holds
+        in_postgres = {row[0] for row in postgres_rows(store, "SELECT run_uuid FROM runs")}
+        assert in_postgres == {r.info.run_id for r in runs}
 
 
 def test_mlflow_server_down_until_the_end_keeps_a_backlog(

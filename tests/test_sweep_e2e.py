@@ -17,12 +17,17 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pytest
 import soundfile as sf
 from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis
 
 from emovae.audio.export import read_manifest
+from sweeps.study import ATTR_RAY_TRIAL, ATTR_SEEN, JOURNAL_FILE
 from sweeps.tracking import (
     TAG_FORGOTTEN,
     TAG_ROLE,
@@ -121,6 +126,24 @@ def test_quick_sweep_end_to_end(
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in trials + finals)
     assert len({r.data.tags[TAG_TRIAL_ID] for r in trials}) == 8
     assert parents[0].data.params["data_fingerprint"]
+    # MLflow's UI opens the experiment on its runs; each run names the corpus it trained on.
+    experiment = client.get_experiment(parents[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs_page = f"#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert f"http://127.0.0.1:5000/{runs_page}" in result.stdout
+    for r in parents + trials:
+        (corpus,) = [d.dataset for d in r.inputs.dataset_inputs]
+        assert corpus.name == "synthetic"
+        assert corpus.digest == parents[0].data.params["data_fingerprint"]
+        profile = json.loads(corpus.profile)
+        assert profile["clips"]["train"] == int(parents[0].data.params["data_n_train"])
+        assert sum(profile["train"].values()) == profile["clips"]["train"]
+    # The search's Optuna study: one trial per Ray trial, every one finished.
+    study = _study(out)
+    assert sorted(t.user_attrs[ATTR_RAY_TRIAL] for t in study.trials) == sorted(
+        r.data.tags[TAG_TRIAL_ID] for r in trials
+    )
+    assert all(t.state.is_finished() for t in study.trials)
     # The objective is the samples' distance to the real validation clips (the quick space's).
     assert "best_val_gen_fd" in parents[0].data.metrics
     # The emotion judge trained once for the sweep; every trial reported emotion metrics and
@@ -202,15 +225,56 @@ def _wait_for_epochs(
     raise AssertionError(f"no {trials} trials with an epoch within {timeout} s")
 
 
-def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
+def _study(sweep_dir: Path) -> optuna.Study:
+    storage = JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL_FILE)))
+    return optuna.load_study(study_name=sweep_dir.name, storage=storage)
+
+
+def _wait_for_finished_trials(
+    sweep_dir: Path, finished: int, timeout: float, driver: subprocess.Popen
+) -> None:
+    """Until the sweep's Optuna study holds `finished` finished trials and another trial is
+    training (an epoch in its result.json but not finished in the study)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if driver.poll() is not None:
+            raise AssertionError(f"the driver exited ({driver.returncode}) too early")
+        if (sweep_dir / JOURNAL_FILE).is_file():
+            trials = _study(sweep_dir).get_trials(deepcopy=False)
+            done = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in trials if t.state.is_finished()}
+            training = [t for t in _epochs_by_trial(sweep_dir) if t not in done]
+            if len(done) >= finished and training:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no {finished} finished trials and a training one within {timeout} s")
+
+
+def _epochs_by_trial(sweep_dir: Path) -> dict[str, list[int]]:
+    """Each trial's epochs as its result.json lists them (one row per reported epoch)."""
+    epochs: dict[str, list[int]] = {}
+    for path in sweep_dir.glob("tune/*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            epochs[rows[0]["trial_id"]] = [int(row["epoch"]) for row in rows]
+    return epochs
+
+
+def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
     tmp_path: Path, sweep_cache: Path
 ) -> None:
+    """Killed past TPE's start-up trials, resumed: the study keeps every trial told before
+    the kill and the proposals after the restart model them; trials training at the kill
+    continue from their checkpoints; MLflow keeps one run per trial."""
     out = tmp_path / "sweep"
     command = sweep_command(
         out,
         sweep_cache,
-        "sweep.num_samples=4",
-        # Enough epochs that trials are still training when the driver is killed: an epoch of
+        "sweep.num_samples=6",
+        "sweep.tpe_startup_trials=2",
+        # Long trials, so also the test of MLflow's system metrics in the trials' runs.
+        "sweep.system_metrics=true",
+        "sweep.system_metrics_interval_s=0.5",
+        # Enough epochs that a trial is still training when the driver is killed: an epoch of
         # the shrunk model takes well under a second.
         "train.max_epochs=40",
         "train.patience=40",
@@ -224,20 +288,16 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
         start_new_session=True,  # the driver leads a process group holding the Ray it starts
     )
     try:
-        _wait_for_epochs(out, trials=2, timeout=900, driver=driver)
+        _wait_for_finished_trials(out, finished=2, timeout=900, driver=driver)
     finally:
         # SIGKILL the whole group: the driver and the Ray processes it started (agents that
         # would otherwise outlive it, re-parented to init).
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
-    # Killed mid-trial. Its epochs may still be queued for MLflow (written every
-    # mlflow_flush_s): the resumed sweep must find them in Tune's snapshot or get them again.
-    last_rows = [
-        json.loads(lines[-1])
-        for path in out.glob("tune/*/result.json")
-        if (lines := path.read_text().splitlines())
-    ]
-    assert any(not row["done"] for row in last_rows), last_rows
+    before = {t.number: t for t in _study(out).trials}
+    finished_before = {n: t for n, t in before.items() if t.state.is_finished()}
+    epochs_before = _epochs_by_trial(out)
+    assert len(finished_before) >= 2
 
     resumed = run(
         [
@@ -251,25 +311,57 @@ def test_sigkill_driver_then_resume_keeps_one_run_per_trial(
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
 
-    client, runs = mlflow_runs(out)
+    # The study: what was told before the kill is unchanged; later proposals saw all of it.
+    after = {t.number: t for t in _study(out).trials}
+    for number, trial in finished_before.items():
+        assert after[number].state == trial.state and after[number].value == trial.value
+    proposed_after = [t for n, t in after.items() if n > max(before)]
+    assert proposed_after, "every trial was proposed before the kill: nothing to show"
+    for trial in proposed_after:
+        assert trial.user_attrs[ATTR_SEEN] >= len(finished_before), trial.user_attrs
+    assert not [t for t in after.values() if t.state == TrialState.RUNNING]
+
     known = {t.trial_id for t in ExperimentAnalysis(str(out / "tune")).trials}
-    assert len(known) == 4
+    assert len(known) == 6
+    in_study = Counter(
+        t.user_attrs[ATTR_RAY_TRIAL] for t in after.values() if not t.user_attrs.get("forgotten")
+    )
+    assert set(in_study) == known and set(in_study.values()) == {1}, in_study
+    # Trials Tune's last snapshot did not hold yet are forgotten (their slots rerun as new
+    # trials): at most one per concurrent slot. Every trial that had finished is still known.
+    seen_before = set(epochs_before)
+    assert {t.user_attrs[ATTR_RAY_TRIAL] for t in finished_before.values()} <= known
+    assert len(seen_before - known) <= 2, (seen_before, known)
+    # A trial training at the kill continued from its checkpoint, not from epoch 1.
+    epochs_after = _epochs_by_trial(out)
+    continued = [
+        trial_id
+        for trial_id, epochs in epochs_before.items()
+        if trial_id in known and len(epochs_after[trial_id]) > len(epochs)
+    ]
+    assert continued, (epochs_before, epochs_after)
+    for trial_id in continued:
+        assert epochs_after[trial_id][len(epochs_before[trial_id])] > 1, epochs_after[trial_id]
+
+    client, runs = mlflow_runs(out)
     trials = [r for r in by_role(runs, "trial") if r.data.tags[TAG_TRIAL_ID] in known]
     trial_ids = Counter(r.data.tags[TAG_TRIAL_ID] for r in trials)
     assert set(trial_ids) == known and set(trial_ids.values()) == {1}, trial_ids
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    # A trial that Ray's last experiment snapshot before the kill did not hold yet is gone
-    # from Ray (the resumed sweep reruns its slot as a new trial): its run stays, marked.
-    for r in by_role(runs, "trial"):
-        if r.data.tags[TAG_TRIAL_ID] not in known:
-            assert r.data.tags[TAG_FORGOTTEN] == "true", r.data.tags
-        else:
-            assert TAG_FORGOTTEN not in r.data.tags
+    forgotten = [r for r in by_role(runs, "trial") if r.data.tags[TAG_TRIAL_ID] not in known]
+    assert len(forgotten) <= 2
+    for r in forgotten:
+        assert r.data.tags[TAG_FORGOTTEN] == "true", r.data.tags
     for r in trials:
+        assert TAG_FORGOTTEN not in r.data.tags
         steps = epoch_steps(client, r.info.run_id)
         assert steps == list(range(1, len(steps) + 1)), (r.data.tags[TAG_TRIAL_ID], steps)
         assert r.data.tags[TAG_TRIAL_STATUS] in ("FINISHED", "KILLED_BY_ASHA")
     assert len(by_role(runs, "sweep")) == 1
+    sampled = [r for r in trials if "system/cpu_utilization_percentage" in r.data.metrics]
+    assert sampled, "no trial run holds system metrics"
+    for r in sampled:
+        assert 0 < r.data.metrics["system/system_memory_usage_megabytes"]
 
 
 def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(

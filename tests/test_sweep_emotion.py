@@ -135,17 +135,19 @@ def test_the_driver_does_nothing_without_emotion_metrics(
     logged = client.get_run(state.parent_run_id).data
     assert logged.params == {} and logged.metrics == {}
     experiment = _absolute_cache(off)
-    trial = _trial_experiment(off, experiment)
+    trial = _trial_experiment(off, experiment, state)
     assert "emotion" not in trial and trial["objective"] == {"metric": "val_recon", "mode": "min"}
 
 
 def test_a_trial_loads_the_judge_and_carries_metrics_forward(
-    sweep: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    sweep: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """train_trial as Ray runs it (Ray's calls faked): the judge is loaded, not trained, and
     the metrics are computed on epochs 1, 3, 4 and repeated on epoch 2."""
     spec: SweepSpec = sweep["spec"]
-    experiment = _trial_experiment(spec, _absolute_cache(spec))
+    _, state = mlflow_parent_run(tmp_path)
+    experiment = _trial_experiment(spec, _absolute_cache(spec), state)
+    assert "system_metrics" not in experiment  # off unless sweep.system_metrics
     assert experiment["emotion"]["every"] == EVERY
 
     reports: list[dict[str, float]] = []
