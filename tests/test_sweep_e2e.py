@@ -6,6 +6,7 @@ inventing its own, so what is tested is what the README runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -20,6 +22,7 @@ import numpy as np
 import optuna
 import pytest
 import soundfile as sf
+from cluster_helpers import mlflow_server, postgres_database
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -73,8 +76,9 @@ def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess
     )
 
 
-def mlflow_runs(sweep_dir: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+def mlflow_runs(sweep_dir: Path, uri: str | None = None) -> tuple[MlflowClient, list]:
+    """The sweep's runs: in its own sqlite store, or on the MLflow server at `uri`."""
+    client = MlflowClient(uri or f"sqlite:///{sweep_dir / 'mlflow.db'}")
     experiments = [e for e in client.search_experiments() if e.name.startswith("emovae-")]
     assert len(experiments) == 1
     return client, client.search_runs([experiments[0].experiment_id], max_results=1000)
@@ -221,17 +225,41 @@ def _wait_for_epochs(
         reported = [p for p in sweep_dir.glob("tune/*/result.json") if p.stat().st_size > 0]
         if len(reported) >= trials:
             return
-        time.sleep(1.0)
+        time.sleep(0.2)
     raise AssertionError(f"no {trials} trials with an epoch within {timeout} s")
 
 
-def _study(sweep_dir: Path) -> optuna.Study:
-    storage = JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL_FILE)))
+def _study(sweep_dir: Path, storage_url: str | None = None) -> optuna.Study:
+    """The sweep's Optuna study: its journal file, or the database at `storage_url`."""
+    storage = storage_url or JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL_FILE)))
     return optuna.load_study(study_name=sweep_dir.name, storage=storage)
 
 
+@contextlib.contextmanager
+def team_stores(
+    root: Path, backend: str | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[list[str], str | None, str | None]]:
+    """Where PostgreSQL runs (always on CI): an MLflow server on `backend` and the Optuna
+    study in a database of its own, its password from the environment, as a team runs them.
+    Yields (driver arguments, the MLflow server's URI, the study's URL); else the sweep
+    folder's own sqlite store and journal: ([], None, None)."""
+    if backend is None:
+        yield [], None, None
+        return
+    secret = "pw-sigkill-test"  # trust authentication ignores it; the URL carries it only
+    monkeypatch.setenv("EMOVAE_TEST_STUDY_PASSWORD", secret)
+    with mlflow_server(root / "mlflow", backend) as server, postgres_database(secret) as study:
+        study_setting = study.replace(f":{secret}@", ":${EMOVAE_TEST_STUDY_PASSWORD}@")
+        arguments = ["--tracking-uri", server.uri, "--set", f"sweep.optuna_storage={study_setting}"]
+        yield arguments, server.uri, study
+
+
 def _wait_for_finished_trials(
-    sweep_dir: Path, finished: int, timeout: float, driver: subprocess.Popen
+    sweep_dir: Path,
+    finished: int,
+    timeout: float,
+    driver: subprocess.Popen,
+    storage_url: str | None = None,
 ) -> None:
     """Until the sweep's Optuna study holds `finished` finished trials and another trial is
     training (an epoch in its result.json but not finished in the study)."""
@@ -239,8 +267,11 @@ def _wait_for_finished_trials(
     while time.monotonic() < deadline:
         if driver.poll() is not None:
             raise AssertionError(f"the driver exited ({driver.returncode}) too early")
-        if (sweep_dir / JOURNAL_FILE).is_file():
-            trials = _study(sweep_dir).get_trials(deepcopy=False)
+        if storage_url or (sweep_dir / JOURNAL_FILE).is_file():
+            try:
+                trials = _study(sweep_dir, storage_url).get_trials(deepcopy=False)
+            except KeyError:  # the study is not created yet
+                trials = []
             done = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in trials if t.state.is_finished()}
             training = [t for t in _epochs_by_trial(sweep_dir) if t not in done]
             if len(done) >= finished and training:
@@ -260,12 +291,27 @@ def _epochs_by_trial(sweep_dir: Path) -> dict[str, list[int]]:
 
 
 def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
-    tmp_path: Path, sweep_cache: Path
+    tmp_path: Path,
+    sweep_cache: Path,
+    mlflow_backend_store: str | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Killed past TPE's start-up trials, resumed: the study keeps every trial told before
     the kill and the proposals after the restart model them; trials training at the kill
-    continue from their checkpoints; MLflow keeps one run per trial."""
-    out = tmp_path / "sweep"
+    continue from their checkpoints; MLflow keeps one run per trial. Where PostgreSQL runs
+    (CI), on a team's stores: MLflow's server and the study on PostgreSQL (`team_stores`);
+    the Ctrl-C test resumes a sweep on the folder's own sqlite store and journal."""
+    with team_stores(tmp_path, mlflow_backend_store, monkeypatch) as stores:
+        _sigkill_then_resume(tmp_path / "sweep", sweep_cache, *stores)
+
+
+def _sigkill_then_resume(
+    out: Path,
+    sweep_cache: Path,
+    store_arguments: list[str],
+    mlflow_uri: str | None,
+    study_url: str | None,
+) -> None:
     command = sweep_command(
         out,
         sweep_cache,
@@ -281,20 +327,20 @@ def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
         *NO_EMOTION,
     )
     driver = subprocess.Popen(
-        [*command, "--no-finalise"],
+        [*command, *store_arguments, "--no-finalise"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # the driver leads a process group holding the Ray it starts
     )
     try:
-        _wait_for_finished_trials(out, finished=2, timeout=900, driver=driver)
+        _wait_for_finished_trials(out, 2, timeout=900, driver=driver, storage_url=study_url)
     finally:
         # SIGKILL the whole group: the driver and the Ray processes it started (agents that
         # would otherwise outlive it, re-parented to init).
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
-    before = {t.number: t for t in _study(out).trials}
+    before = {t.number: t for t in _study(out, study_url).trials}
     finished_before = {n: t for n, t in before.items() if t.state.is_finished()}
     epochs_before = _epochs_by_trial(out)
     assert len(finished_before) >= 2
@@ -312,7 +358,7 @@ def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
 
     # The study: what was told before the kill is unchanged; later proposals saw all of it.
-    after = {t.number: t for t in _study(out).trials}
+    after = {t.number: t for t in _study(out, study_url).trials}
     for number, trial in finished_before.items():
         assert after[number].state == trial.state and after[number].value == trial.value
     proposed_after = [t for n, t in after.items() if n > max(before)]
@@ -343,7 +389,8 @@ def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
     for trial_id in continued:
         assert epochs_after[trial_id][len(epochs_before[trial_id])] > 1, epochs_after[trial_id]
 
-    client, runs = mlflow_runs(out)
+    client, runs = mlflow_runs(out, mlflow_uri)
+    assert study_url is None or not (out / JOURNAL_FILE).exists()
     trials = [r for r in by_role(runs, "trial") if r.data.tags[TAG_TRIAL_ID] in known]
     trial_ids = Counter(r.data.tags[TAG_TRIAL_ID] for r in trials)
     assert set(trial_ids) == known and set(trial_ids.values()) == {1}, trial_ids
@@ -448,9 +495,10 @@ def test_ctrl_c_stops_without_finalising_and_resume_finishes_once(
         "sweep.num_samples=4",
         "sweep.max_concurrent=64",  # more than any CI machine fits: said, not silently queued
         # Still training or queued when the signal comes (2 trials run at a time on 2 cores;
-        # an epoch of the shrunk model takes about half a second).
-        "train.max_epochs=12",
-        "train.patience=12",
+        # an epoch of the shrunk model takes 0.2 to 0.5 s: with 12 epochs an idle machine
+        # finished all four trials before the signal).
+        "train.max_epochs=40",
+        "train.patience=40",
         "finalise.max_epochs=1",
         "finalise.n_samples=6",
         *NO_EMOTION,
