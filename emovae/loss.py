@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 
 TERMS = ("loss", "recon", "spectral", "kl")
+# A latent unit whose mean KL over a split exceeds this carries information about the input;
+# below it the encoder ignores the unit (posterior collapse). The threshold of the sweeps'
+# `val_active_units` (sweep.constraints: {val_active_units: ">= 4"} guards against collapse).
+ACTIVE_UNIT_NATS = 0.01
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -23,6 +27,15 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     -0.5 * sum(1 + log sigma^2 - mu^2 - sigma^2).
     """
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(dim=1)).mean()
+
+
+def kl_per_unit(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean KL(N(mu, sigma^2) || N(0, 1)) of each latent unit over the batch, in nats: (B, units)
+    or (B, units, frames) -> (units,). The per-element terms are those `kl_divergence` sums. A
+    temporal model's unit is a channel, its KL averaged over the latent frames, so a unit's
+    figure does not grow with the clip's length."""
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+    return kl.reshape(kl.shape[0], kl.shape[1], -1).mean(dim=(0, 2))
 
 
 def spectral_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from emovae.checkpoint import model_state, read_checkpoint, save_checkpoint
 from emovae.config import FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, Split
-from emovae.loss import TERMS, vae_loss
+from emovae.loss import ACTIVE_UNIT_NATS, TERMS, kl_per_unit, vae_loss
 from emovae.models import SpeechVAE, build_model
 
 MONITORS = ("val_loss", "val_recon")
@@ -163,9 +163,15 @@ def evaluate_loss(
 ) -> dict[str, torch.Tensor]:
     """Loss terms over a whole split, decoding the posterior mean (deterministic); a
     conditional model with a "withheld" label decodes without the label, so the reconstruction
-    error measures what the latent carries, not what the label adds."""
+    error measures what the latent carries, not what the label adds.
+
+    Also "active_units": the latent units whose mean KL over the split exceeds
+    ACTIVE_UNIT_NATS (emovae.loss.kl_per_unit), as a float. A collapsed posterior can still
+    reconstruct well through a few units (or, for a conditional decoder, through the label),
+    which the loss terms alone do not show."""
     model.eval()
     sums = {name: torch.zeros((), device=features.device) for name in TERMS}
+    unit_kl = torch.zeros((), device=features.device)  # becomes (units,) on the first batch
     for start in range(0, features.shape[0], EVAL_BATCH):
         x = features[start : start + EVAL_BATCH]
         y = labels[start : start + EVAL_BATCH] if model.n_classes else None
@@ -175,7 +181,10 @@ def evaluate_loss(
         terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight)
         for name in TERMS:
             sums[name] += terms[name] * x.shape[0]
-    return {name: value / features.shape[0] for name, value in sums.items()}
+        unit_kl = unit_kl + kl_per_unit(mu.float(), logvar.float()) * x.shape[0]
+    means = {name: value / features.shape[0] for name, value in sums.items()}
+    active = (unit_kl / features.shape[0] > ACTIVE_UNIT_NATS).sum()
+    return means | {"active_units": active.float()}
 
 
 def _check_finite(metrics: dict[str, float], epoch: int) -> None:

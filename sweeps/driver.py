@@ -64,11 +64,22 @@ from sweeps.tracking import (
     log_learning_curves,
     log_params,
     mark_interrupted_trials,
+    tag_feasibility,
     tag_forgotten_trials,
     tracking_client,
 )
 from sweeps.trainable import best_key, emotion_settings, judge_cache_dir, train_trial
-from sweeps.trials import TrialRecord, TrialStatus, best_value, epochs_run, ranked
+from sweeps.trials import (
+    Constraint,
+    TrialRecord,
+    TrialStatus,
+    at_best_key,
+    best_value,
+    epochs_run,
+    feasible,
+    ranked,
+    values_at_best,
+)
 from sweeps.warm_start import (
     WarmStart,
     WarmStartError,
@@ -84,7 +95,12 @@ TUNE_DIR = "tune"
 
 
 class SweepFailedError(RuntimeError):
-    """Every trial of the sweep failed."""
+    """Every trial of the sweep failed, or none met the sweep's constraints."""
+
+
+class NoFeasibleTrialError(SweepFailedError):
+    """Trials ran and reported the objective, but none met `sweep.constraints`: nothing to
+    finalise, though no trial failed."""
 
 
 class SweepInterruptedError(RuntimeError):
@@ -108,6 +124,8 @@ class SweepResult:
     # A `--resume` found every trial already run: nothing was trained or logged again.
     already_complete: bool = False
     experiment_id: str = ""
+    # sweep.constraints: `best` is the best trial that meets them (None: none does).
+    constraints: tuple[Constraint, ...] = ()
 
 
 @dataclass
@@ -196,6 +214,11 @@ def _log_sweep_params(
         "searcher": (
             f"OptunaSearch(TPESampler(seed={spec.sweep.seed}, "
             f"n_startup_trials={spec.sweep.tpe_startup_trials}))"
+            + (
+                f" with constraints {', '.join(map(str, spec.sweep.parsed_constraints()))}"
+                if spec.sweep.constraints
+                else ""
+            )
         ),
         "optuna_study": study.describe(),
         "scheduler": (
@@ -262,6 +285,8 @@ def _trial_experiment(
     log system metrics when it does. A copy: the driver logs the constants as every child
     run's params, and the judge's settings belong to the parent run."""
     trial = experiment | {"objective": {"metric": spec.sweep.metric, "mode": spec.sweep.mode}}
+    if spec.sweep.constraints:
+        trial |= {"constraints": dict(spec.sweep.constraints)}
     if spec.sweep.emotion_every >= 1:
         trial |= {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge)}
     if spec.sweep.system_metrics:
@@ -297,7 +322,7 @@ def _tuner(
     console: SweepConsole | None,
 ) -> tune.Tuner:
     searcher = ConcurrencyLimiter(
-        SweepSearch(study, sampler=_tpe(spec.sweep)),
+        SweepSearch(study, sampler=_tpe(spec.sweep), constraints=spec.sweep.parsed_constraints()),
         max_concurrent=spec.sweep.max_concurrent,
     )
     scheduler = ASHAScheduler(
@@ -359,7 +384,8 @@ def _log_outcome(
         count = sum(t.status == status for t in trials)
         client.set_tag(state.parent_run_id, f"trials.{status.lower()}", str(count))
     if best is None:
-        client.set_tag(state.parent_run_id, "emovae.error", "every trial failed")
+        reason = _no_best_reason(spec, trials) or "every trial failed"
+        client.set_tag(state.parent_run_id, "emovae.error", reason[:5000])
         client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
         return
     client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best_score)
@@ -369,7 +395,15 @@ def _log_outcome(
     client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, mode: str) -> Path:
+def _write_trials_csv(
+    sweep_dir: Path,
+    trials: list[TrialRecord],
+    metric: str,
+    mode: str,
+    constraints: tuple[Constraint, ...] = (),
+) -> Path:
+    """One row per trial; with constraints, `feasible` and each constrained metric at the
+    trial's best epoch (`at_best_<metric>`) after its best value."""
     import pandas as pd
 
     rows = [
@@ -379,6 +413,7 @@ def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, m
             "epochs": epochs_run(t),
             f"best_{metric}": best_value(t, metric, mode),
         }
+        | _constraint_columns(t, metric, mode, constraints)
         | {f"param.{k}": v for k, v in t.params.items()}
         | {"error": (t.error or "").splitlines()[-1] if t.error else ""}
         for t in trials
@@ -386,6 +421,17 @@ def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], metric: str, m
     path = sweep_dir / "trials.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+def _constraint_columns(
+    trial: TrialRecord, metric: str, mode: str, constraints: tuple[Constraint, ...]
+) -> dict[str, Any]:
+    if not constraints:
+        return {}
+    values = values_at_best(trial, metric, mode, [c.metric for c in constraints])
+    return {"feasible": feasible(trial, metric, mode, constraints)} | {
+        at_best_key(name): value for name, value in values.items()
+    }
 
 
 def _sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | None:
@@ -652,7 +698,9 @@ def _stop_interrupted(
     n_interrupted: int,
 ) -> None:
     """A driver stopped mid-sweep (Ctrl-C, SIGTERM): record what ran, finalise nothing."""
-    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
+    csv_path = _write_trials_csv(
+        sweep_dir, trials, spec.sweep.metric, spec.sweep.mode, spec.sweep.parsed_constraints()
+    )
     ended = len(trials) - n_interrupted
     not_started = spec.sweep.num_samples - len(trials)
     summary = (
@@ -680,7 +728,8 @@ def _result(
     trials: list[TrialRecord],
     already_complete: bool = False,
 ) -> SweepResult:
-    leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode)
+    constraints = spec.sweep.parsed_constraints()
+    leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode, constraints)
     best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
     return SweepResult(
         sweep_dir,
@@ -693,6 +742,31 @@ def _result(
         state.parent_run_id,
         already_complete,
         state.experiment_id,
+        constraints,
+    )
+
+
+def _no_best_reason(spec: SweepSpec, trials: list[TrialRecord]) -> str | None:
+    """When trials have a value but none meets the constraints: a sentence saying so, with how
+    close the trials came to each bound; else None (no trial has a value: they failed)."""
+    constraints = spec.sweep.parsed_constraints()
+    metric, mode = spec.sweep.metric, spec.sweep.mode
+    scored = [record for record, _, _ in ranked(trials, metric, mode)]
+    if not constraints or not scored:
+        return None
+    reached = []
+    for constraint in constraints:
+        values = [values_at_best(t, metric, mode, [constraint.metric]) for t in scored]
+        found = [v[constraint.metric] for v in values if v[constraint.metric] is not None]
+        if constraint.operator in (">=", ">"):
+            closest = f"the most any trial reached: {max(found):g}" if found else "no value"
+        else:
+            closest = f"the least any trial reached: {min(found):g}" if found else "no value"
+        reached.append(f"{constraint} ({closest})")
+    return (
+        f"no trial met the constraints, judged at each trial's best epoch of {metric}: "
+        f"{'; '.join(reached)}; {len(scored)} of {len(trials)} trials reported {metric}. "
+        "Relax sweep.constraints or widen the search"
     )
 
 
@@ -702,7 +776,8 @@ def _record_outcome(
     """trials.csv, learning curves and the parent run's outcome; errors when MLflow missed
     part of the sweep or every trial failed."""
     trials = result.trials
-    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode)
+    constraints = spec.sweep.parsed_constraints()
+    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode, constraints)
     backlog = sweep_dir / BACKLOG_FILE
     unlogged = (
         f"; trial logging that never reached it is listed in {backlog}"
@@ -715,6 +790,12 @@ def _record_outcome(
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
         log_learning_curves(client, runs, histories)
         tag_forgotten_trials(client, runs, set(histories))
+        if constraints:
+            verdicts = {
+                t.trial_id: feasible(t, spec.sweep.metric, spec.sweep.mode, constraints)
+                for t in trials
+            }
+            tag_feasibility(client, runs, verdicts)
         _log_outcome(client, state, spec, trials, result.best, result.best_value, csv_path)
     except Exception as exc:  # the sweep's results are on disk whatever MLflow says now
         reason = f"{type(exc).__name__}: {exc}"[:300]
@@ -728,5 +809,8 @@ def _record_outcome(
             f"missed some of it{unlogged}"
         )
     if result.best is None:
+        infeasible = _no_best_reason(spec, trials)
+        if infeasible is not None:
+            raise NoFeasibleTrialError(f"{infeasible} (trials: {csv_path}); nothing was finalised.")
         first_error = next((t.error for t in trials if t.error), "no trial reported a result")
         raise SweepFailedError(f"all {len(trials)} trials failed; first error:\n{first_error}")

@@ -356,8 +356,15 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
     state = read_state(sweep_dir)
     spec = state.spec()
     records = load_trial_records(sweep_dir / TUNE_DIR)
-    leaders = ranked(records, spec.sweep.metric, spec.sweep.mode)
+    constraints = spec.sweep.parsed_constraints()
+    leaders = ranked(records, spec.sweep.metric, spec.sweep.mode, constraints)
     if not leaders:
+        if constraints and ranked(records, spec.sweep.metric, spec.sweep.mode):
+            raise ConfigError(
+                f"{sweep_dir}: no trial met the constraints "
+                f"({', '.join(map(str, constraints))}) at its best epoch of "
+                f"{spec.sweep.metric}: nothing to finalise (see trials.csv, column feasible)"
+            )
         raise ConfigError(f"{sweep_dir}: no trial has a {spec.sweep.metric} value to pick from")
     best, best_score, _ = leaders[0]
     return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device, progress)
@@ -540,4 +547,5 @@ def _report(
         out / "report",
         title=f"Sweep report: {spec.name} ({sweep_dir.name})",
         final=final,
+        constraints=spec.sweep.parsed_constraints(),
     )

@@ -3,6 +3,8 @@
 `write_report` turns the trials' per-epoch histories into `report.md` plus PNGs next to it.
 A trial's objective is its best epoch (not its last): ASHA judges trials at rungs, and the
 finaliser retrains the best configuration, so the best epoch is what a configuration can reach.
+With constraints, the best trial is the best feasible one (its constrained metrics meet their
+bounds at that epoch); infeasible trials stay in the ranking table, unranked and marked.
 
 The Optuna plots come from an in-memory study rebuilt from the records (Ray's OptunaSearch
 study is not kept after the sweep). Every plot that cannot be drawn (no finished trial, a single
@@ -17,7 +19,7 @@ import math
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,17 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from sweeps.trials import (
+    Constraint,
     TrialRecord,
     TrialStatus,
     best_value,
     check_mode,
     epoch_rows,
     epochs_run,
+    feasible,
     finite_number,
     ranked,
+    values_at_best,
 )
 
 STATUS_LABELS = {
@@ -428,6 +433,7 @@ def write_report(
     out_dir: Path,
     title: str = "Sweep report",
     final: dict[str, Any] | None = None,
+    constraints: Sequence[Constraint] = (),
 ) -> Path:
     """Write `out_dir/report.md` and its PNGs; return the report's path.
 
@@ -436,6 +442,9 @@ def write_report(
     "latent_pca" from retraining the best configuration, and optionally "emotion": {"metrics":
     the emotion-preservation metrics on the test speakers, "confusion": the judge's confusion
     matrix PNG on generated samples or None}.
+
+    `constraints` (sweep.constraints): the best trial is the best that meets them; the ranking
+    table marks the others.
     """
     check_mode(mode)
     out_dir = Path(out_dir)
@@ -446,7 +455,8 @@ def write_report(
     searched = list(space.distributions)
     extra = sorted({k for r in records for k in (r.params or {}) if k not in space.distributions})
     param_names = searched + extra
-    scored = ranked(records, metric, mode)
+    scored = ranked(records, metric, mode, constraints)
+    candidates = ranked(records, metric, mode)  # feasible or not
     failed = [r for r in records if r.status == TrialStatus.FAILED]
 
     lines = [f"# {title}", ""]
@@ -476,6 +486,11 @@ def write_report(
     else:
         lines.append(f"- Epochs trained: {trained} (no full budget: no trials or max_t = 0)")
     lines.append(f"- Objective: `{metric}` ({direction}; a trial's value is its best epoch)")
+    if constraints:
+        lines.append(
+            f"- Constraints: {', '.join(f'`{c}`' for c in constraints)} at each trial's best "
+            f"epoch: {len(scored)} of {len(candidates)} trials with a value meet them"
+        )
     if scored:
         best_record, value, at = scored[0]
         lines.append(
@@ -484,13 +499,28 @@ def write_report(
         )
     elif records and len(failed) == len(records):
         lines.append("- Best: none — every trial failed, so there is nothing to rank or plot")
+    elif candidates:
+        lines.append("- Best: none — no trial met the constraints, so none is finalised")
     else:
         lines.append(f"- Best: none — no trial reported a finite `{metric}`")
     lines.append("")
 
     # 2. Best configs and failures
     lines += [f"## Best configurations (top {TOP_N})", ""]
-    if scored:
+    if constraints and candidates:
+        lines += [
+            "Infeasible trials (a constraint not met at their best epoch) that score better "
+            "than a listed feasible one are shown unranked, marked in the `feasible` column.",
+            "",
+        ]
+        header = ["rank", "trial", "status", "epochs", f"best {metric}", "feasible"]
+        rows = [
+            [rank, r.trial_id, r.status, epochs_run(r), value, verdict]
+            + [(r.params or {}).get(name, _MISSING) for name in param_names]
+            for rank, r, value, verdict in _marked_rows(candidates, metric, mode, constraints)
+        ]
+        lines += _table(header + param_names, rows)
+    elif scored:
         header = ["rank", "trial", "status", "epochs", f"best {metric}", *param_names]
         rows = [
             [rank, r.trial_id, r.status, epochs_run(r), value]
@@ -630,6 +660,43 @@ def write_report(
     report = out_dir / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report
+
+
+def _marked_rows(
+    candidates: list[tuple[TrialRecord, float, int]],
+    metric: str,
+    mode: str,
+    constraints: Sequence[Constraint],
+) -> list[tuple[Any, TrialRecord, float, str]]:
+    """(rank or _MISSING, record, value, feasible cell) in objective order: the top TOP_N
+    feasible trials, ranked, and at most TOP_N infeasible ones scoring above the last of
+    them, unranked and marked with the values that break a constraint."""
+    rows: list[tuple[Any, TrialRecord, float, str]] = []
+    ranks = infeasible = 0
+    for record, value, _ in candidates:
+        if ranks == TOP_N:
+            break
+        if feasible(record, metric, mode, constraints):
+            ranks += 1
+            rows.append((ranks, record, value, "yes"))
+        elif infeasible < TOP_N:
+            infeasible += 1
+            rows.append((_MISSING, record, value, _violations(record, metric, mode, constraints)))
+    return rows
+
+
+def _violations(
+    record: TrialRecord, metric: str, mode: str, constraints: Sequence[Constraint]
+) -> str:
+    """'no: val_active_units 2 (>= 4)' for each constraint the trial breaks at its best epoch."""
+    values = values_at_best(record, metric, mode, [c.metric for c in constraints])
+    broken = [
+        f"{c.metric} {'missing' if values[c.metric] is None else f'{values[c.metric]:.4g}'} "
+        f"({c.operator} {c.bound:g})"
+        for c in constraints
+        if not c.holds(values[c.metric])
+    ]
+    return "no: " + ", ".join(broken)
 
 
 def _final_section(final: dict[str, Any], out_dir: Path) -> list[str]:

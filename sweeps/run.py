@@ -41,7 +41,7 @@ from sweeps.driver import (
 from sweeps.space import load_space
 from sweeps.study import StudyError
 from sweeps.tracking import TrackingError
-from sweeps.trials import TrialRecord, best_value, epochs_run
+from sweeps.trials import TrialRecord, best_value, epochs_run, feasible
 from sweeps.warm_start import WarmStartRequest
 
 USER_ERRORS = (
@@ -108,14 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_summary(result: SweepResult) -> None:
     print(f"\nSweep finished: {result.sweep_dir}")
-    print(f"{'trial':<14}{'status':<16}{'epochs':>7}  {result.metric:>12}  params")
+    # With constraints, a trial that breaks one at its best epoch is marked and never chosen.
+    marked = bool(result.constraints)
+    feasible_column = f"{'feasible':>9}" if marked else ""
+    print(f"{'trial':<14}{'status':<16}{'epochs':>7}  {result.metric:>12}{feasible_column}  params")
     for t in sorted(result.trials, key=lambda t: _sort_key(t, result)):
         score = best_value(t, result.metric, result.mode)
         value = f"{score:.5f}" if score is not None else "-"
         params = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()
         )
-        print(f"{t.trial_id:<14}{t.status:<16}{epochs_run(t):>7}  {value:>12}  {params}")
+        verdict = ""
+        if marked:
+            ok = feasible(t, result.metric, result.mode, result.constraints)
+            verdict = f"{'yes' if ok else 'no':>9}"
+        print(f"{t.trial_id:<14}{t.status:<16}{epochs_run(t):>7}  {value:>12}{verdict}  {params}")
+    if marked:
+        print(f"Constraints at each trial's best epoch: {', '.join(map(str, result.constraints))}")
     if result.best is not None:
         print(f"\nBest trial {result.best.trial_id}: {result.metric} = {result.best_value:.5f}")
     # MLflow 3's UI opens in its GenAI mode unless the link asks for its model-training mode.

@@ -4,7 +4,8 @@ A space file has these sections; all but `params` are optional:
 
     sweep:     SweepSettings fields (trials, concurrency, objective, ASHA, resources per trial,
                emotion_every: how often trials compute the emotion-preservation metrics,
-               mlflow_flush_s: how often queued trial metrics are written to MLflow)
+               mlflow_flush_s: how often queued trial metrics are written to MLflow,
+               constraints: bounds on reported metrics, e.g. {val_active_units: ">= 4"})
     data:      emovae DataConfig fields (constants)
     features:  emovae FeatureConfig fields (constants)
     train:     emovae TrainConfig fields held constant in this sweep
@@ -23,7 +24,8 @@ prior (`val_gen_emotion_acc` max, `val_gen_fd` min).
 Everything is checked before Ray starts: unknown keys (with the nearest valid name), unknown
 distributions, low > high, values of the wrong type for the field, values (constants, searched
 bounds and choices) outside the field's valid range, a constant in `train` that `params` also
-searches, an objective the trials do not report, a mode against the objective's direction.
+searches, an objective the trials do not report, a mode against the objective's direction,
+a constraint on a metric the trials do not report or not of the form `<op> <number>`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +59,8 @@ from emovae.config import (
     from_dict,
 )
 from emovae.judge import JudgeConfig
+from emovae.loss import TERMS
+from sweeps.trials import CONSTRAINT_OPERATORS, Constraint
 
 
 def _spaces_dir() -> Path:
@@ -86,6 +92,20 @@ EMOTION_OBJECTIVES = frozenset(
     name for name in OBJECTIVES if name not in ("val_recon", "val_spectral")
 )
 GENERATION_OBJECTIVES = frozenset(("val_gen_emotion_acc", "val_gen_fd"))
+# What trials report each epoch besides the objectives (emovae.train, sweeps.trainable), and
+# so what sweep.constraints may bound: the loss terms, the active latent units (posterior
+# collapse: units whose mean KL exceeds 0.01 nats), and with emotion_every >= 1 the real clips'
+# judge accuracy and, for a conditional model, its samples' diversity.
+LOSS_METRICS = tuple(f"{split}_{term}" for split in ("train", "val") for term in TERMS)
+EMOTION_METRICS = (
+    "val_emotion_acc_real",
+    *(n for n in OBJECTIVES if n in EMOTION_OBJECTIVES and n not in GENERATION_OBJECTIVES),
+)
+GENERATION_METRICS = (
+    *(name for name in OBJECTIVES if name in GENERATION_OBJECTIVES),
+    "val_gen_diversity",
+    "val_gen_diversity_ratio",
+)
 # The modules the exported-audio metrics import (the quality extra), and what each is for.
 QUALITY_MODULES = (
     ("onnxruntime", "DNSMOS"),
@@ -125,9 +145,29 @@ class SweepSettings:
     # system_metrics_interval_s seconds (sweeps.system_metrics).
     system_metrics: bool = False
     system_metrics_interval_s: float = 10.0
+    # Bounds a trial must meet to be chosen, judged at its best epoch of the objective:
+    # {metric: "<op> <number>"}, op one of >=, <=, >, <; e.g. {val_active_units: ">= 4"}
+    # refuses collapsed posteriors. Optuna's TPE learns from them; an infeasible trial is
+    # marked in Ray, MLflow, trials.csv and the report, and never finalised.
+    constraints: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_ranges("sweep", self, SWEEP_RANGES)
+        if self.constraints is None:  # `constraints:` left empty in YAML
+            self.constraints = {}
+        if not isinstance(self.constraints, dict):
+            raise ConfigError(
+                f"sweep.constraints: expected a mapping of metric: expression, e.g. "
+                f"{{val_active_units: '>= 4'}}, got {self.constraints!r}"
+            )
+
+    def parsed_constraints(self) -> tuple[Constraint, ...]:
+        """The constraints as `Constraint`s (expressions only; spec_from_dict has checked the
+        metrics too)."""
+        return tuple(
+            parse_constraint(str(metric), expression, f"sweep.constraints.{metric}")
+            for metric, expression in self.constraints.items()
+        )
 
 
 SWEEP_RANGES: dict[str, Range] = {
@@ -194,6 +234,49 @@ class SweepSpec:
     finalise: FinaliseSettings
     raw: dict[str, Any] = field(default_factory=dict)  # the validated YAML mapping, for logging
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # used when sweep.emotion_every >= 1
+
+
+_CONSTRAINT_FORM = re.compile(r"\s*(>=|<=|>|<)\s*(\S+)\s*")
+
+
+def parse_constraint(metric: str, expression: Any, where: str) -> Constraint:
+    """`metric` with an expression such as ">= 4" -> Constraint; a ConfigError naming `where`
+    and the expected form otherwise."""
+    expected = (
+        f"expected an expression '<op> <number>' with op one of "
+        f"{', '.join(CONSTRAINT_OPERATORS)}, e.g. '>= 4' (quoted in YAML), got {expression!r}"
+    )
+    match = _CONSTRAINT_FORM.fullmatch(expression) if isinstance(expression, str) else None
+    if match is None:
+        raise ConfigError(f"{where}: {expected}")
+    try:
+        bound = float(match.group(2))
+    except ValueError:
+        raise ConfigError(f"{where}: {expected}") from None
+    if not math.isfinite(bound):
+        raise ConfigError(f"{where}: the bound must be a finite number, got {expression!r}")
+    return Constraint(metric, match.group(1), bound)
+
+
+def constraint_metrics(
+    sweep: SweepSettings, experiment: ExperimentConfig, params: dict[str, Any]
+) -> list[str]:
+    """The metrics every trial of this sweep reports each epoch, which constraints may bound."""
+    metrics = [*LOSS_METRICS, "val_active_units"]
+    if _in_every_trial("prior", "diffusion", experiment, params):
+        metrics.append("train_prior")  # the diffusion prior's own loss
+    if sweep.emotion_every >= 1:
+        metrics += EMOTION_METRICS
+        if _in_every_trial("conditional", True, experiment, params):
+            metrics += GENERATION_METRICS
+    return metrics
+
+
+def _in_every_trial(
+    name: str, value: Any, experiment: ExperimentConfig, params: dict[str, Any]
+) -> bool:
+    """Whether train.<name> is `value` in every trial (a constant, not a searched choice)."""
+    return params.get(name, getattr(experiment.train, name)) == value
 
 
 def available_spaces(spaces_dir: Path = SPACES_DIR) -> list[str]:
@@ -344,6 +427,7 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     _check_settings(sweep, experiment, source)
     _check_emotion(sweep, source)
     _check_generation_objective(sweep, experiment, params, source)
+    _check_constraints(sweep, experiment, params, source)
     _check_finalise_audio(finalise, experiment.features, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
@@ -485,6 +569,39 @@ def _check_generation_objective(
             "which needs train.conditional: true in every trial "
             f"(found {conditional!r})"
         )
+
+
+def _check_constraints(
+    sweep: SweepSettings, experiment: ExperimentConfig, params: dict[str, Any], source: str
+) -> None:
+    """Each constraint bounds a metric every trial reports, with a well-formed expression: a
+    typo would otherwise leave every trial without the value, and so infeasible."""
+    valid = constraint_metrics(sweep, experiment, params)
+    for metric, expression in sweep.constraints.items():
+        where = f"{source}: sweep.constraints.{metric}"
+        if metric not in valid:
+            raise ConfigError(f"{where}: {_unreported(str(metric), sweep, valid)}")
+        parse_constraint(str(metric), expression, where)
+
+
+def _unreported(metric: str, sweep: SweepSettings, valid: list[str]) -> str:
+    """Why trials do not report `metric`, and what they do report."""
+    listed = f"the trials of this sweep report each epoch: {', '.join(valid)}"
+    if metric in EMOTION_METRICS + GENERATION_METRICS and sweep.emotion_every < 1:
+        return (
+            f"{metric} is an emotion metric, which trials only report with "
+            f"sweep.emotion_every >= 1; {listed}"
+        )
+    if metric in GENERATION_METRICS:
+        return (
+            f"{metric} scores samples per emotion asked for, which needs "
+            f"train.conditional: true in every trial; {listed}"
+        )
+    if metric == "train_prior":
+        return f"train_prior needs train.prior: diffusion in every trial; {listed}"
+    close = difflib.get_close_matches(metric, valid, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown metric '{metric}'{hint} ({listed})"
 
 
 def load_space(name_or_path: str, overrides: list[str] | None = None) -> SweepSpec:

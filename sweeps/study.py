@@ -10,12 +10,19 @@ refused, never mixed: a study is joined only when it is this sweep's own or hold
 
 Each Optuna trial carries its Ray trial id and how many finished trials the sampler saw when
 it proposed it, so a resumed sweep shows that TPE used every trial from before the restart.
+
+With `sweep.constraints`, each finished trial also carries every constrained metric's value at
+its best epoch (user attribute `at_best_<metric>`) and, per constraint, Optuna's constraint
+value (`Trial.set_constraint`: <= 0 when it holds), which TPE reads to rank infeasible trials
+below feasible ones. Optuna 5 deprecates the sampler's `constraints_func` for this call; the
+sampler needs no argument for it.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.databases import DatabaseError, check_database, masked
 from sweeps.space import to_tune_space
+from sweeps.trials import Constraint, at_best_key, finite_number
 
 JOURNAL_FILE = "optuna.journal"
 ATTR_SWEEP_ID = "sweep_id"
@@ -154,9 +162,18 @@ class SweepSearch(OptunaSearch):
     study then holds every trial told before the kill, also those after Tune's last snapshot.
     """
 
-    def __init__(self, location: StudyLocation, sampler: optuna.samplers.BaseSampler) -> None:
+    # A searcher pickled before constraints existed restores without the attribute.
+    _constraints: tuple[Constraint, ...] = ()
+
+    def __init__(
+        self,
+        location: StudyLocation,
+        sampler: optuna.samplers.BaseSampler,
+        constraints: Sequence[Constraint] = (),
+    ) -> None:
         super().__init__(sampler=sampler, study_name=location.name)
         self._location = location
+        self._constraints = tuple(constraints)
 
     def _setup_study(self, mode: str | list[str]) -> None:
         self._storage = open_storage(self._location)
@@ -180,7 +197,19 @@ class SweepSearch(OptunaSearch):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         if trial_id not in self._completed_trials:
+            if self._constraints and trial_id in self._ot_trials:
+                self._record_constraints(self._ot_trials[trial_id], result or {})
             super().on_trial_complete(trial_id, result, error)
+
+    def _record_constraints(self, trial: optuna.trial.Trial, result: dict) -> None:
+        """Before `tell`: TPE reads a finished trial's constraints when it next proposes. Set
+        whatever the trial's state, so no told trial reads as feasible for want of a value (a
+        missing value is infeasible: Constraint.violation)."""
+        for constraint in self._constraints:
+            key = at_best_key(constraint.metric)
+            value = finite_number(result.get(key))
+            trial.set_user_attr(key, value)
+            trial.set_constraint(str(constraint), constraint.violation(value))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -46,6 +46,8 @@ TAG_TRIAL_STATUS = "emovae.trial_status"  # a sweeps.trials.TrialStatus
 TAG_ERROR = "emovae.error"
 # On a run whose trial Ray no longer knows: see tag_forgotten_trials.
 TAG_FORGOTTEN = "emovae.forgotten_by_ray"
+# true/false: whether the trial meets sweep.constraints at its best epoch (sweeps.trials.feasible)
+TAG_FEASIBLE = "emovae.feasible"
 MAX_TAG_LENGTH = 5000
 PLACEMENT_KEYS = ("node_id", "gpu_ids")  # reported by the trainable, tagged on the run
 # Keys Ray adds to every result; only the trainer's own metrics go to MLflow.
@@ -282,6 +284,16 @@ def tag_forgotten_trials(client: MlflowClient, runs: list, trial_ids: set[str]) 
             client.set_tag(run.info.run_id, TAG_FORGOTTEN, "true")
             forgotten.append(trial_id)
     return forgotten
+
+
+def tag_feasibility(client: MlflowClient, runs: list, verdicts: dict[str, bool]) -> None:
+    """Tag each trial's child run (among `runs`, from `child_runs`) with whether it met the
+    sweep's constraints (trial id -> verdict); set after the sweep from the trial records, so
+    the tag and the finaliser's choice come from the same histories."""
+    for run in runs:
+        trial_id = run.data.tags.get(TAG_TRIAL_ID)
+        if run.data.tags.get(TAG_ROLE) == "trial" and trial_id in verdicts:
+            client.set_tag(run.info.run_id, TAG_FEASIBLE, str(verdicts[trial_id]).lower())
 
 
 def mark_interrupted_trials(client: MlflowClient, runs: list, trial_ids: set[str]) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ from emovae.emotion import (
 from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import SpeechVAE
 from emovae.train import EpochMetrics, train
-from sweeps.space import trial_train_config
+from sweeps.space import GENERATION_METRICS, parse_constraint, trial_train_config
 from sweeps.system_metrics import system_metrics
+from sweeps.trials import Constraint, at_best_key, finite_number
 
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
@@ -98,10 +99,9 @@ def validation_emotion_metrics(
     return metrics
 
 
-# The generation metrics a trial reports; per-emotion values stay in the finaliser's report.
-GEN_TRIAL_KEYS = frozenset(
-    f"val_{name}" for name in ("gen_emotion_acc", "gen_fd", "gen_diversity", "gen_diversity_ratio")
-)
+# The generation metrics a trial reports (which constraints may bound, see sweeps.space);
+# per-emotion values stay in the finaliser's report.
+GEN_TRIAL_KEYS = frozenset(GENERATION_METRICS)
 
 
 def emotion_epoch_metrics(
@@ -130,35 +130,54 @@ def emotion_epoch_metrics(
     return metrics
 
 
+# In each result of a sweep with constraints: 1.0 when the trial's best epoch so far meets them.
+FEASIBLE_KEY = "feasible"
+
+
 def best_key(metric: str) -> str:
     """The running best of `metric` that trials report and ASHA and Optuna compare."""
     return f"best_{metric}"
 
 
 def objective_tracker(
-    objective: dict[str, str] | None, resume_from: Path | None
+    objective: dict[str, str] | None,
+    resume_from: Path | None,
+    constraints: Sequence[Constraint] = (),
 ) -> Callable[[dict[str, float]], dict[str, float]]:
     """metrics -> {best_<metric>: the best value of the sweep's objective over the trial's
-    epochs so far} (empty without an objective).
+    epochs so far} (empty without an objective); with `constraints`, also each constrained
+    metric's value at that best epoch (`at_best_<metric>`, NaN until known) and `feasible`
+    (1.0 when every constraint holds there, else 0.0).
 
     ASHA compares trials at a rung, and Optuna scores a finished trial, by this running best
     rather than by the epoch's value. A trial keeps its best epoch's checkpoint and the sweep
     ranks trials by their best epoch, and on small data a trial's curve can spike for an epoch
     or two and come back (benchmarks/RESULTS_sweeps.md): judged by the epoch's value, a trial
-    that spikes at a rung is stopped whatever it reached before. A resumed trial starts from
-    the best of the epochs in its checkpoint's history.
+    that spikes at a rung is stopped whatever it reached before. The constraints are judged at
+    the same epoch, the one the trial is scored by; the earliest of equal bests, as
+    sweeps.trials.best_epoch picks it. A resumed trial starts from the epochs in its
+    checkpoint's history.
     """
     if not objective:
         return lambda metrics: {}
-    metric, better = objective["metric"], min if objective["mode"] == "min" else max
+    metric, mode = objective["metric"], objective["mode"]
     best = math.nan  # until the metric has a finite value
+    at_best = {c.metric: math.nan for c in constraints}
 
     def update(metrics: dict[str, float]) -> dict[str, float]:
         nonlocal best
         value = metrics.get(metric, math.nan)
-        if math.isfinite(value):
-            best = value if math.isnan(best) else better(best, value)
-        return {best_key(metric): best}
+        if math.isfinite(value) and (
+            math.isnan(best) or (value < best if mode == "min" else value > best)
+        ):
+            best = value
+            at_best.update({name: float(metrics.get(name, math.nan)) for name in at_best})
+        reported = {best_key(metric): best}
+        if constraints:
+            reported |= {at_best_key(name): at for name, at in at_best.items()}
+            holds = all(c.holds(finite_number(at_best[c.metric])) for c in constraints)
+            reported[FEASIBLE_KEY] = float(holds)
+        return reported
 
     if resume_from is not None:
         for row in read_checkpoint(resume_from, torch.device("cpu"))["history"]:
@@ -210,7 +229,11 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
         }
 
-        best = objective_tracker(experiment.get("objective"), resume_from)
+        constraints = [
+            parse_constraint(metric, expression, f"sweep.constraints.{metric}")
+            for metric, expression in (experiment.get("constraints") or {}).items()
+        ]
+        best = objective_tracker(experiment.get("objective"), resume_from, constraints)
 
         def report(metrics: dict[str, float], folder: Path) -> None:
             metrics = metrics | best(metrics) | placement

@@ -25,6 +25,7 @@ FEATURES = FeatureConfig(n_mels=32, duration=0.75)
 BASE = TrainConfig(base_channels=4, latent_dim=4, batch_size=8, num_threads=1)
 METRIC_KEYS = {
     *(f"{split}_{term}" for split in ("train", "val") for term in TERMS),
+    "val_active_units",
     "epoch",
     "lr",
     "beta",

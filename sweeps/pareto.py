@@ -1,0 +1,73 @@
+"""Trade-offs between objectives: a trial's objective vector, the Pareto front of a sweep's
+trials, and the knee of the front.
+
+A trial is scored at one epoch for every objective: its best epoch by the first objective
+(the epoch whose checkpoint the finaliser retrains), with the other objectives read at that
+same epoch, so each point of the front is a model that exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sweeps.trials import TrialRecord, TrialStatus, best_epoch, epoch_rows, finite_number
+
+
+def objective_vector(
+    record: TrialRecord, metrics: Sequence[str], modes: Sequence[str]
+) -> tuple[float, ...] | None:
+    """The trial's objectives at its best epoch by the first; None if any is missing there."""
+    found = best_epoch(record, metrics[0], modes[0])
+    if found is None:
+        return None
+    row = next(row for epoch, row in epoch_rows(record) if epoch == found[1])
+    values = tuple(finite_number(row.get(metric)) for metric in metrics)
+    return None if any(value is None for value in values) else values  # type: ignore[return-value]
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """`a` is at least as good as `b` in every objective and better in one."""
+    signs = [1.0 if mode == "min" else -1.0 for mode in modes]
+    as_good = all(s * x <= s * y for s, x, y in zip(signs, a, b, strict=True))
+    better = any(s * x < s * y for s, x, y in zip(signs, a, b, strict=True))
+    return as_good and better
+
+
+def pareto_front(
+    records: list[TrialRecord], metrics: Sequence[str], modes: Sequence[str]
+) -> list[tuple[TrialRecord, tuple[float, ...]]]:
+    """The non-dominated trials with their vectors, in trial order; failed trials excluded."""
+    scored = [
+        (record, vector)
+        for record in records
+        if record.status != TrialStatus.FAILED
+        and (vector := objective_vector(record, metrics, modes)) is not None
+    ]
+    return [
+        (record, vector)
+        for record, vector in scored
+        if not any(dominates(other, vector, modes) for _, other in scored)
+    ]
+
+
+def knee(
+    front: list[tuple[TrialRecord, tuple[float, ...]]], modes: Sequence[str]
+) -> TrialRecord | None:
+    """The front's point closest to the ideal point (every objective at its best on the front),
+    each objective scaled to [0, 1] over the front so that units do not matter."""
+    if not front:
+        return None
+    vectors = [vector for _, vector in front]
+    distances = []
+    for vector in vectors:
+        squared = 0.0
+        for index, mode in enumerate(modes):
+            column = [v[index] for v in vectors]
+            low, high = min(column), max(column)
+            if high == low:
+                continue
+            best = low if mode == "min" else high
+            squared += ((vector[index] - best) / (high - low)) ** 2
+        distances.append(math.sqrt(squared))
+    return front[distances.index(min(distances))][0]
