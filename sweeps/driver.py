@@ -39,6 +39,7 @@ from sweeps.cluster import (
 )
 from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
 from sweeps.databases import masked
+from sweeps.pareto import leaders, pareto_front
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSettings, SweepSpec, spec_from_dict, to_tune_space
 from sweeps.study import (
@@ -224,6 +225,8 @@ def _log_sweep_params(
         "scheduler": (
             f"ASHA(time_attr=epoch, max_t={spec.experiment.train.max_epochs}, "
             f"grace_period={spec.sweep.grace_period}, reduction_factor={spec.sweep.reduction_factor})"
+            # ASHA ranks one number: a multi-objective sweep's trials by their first objective.
+            + (f" on {spec.sweep.metric}" if spec.sweep.multi_objective else "")
         ),
         "data_fingerprint": data.fingerprint,
         "data_n_train": str(len(data.train)),
@@ -284,7 +287,10 @@ def _trial_experiment(
     it reports), the emotion settings when the sweep computes emotion metrics, and where to
     log system metrics when it does. A copy: the driver logs the constants as every child
     run's params, and the judge's settings belong to the parent run."""
-    trial = experiment | {"objective": {"metric": spec.sweep.metric, "mode": spec.sweep.mode}}
+    objective = {"metric": spec.sweep.metric, "mode": spec.sweep.mode}
+    if spec.sweep.multi_objective:
+        objective["also"] = [metric for metric, _ in spec.sweep.objectives[1:]]
+    trial = experiment | {"objective": objective}
     if spec.sweep.constraints:
         trial |= {"constraints": dict(spec.sweep.constraints)}
     if spec.sweep.emotion_every >= 1:
@@ -322,7 +328,12 @@ def _tuner(
     console: SweepConsole | None,
 ) -> tune.Tuner:
     searcher = ConcurrencyLimiter(
-        SweepSearch(study, sampler=_tpe(spec.sweep), constraints=spec.sweep.parsed_constraints()),
+        SweepSearch(
+            study,
+            sampler=_tpe(spec.sweep),
+            constraints=spec.sweep.parsed_constraints(),
+            objectives=_searched_objectives(spec),
+        ),
         max_concurrent=spec.sweep.max_concurrent,
     )
     scheduler = ASHAScheduler(
@@ -364,6 +375,15 @@ def _tuner(
     )
 
 
+def _searched_objectives(spec: SweepSpec) -> list[tuple[str, str]]:
+    """A multi-objective sweep's result keys for Optuna: the first objective's best epoch so
+    far, the others at that epoch (sweeps.trainable.objective_tracker); [] for one objective."""
+    if not spec.sweep.multi_objective:
+        return []
+    (first, first_mode), *others = spec.sweep.objectives
+    return [(best_key(first), first_mode)] + [(at_best_key(m), mode) for m, mode in others]
+
+
 def _tpe(sweep: SweepSettings) -> Any:
     import optuna
 
@@ -395,43 +415,41 @@ def _log_outcome(
     client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _write_trials_csv(
-    sweep_dir: Path,
-    trials: list[TrialRecord],
-    metric: str,
-    mode: str,
-    constraints: tuple[Constraint, ...] = (),
-) -> Path:
-    """One row per trial; with constraints, `feasible` and each constrained metric at the
-    trial's best epoch (`at_best_<metric>`) after its best value."""
+def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], spec: SweepSpec) -> Path:
+    """One row per trial: its best value of the (first) objective; with several objectives,
+    the others at that epoch and whether it is on the Pareto front; with constraints,
+    `feasible` and each constrained metric at that epoch (`at_best_<metric>`)."""
     import pandas as pd
 
-    rows = [
-        {
+    (metric, mode), *others = spec.sweep.objectives
+    constraints = spec.sweep.parsed_constraints()
+    also = [m for m, _ in others]
+    at_best = also + [c.metric for c in constraints if c.metric not in also]
+    on_front = set()
+    if others:
+        feasible_trials = [r for r, _, _ in ranked(trials, metric, mode, constraints)]
+        front = pareto_front(feasible_trials, *zip(*spec.sweep.objectives, strict=True))
+        on_front = {record.trial_id for record, _ in front}
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {
             "trial_id": t.trial_id,
             "status": t.status,
             "epochs": epochs_run(t),
             f"best_{metric}": best_value(t, metric, mode),
         }
-        | _constraint_columns(t, metric, mode, constraints)
-        | {f"param.{k}": v for k, v in t.params.items()}
-        | {"error": (t.error or "").splitlines()[-1] if t.error else ""}
-        for t in trials
-    ]
+        values = values_at_best(t, metric, mode, at_best) if at_best else {}
+        row |= {at_best_key(name): value for name, value in values.items()}
+        if others:
+            row["pareto"] = t.trial_id in on_front
+        if constraints:
+            row["feasible"] = feasible(t, metric, mode, constraints)
+        row |= {f"param.{k}": v for k, v in t.params.items()}
+        row["error"] = (t.error or "").splitlines()[-1] if t.error else ""
+        rows.append(row)
     path = sweep_dir / "trials.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
-
-
-def _constraint_columns(
-    trial: TrialRecord, metric: str, mode: str, constraints: tuple[Constraint, ...]
-) -> dict[str, Any]:
-    if not constraints:
-        return {}
-    values = values_at_best(trial, metric, mode, [c.metric for c in constraints])
-    return {"feasible": feasible(trial, metric, mode, constraints)} | {
-        at_best_key(name): value for name, value in values.items()
-    }
 
 
 def _sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | None:
@@ -499,7 +517,7 @@ def _read_warm_start(request: WarmStartRequest, spec: SweepSpec) -> WarmStart:
 
 def _start_study(plan: SweepPlan, state: SweepState, stage: Callable[[str], None]) -> None:
     """A new sweep's study, seeded with the warm start's trials; recorded on the parent run."""
-    study = claim_study(plan.study, plan.spec.sweep.mode)
+    study = claim_study(plan.study, [mode for _, mode in plan.spec.sweep.objectives])
     if plan.warm is None:
         return
     seed_study(study, plan.warm, search_distributions(plan.spec.params))
@@ -698,9 +716,7 @@ def _stop_interrupted(
     n_interrupted: int,
 ) -> None:
     """A driver stopped mid-sweep (Ctrl-C, SIGTERM): record what ran, finalise nothing."""
-    csv_path = _write_trials_csv(
-        sweep_dir, trials, spec.sweep.metric, spec.sweep.mode, spec.sweep.parsed_constraints()
-    )
+    csv_path = _write_trials_csv(sweep_dir, trials, spec)
     ended = len(trials) - n_interrupted
     not_started = spec.sweep.num_samples - len(trials)
     summary = (
@@ -729,8 +745,8 @@ def _result(
     already_complete: bool = False,
 ) -> SweepResult:
     constraints = spec.sweep.parsed_constraints()
-    leaders = ranked(trials, spec.sweep.metric, spec.sweep.mode, constraints)
-    best, best_score = (leaders[0][0], leaders[0][1]) if leaders else (None, None)
+    leading = leaders(trials, spec.sweep.objectives, constraints, spec.finalise.pick)
+    best, best_score = (leading[0][0], leading[0][1]) if leading else (None, None)
     return SweepResult(
         sweep_dir,
         spec.sweep.metric,
@@ -777,7 +793,7 @@ def _record_outcome(
     part of the sweep or every trial failed."""
     trials = result.trials
     constraints = spec.sweep.parsed_constraints()
-    csv_path = _write_trials_csv(sweep_dir, trials, spec.sweep.metric, spec.sweep.mode, constraints)
+    csv_path = _write_trials_csv(sweep_dir, trials, spec)
     backlog = sweep_dir / BACKLOG_FILE
     unlogged = (
         f"; trial logging that never reached it is listed in {backlog}"

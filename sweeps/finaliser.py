@@ -47,6 +47,7 @@ from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import MeanReconstruction
 from emovae.train import TrainResult, select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
+from sweeps.pareto import leaders
 from sweeps.report import write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
@@ -357,8 +358,8 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
     spec = state.spec()
     records = load_trial_records(sweep_dir / TUNE_DIR)
     constraints = spec.sweep.parsed_constraints()
-    leaders = ranked(records, spec.sweep.metric, spec.sweep.mode, constraints)
-    if not leaders:
+    leading = leaders(records, spec.sweep.objectives, constraints, spec.finalise.pick)
+    if not leading:
         if constraints and ranked(records, spec.sweep.metric, spec.sweep.mode):
             raise ConfigError(
                 f"{sweep_dir}: no trial met the constraints "
@@ -366,7 +367,7 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
                 f"{spec.sweep.metric}: nothing to finalise (see trials.csv, column feasible)"
             )
         raise ConfigError(f"{sweep_dir}: no trial has a {spec.sweep.metric} value to pick from")
-    best, best_score, _ = leaders[0]
+    best, best_score, _ = leading[0]
     return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device, progress)
 
 
@@ -548,4 +549,6 @@ def _report(
         title=f"Sweep report: {spec.name} ({sweep_dir.name})",
         final=final,
         constraints=spec.sweep.parsed_constraints(),
+        objectives=spec.sweep.objectives,
+        pick=spec.finalise.pick,
     )

@@ -11,7 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sweeps.trials import TrialRecord, TrialStatus, best_epoch, epoch_rows, finite_number
+from sweeps.trials import (
+    Constraint,
+    TrialRecord,
+    TrialStatus,
+    best_epoch,
+    epoch_rows,
+    finite_number,
+    ranked,
+)
 
 
 def objective_vector(
@@ -71,3 +79,29 @@ def knee(
             squared += ((vector[index] - best) / (high - low)) ** 2
         distances.append(math.sqrt(squared))
     return front[distances.index(min(distances))][0]
+
+
+def leaders(
+    records: list[TrialRecord],
+    objectives: Sequence[tuple[str, str]],
+    constraints: Sequence[Constraint] = (),
+    pick: str = "knee",
+) -> list[tuple[TrialRecord, float, int]]:
+    """The feasible trials as (record, first objective's best value, its epoch), the one to
+    finalise first. One objective: best first. Several: the Pareto front's `pick` first (its
+    knee, or its best value of the named objective), then the rest by the first objective."""
+    (metric, mode), *_ = objectives
+    scored = ranked(records, metric, mode, constraints)
+    if len(objectives) == 1 or not scored:
+        return scored
+    metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
+    front = pareto_front([record for record, _, _ in scored], metrics, modes)
+    if not front:
+        return scored
+    if pick == "knee":
+        chosen = knee(front, modes)
+    else:
+        index = metrics.index(pick)
+        sign = 1.0 if modes[index] == "min" else -1.0
+        chosen = min(front, key=lambda item: sign * item[1][index])[0]
+    return sorted(scored, key=lambda item: item[0] is not chosen)

@@ -34,6 +34,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from sweeps.pareto import leaders, objective_vector, pareto_front
 from sweeps.trials import (
     Constraint,
     TrialRecord,
@@ -434,6 +435,8 @@ def write_report(
     title: str = "Sweep report",
     final: dict[str, Any] | None = None,
     constraints: Sequence[Constraint] = (),
+    objectives: Sequence[tuple[str, str]] = (),
+    pick: str = "knee",
 ) -> Path:
     """Write `out_dir/report.md` and its PNGs; return the report's path.
 
@@ -444,7 +447,8 @@ def write_report(
     matrix PNG on generated samples or None}.
 
     `constraints` (sweep.constraints): the best trial is the best that meets them; the ranking
-    table marks the others.
+    table marks the others. `objectives`: a multi-objective sweep's (metric, mode) pairs, the
+    first being `metric`: a Pareto section (front plot, table, the trial `pick` chose).
     """
     check_mode(mode)
     out_dir = Path(out_dir)
@@ -536,6 +540,9 @@ def write_report(
         lines += _table(["trial", "epochs", "error"], rows)
     else:
         lines += ["No trial failed.", ""]
+
+    if len(objectives) > 1:
+        lines += pareto_lines(records, objectives, constraints, pick, out_dir)
 
     # 3. Optuna plots
     study = build_study(records, metric, mode, params_spec)
@@ -660,6 +667,58 @@ def write_report(
     report = out_dir / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return report
+
+
+def pareto_lines(
+    records: list[TrialRecord],
+    objectives: Sequence[tuple[str, str]],
+    constraints: Sequence[Constraint],
+    pick: str,
+    out_dir: Path,
+) -> list[str]:
+    """The Pareto front of the feasible trials: a scatter of the first two objectives (the
+    front joined), and a table of its trials; the one the finaliser retrains is named."""
+    metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
+    candidates = [r for r, _, _ in ranked(records, metrics[0], modes[0], constraints)]
+    front = pareto_front(candidates, metrics, modes)
+    chosen = leaders(records, objectives, constraints, pick)
+    lines = ["## Pareto front", ""]
+    if not front:
+        return lines + ["No feasible trial has every objective: no front.", ""]
+    rule = "the knee" if pick == "knee" else f"the front's best {pick}"
+    lines += [
+        f"Objectives: {', '.join(f'`{m}` ({d})' for m, d in objectives)}, each read at the "
+        f"trial's best epoch of `{metrics[0]}`. {len(front)} of {len(candidates)} feasible "
+        f"trials are on the front; the finaliser retrains {rule} "
+        f"(`finalise.pick`): trial {chosen[0][0].trial_id}.",
+        "",
+    ]
+    path = out_dir / "pareto_front.png"
+    _plot_pareto(candidates, front, metrics, modes, path)
+    _image(lines, "Pareto front", path, out_dir)
+    rows = [[r.trial_id, *vector, "yes" if r is chosen[0][0] else ""] for r, vector in front]
+    return lines + _table(["trial", *metrics, "finalised"], rows)
+
+
+def _plot_pareto(
+    candidates: list[TrialRecord],
+    front: list[tuple[TrialRecord, tuple[float, ...]]],
+    metrics: list[str],
+    modes: list[str],
+    path: Path,
+) -> None:
+    figure = _figure(5.5, 4.0)
+    ax = figure.add_subplot()
+    points = [v for r in candidates if (v := objective_vector(r, metrics, modes)) is not None]
+    ax.scatter([v[0] for v in points], [v[1] for v in points], color="0.6", label="trials")
+    ordered = sorted(vector for _, vector in front)
+    ax.plot([v[0] for v in ordered], [v[1] for v in ordered], "o-", color="C3", label="front")
+    ax.set_xlabel(f"{metrics[0]} ({modes[0]})")
+    ax.set_ylabel(f"{metrics[1]} ({modes[1]})")
+    ax.legend()
+    ax.set_title("Pareto front of the feasible trials")
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 def _marked_rows(

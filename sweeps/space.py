@@ -118,8 +118,10 @@ QUALITY_MODULES = (
 class SweepSettings:
     num_samples: int = 8  # trials Optuna proposes
     max_concurrent: int = 2  # trials running at once (ConcurrencyLimiter)
-    metric: str = "val_recon"  # objective reported each epoch; never beta-dependent
-    mode: str = "min"
+    # The objective reported each epoch (never beta-dependent), or a list of two or three for
+    # a multi-objective search (mode: a list as long): see `objectives`.
+    metric: str | list[str] = "val_recon"
+    mode: str | list[str] = "min"
     seed: int = 0  # TPE sampler seed
     grace_period: int = 2  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 2  # ASHA: keep 1/reduction_factor of trials at each rung
@@ -150,8 +152,13 @@ class SweepSettings:
     # refuses collapsed posteriors. Optuna's TPE learns from them; an infeasible trial is
     # marked in Ray, MLflow, trials.csv and the report, and never finalised.
     constraints: dict[str, str] = field(default_factory=dict)
+    # Derived, not written in YAML: [(metric, mode), ...] from metric and mode, which then hold
+    # the first (primary) objective: the one ASHA stops trials by, the console shows, and a
+    # trial's epoch is chosen by (the others are read at that epoch, sweeps.pareto).
+    objectives: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._split_objectives()
         check_ranges("sweep", self, SWEEP_RANGES)
         if self.constraints is None:  # `constraints:` left empty in YAML
             self.constraints = {}
@@ -160,6 +167,28 @@ class SweepSettings:
                 f"sweep.constraints: expected a mapping of metric: expression, e.g. "
                 f"{{val_active_units: '>= 4'}}, got {self.constraints!r}"
             )
+
+    def _split_objectives(self) -> None:
+        if not isinstance(self.metric, list) and self.objectives[:1] == [(self.metric, self.mode)]:
+            return  # dataclasses.replace() of settings already split
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode]
+        if len(modes) != len(metrics):
+            raise ConfigError(
+                f"sweep.mode: {len(modes)} mode(s) {modes} for {len(metrics)} objective(s) "
+                f"{metrics}: give one mode per metric, in the same order"
+            )
+        if not 1 <= len(metrics) <= 3 or len(set(metrics)) != len(metrics):
+            raise ConfigError(
+                f"sweep.metric: expected one objective or a list of 2 or 3 different ones, "
+                f"got {metrics}"
+            )
+        self.objectives = [(str(m), str(d)) for m, d in zip(metrics, modes, strict=True)]
+        self.metric, self.mode = self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     def parsed_constraints(self) -> tuple[Constraint, ...]:
         """The constraints as `Constraint`s (expressions only; spec_from_dict has checked the
@@ -209,6 +238,10 @@ class FinaliseSettings:
     # Generated clips per emotion for a conditional VAE's emotion metrics and augmentation test
     # (only with sweep.emotion_every >= 1).
     emotion_samples: int = 16
+    # A multi-objective sweep retrains one trial of its Pareto front: "knee" (the point closest
+    # to the best of every objective, each scaled over the front) or an objective's name (the
+    # front's best in it). One objective: its best trial, whatever this says.
+    pick: str = "knee"
 
     def __post_init__(self) -> None:
         check_ranges("finalise", self, FINALISE_RANGES)
@@ -406,6 +439,11 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
             raise ConfigError(
                 f"{source}: unknown section '{key}'{hint} (valid: {', '.join(SECTIONS)})"
             )
+    if isinstance(raw.get("sweep"), dict) and "objectives" in raw["sweep"]:
+        raise ConfigError(
+            f"{source}: sweep.objectives is derived: write the objectives as sweep.metric: "
+            "[val_recon, val_gen_fd] with sweep.mode: [min, min]"
+        )
     sweep = from_dict(SweepSettings, raw.get("sweep") or {}, f"{source}: sweep")
     data = from_dict(DataConfig, raw.get("data") or {}, f"{source}: data")
     features = from_dict(FeatureConfig, raw.get("features") or {}, f"{source}: features")
@@ -428,6 +466,12 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     _check_emotion(sweep, source)
     _check_generation_objective(sweep, experiment, params, source)
     _check_constraints(sweep, experiment, params, source)
+    objectives = [metric for metric, _ in sweep.objectives]
+    if finalise.pick != "knee" and finalise.pick not in objectives:
+        raise ConfigError(
+            f"{source}: finalise.pick: expected 'knee' or one of the objectives {objectives}, "
+            f"got {finalise.pick!r}"
+        )
     _check_finalise_audio(finalise, experiment.features, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
@@ -469,19 +513,8 @@ def _check_searched_time_downsample(
 
 def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: str) -> None:
     where = f"{source}: sweep"
-    if sweep.metric not in OBJECTIVES:
-        raise ConfigError(
-            f"{where}.metric: '{sweep.metric}' is not a valid objective (expected one of "
-            f"{', '.join(OBJECTIVES)}; total or KL losses depend on beta, so beta -> 0 would win)"
-        )
-    if sweep.mode not in ("min", "max"):
-        raise ConfigError(f"{where}.mode: expected 'min' or 'max', got '{sweep.mode}'")
-    if sweep.mode != OBJECTIVES[sweep.metric]:
-        better = "lower" if OBJECTIVES[sweep.metric] == "min" else "higher"
-        raise ConfigError(
-            f"{where}.mode: '{sweep.mode}' contradicts {sweep.metric}, where {better} is "
-            f"better; set sweep.mode: {OBJECTIVES[sweep.metric]}"
-        )
+    for metric, mode in sweep.objectives:
+        _check_objective(metric, mode, where)
     if sweep.gpus_per_trial > 1 and sweep.gpus_per_trial != int(sweep.gpus_per_trial):
         raise ConfigError(f"{where}.gpus_per_trial: above 1 it must be a whole number")
     if sweep.grace_period > experiment.train.max_epochs:
@@ -491,6 +524,22 @@ def _check_settings(sweep: SweepSettings, experiment: ExperimentConfig, source: 
         )
     if sweep.optuna_storage:
         _check_storage_url(sweep.optuna_storage, f"{where}.optuna_storage")
+
+
+def _check_objective(metric: str, mode: str, where: str) -> None:
+    if metric not in OBJECTIVES:
+        raise ConfigError(
+            f"{where}.metric: '{metric}' is not a valid objective (expected one of "
+            f"{', '.join(OBJECTIVES)}; total or KL losses depend on beta, so beta -> 0 would win)"
+        )
+    if mode not in ("min", "max"):
+        raise ConfigError(f"{where}.mode: expected 'min' or 'max', got '{mode}'")
+    if mode != OBJECTIVES[metric]:
+        better = "lower" if OBJECTIVES[metric] == "min" else "higher"
+        raise ConfigError(
+            f"{where}.mode: '{mode}' contradicts {metric}, where {better} is "
+            f"better; set its mode to {OBJECTIVES[metric]}"
+        )
 
 
 def _check_storage_url(url: str, where: str) -> None:
@@ -516,11 +565,12 @@ def _check_storage_url(url: str, where: str) -> None:
 
 
 def _check_emotion(sweep: SweepSettings, source: str) -> None:
-    if sweep.metric in EMOTION_OBJECTIVES and sweep.emotion_every < 1:
-        raise ConfigError(
-            f"{source}: sweep.emotion_every: the objective {sweep.metric} is an emotion metric, "
-            "which trials only report with sweep.emotion_every >= 1 (e.g. 1: every epoch)"
-        )
+    for metric, _ in sweep.objectives:
+        if metric in EMOTION_OBJECTIVES and sweep.emotion_every < 1:
+            raise ConfigError(
+                f"{source}: sweep.emotion_every: the objective {metric} is an emotion metric, "
+                "which trials only report with sweep.emotion_every >= 1 (e.g. 1: every epoch)"
+            )
 
 
 def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, source: str) -> None:
@@ -560,12 +610,13 @@ def _check_generation_objective(
     sweep: SweepSettings, experiment: ExperimentConfig, params: dict[str, Any], source: str
 ) -> None:
     """Samples per emotion asked for exist only for a conditional model in every trial."""
-    if sweep.metric not in GENERATION_OBJECTIVES:
+    generation = [m for m, _ in sweep.objectives if m in GENERATION_OBJECTIVES]
+    if not generation:
         return
     conditional = params.get("conditional", experiment.train.conditional)
     if conditional is not True:
         raise ConfigError(
-            f"{source}: sweep.metric: {sweep.metric} scores samples per emotion asked for, "
+            f"{source}: sweep.metric: {generation[0]} scores samples per emotion asked for, "
             "which needs train.conditional: true in every trial "
             f"(found {conditional!r})"
         )

@@ -125,17 +125,21 @@ def check_study(location: StudyLocation, resuming: bool) -> None:
     )
 
 
-def claim_study(location: StudyLocation, mode: str) -> optuna.Study:
+def claim_study(location: StudyLocation, mode: str | Sequence[str]) -> optuna.Study:
     """A new sweep's study: created, or taken over when it holds no trials (a start that
-    failed before its first trial); `check_study` has refused any other."""
+    failed before its first trial); `check_study` has refused any other. `mode`: one per
+    objective."""
     storage = open_storage(location)
     study = _load(location, storage)
     if study is not None and study.user_attrs.get(ATTR_SWEEP_ID) == location.sweep_id:
         return study
     if study is not None:
         optuna.delete_study(study_name=location.name, storage=storage)
+    modes = [mode] if isinstance(mode, str) else list(mode)
     study = optuna.create_study(
-        storage=storage, study_name=location.name, direction=_optuna_direction(mode)
+        storage=storage,
+        study_name=location.name,
+        directions=[_optuna_direction(m) for m in modes],
     )
     study.set_user_attr(ATTR_SWEEP_ID, location.sweep_id)
     study.set_user_attr(ATTR_SWEEP_DIR, location.sweep_dir)
@@ -170,10 +174,23 @@ class SweepSearch(OptunaSearch):
         location: StudyLocation,
         sampler: optuna.samplers.BaseSampler,
         constraints: Sequence[Constraint] = (),
+        objectives: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__(sampler=sampler, study_name=location.name)
+        """`objectives`: a multi-objective sweep's (result key, mode) pairs; the searcher then
+        keeps them instead of the single metric Tune (and ASHA) use."""
+        metric = [key for key, _ in objectives] or None
+        mode = [direction for _, direction in objectives] or None
+        super().__init__(sampler=sampler, study_name=location.name, metric=metric, mode=mode)
         self._location = location
         self._constraints = tuple(constraints)
+        self._multi_objective = bool(objectives)
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        if getattr(self, "_multi_objective", False):
+            metric, mode = self._metric, self._mode
+        return super().set_search_properties(metric, mode, config, **spec)
 
     def _setup_study(self, mode: str | list[str]) -> None:
         self._storage = open_storage(self._location)

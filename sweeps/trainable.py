@@ -162,7 +162,10 @@ def objective_tracker(
         return lambda metrics: {}
     metric, mode = objective["metric"], objective["mode"]
     best = math.nan  # until the metric has a finite value
-    at_best = {c.metric: math.nan for c in constraints}
+    # A multi-objective sweep's other objectives ("also") are read at the first's best epoch.
+    at_best = {
+        name: math.nan for name in [*objective.get("also", []), *(c.metric for c in constraints)]
+    }
 
     def update(metrics: dict[str, float]) -> dict[str, float]:
         nonlocal best
@@ -173,8 +176,8 @@ def objective_tracker(
             best = value
             at_best.update({name: float(metrics.get(name, math.nan)) for name in at_best})
         reported = {best_key(metric): best}
+        reported |= {at_best_key(name): at for name, at in at_best.items()}
         if constraints:
-            reported |= {at_best_key(name): at for name, at in at_best.items()}
             holds = all(c.holds(finite_number(at_best[c.metric])) for c in constraints)
             reported[FEASIBLE_KEY] = float(holds)
         return reported

@@ -22,6 +22,7 @@ from optuna.distributions import (
 )
 
 from emovae.config import ConfigError
+from sweeps.pareto import objective_vector
 from sweeps.space import SweepSpec, searched_params
 from sweeps.study import ATTR_WARM_START
 from sweeps.trials import TrialRecord, TrialStatus, best_value
@@ -42,7 +43,7 @@ class WarmStartRequest:
 @dataclass(frozen=True)
 class WarmStartPoint:
     params: dict[str, Any]
-    value: float
+    value: float | tuple[float, ...]  # one per objective for a multi-objective sweep
     source_trial: str
 
 
@@ -81,14 +82,19 @@ def warm_start_points(
     if extra:
         skipped.append(f"parameters {extra} (not searched here) dropped from every trial")
 
-    metric, mode = spec.sweep.metric, spec.sweep.mode
+    metrics = [metric for metric, _ in spec.sweep.objectives]
+    modes = [mode for _, mode in spec.sweep.objectives]
     points = []
     for record in records:
         if record.status not in (TrialStatus.FINISHED, TrialStatus.KILLED_BY_ASHA):
             continue
-        value = best_value(record, metric, mode)
+        value = (
+            objective_vector(record, metrics, modes)
+            if spec.sweep.multi_objective
+            else best_value(record, metrics[0], modes[0])
+        )
         if value is None:
-            skipped.append(f"trial {record.trial_id}: no value of {metric}")
+            skipped.append(f"trial {record.trial_id}: no value of {' and '.join(metrics)}")
             continue
         params = {name: record.params.get(name) for name in sorted(new_searched)}
         outside = [
@@ -124,7 +130,11 @@ def seed_study(
             optuna.trial.create_trial(
                 params=point.params,
                 distributions={name: distributions[name] for name in point.params},
-                value=point.value,
+                **(
+                    {"values": list(point.value)}
+                    if isinstance(point.value, tuple)
+                    else {"value": point.value}
+                ),
                 user_attrs={ATTR_WARM_START: warm.source, ATTR_SOURCE_TRIAL: point.source_trial},
             )
             for point in warm.points

@@ -273,11 +273,11 @@ def test_the_study_keeps_each_trials_constrained_values_and_constraint(tmp_path:
 
 def test_trials_csv_gets_a_feasible_column_only_with_constraints(tmp_path: Path) -> None:
     records = [_record("a", [0.4, 0.3], [6.0, 2.0]), _record("b", [0.5], [5.0])]
-    path = _write_trials_csv(tmp_path, records, "val_recon", "min", (AT_LEAST_4,))
-    table = pd.read_csv(path)
+    constrained = load_space("quick", [*VAL_RECON, 'sweep.constraints={val_active_units: ">= 4"}'])
+    table = pd.read_csv(_write_trials_csv(tmp_path, records, constrained))
     assert table["feasible"].tolist() == [False, True]
     assert table["at_best_val_active_units"].tolist() == [2.0, 5.0]
-    plain = pd.read_csv(_write_trials_csv(tmp_path, records, "val_recon", "min"))
+    plain = pd.read_csv(_write_trials_csv(tmp_path, records, load_space("quick", VAL_RECON)))
     assert "feasible" not in plain.columns
 
 
