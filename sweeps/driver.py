@@ -352,8 +352,8 @@ def _tuner(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=spec.sweep.num_samples,
-            # Trials are short: a fresh actor per trial cost 269% of the work in
-            # benchmarks/RESULTS_sweeps.md, a reused one 9.7%. train_trial keeps no state.
+            # Trials are short: a fresh actor per trial costs far more than a reused one
+            # (benchmarks/RESULTS_sweeps.md, benchmark 1). train_trial keeps no state.
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

@@ -359,6 +359,7 @@ class MlflowTrialLogger(tune.Callback):
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._params: dict[str, set[str]] = {}  # run id -> param keys logged
         self._closed: set[str] = set()
+        self._with_dataset: set[str] = set()  # run ids whose corpus input is logged
         self._placement: dict[str, dict[str, str]] = {}  # run id -> node/GPU tags set
         self._queue: deque[tuple] = deque()
         self._down_since: float | None = None
@@ -598,14 +599,16 @@ class MlflowTrialLogger(tune.Callback):
                 {TAG_TRIAL_ID: trial_id, TAG_ROLE: "trial"},
                 start_ms=first_ms,
             )
-            if self.dataset is not None:
-                log_dataset(self.client, run_id, self.dataset)
             self._runs[trial_id] = run_id
             self._last_step[run_id] = 0
             self._params[run_id] = set()
         if run_id not in self._last_step:
             history = self.client.get_metric_history(run_id, "epoch")
             self._last_step[run_id] = max((int(m.step) for m in history), default=0)
+        if self.dataset is not None and run_id not in self._with_dataset:
+            # After the run is known, so an outage here retries the input, not the run.
+            log_dataset(self.client, run_id, self.dataset)
+            self._with_dataset.add(run_id)
         return run_id
 
     def _log_checkpoint(self, run_id: str, checkpoint: Any) -> None:

@@ -324,13 +324,14 @@ def test_mlflow_server_down_until_the_end_keeps_a_backlog(
     tmp_path: Path, sweep_cache: Path
 ) -> None:
     out, log = tmp_path / "sweep", tmp_path / "driver.log"
-    # Trials long enough (about 15 s each) that the server dies while they train.
+    # Trials long enough that the server dies while they train: 8 epochs (about 15 s under
+    # load) were over before the kill on an idle machine.
     extra = (
         "data.synthetic_per_emotion=8",
         "sweep.num_samples=2",
-        "train.max_epochs=8",
-        "train.patience=8",
-        "sweep.grace_period=8",
+        "train.max_epochs=24",
+        "train.patience=24",
+        "sweep.grace_period=24",
         "sweep.mlflow_flush_s=2",  # an epoch in MLflow before the server dies
     )
     server = MlflowServer(tmp_path / "mlflow")

@@ -25,7 +25,7 @@ LOGVAR_LIMIT = 8.0
 
 
 # Activations run in place: BatchNorm's backward does not need its output, and skipping one
-# activation-sized write per layer made a training step 5% faster on the CPU (1.18 vs 1.24 s).
+# activation-sized write per layer made a training step faster on the CPU (benchmarks/RESULTS_library.md).
 
 
 class ResidualBlock(nn.Module):
