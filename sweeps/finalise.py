@@ -84,6 +84,10 @@ def final_lines(final) -> list[str]:  # noqa: ANN001 - sweeps.finaliser.FinalRes
         f"Report (every metric): {final.report}",
         f"Registered model: {final.model_uri or 'not registered'}",
     ]
+    if final.pareto:
+        lines.append(
+            f"Other Pareto points retrained ({len(final.pareto)}): {final.pareto[0].parent}/"
+        )
     return lines
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import MeanReconstruction
 from emovae.train import TrainResult, select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
-from sweeps.pareto import leaders
+from sweeps.pareto import leaders, pareto_front
 from sweeps.report import write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
@@ -67,6 +67,7 @@ FINAL_DIR = "final"
 CONFUSION_FILE = "emotion_confusion.png"
 EMOTION_METRICS_FILE = "emotion_metrics.json"
 AUDIO_METRICS_FILE = "audio_metrics.json"
+PARETO_DIR = "pareto"  # in final/: the other Pareto points, one folder each (finalise.pareto)
 FINISHED_FILE = "finished.json"  # in final/: written last, so a finalisation cut short has none
 
 
@@ -79,6 +80,7 @@ class FinalResult:
     samples_manifest: Path
     report: Path
     model_uri: str | None
+    pareto: list[Path] = field(default_factory=list)  # other front points (finalise.pareto)
 
 
 def _epoch_logger(client: MlflowClient, run_id: str):  # noqa: ANN202 - a closure
@@ -368,7 +370,64 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
             )
         raise ConfigError(f"{sweep_dir}: no trial has a {spec.sweep.metric} value to pick from")
     best, best_score, _ = leading[0]
-    return _retrain_and_report(sweep_dir, state, spec, records, best, best_score, device, progress)
+    # The other front points first: the chosen one's finalisation writes the finished mark.
+    (sweep_dir / FINAL_DIR / FINISHED_FILE).unlink(missing_ok=True)
+    pareto = _retrain_pareto_points(sweep_dir, state, spec, records, best, device, progress)
+    result = _retrain_and_report(
+        sweep_dir, state, spec, records, best, best_score, device, progress
+    )
+    return dataclasses.replace(result, pareto=pareto)
+
+
+def _retrain_pareto_points(
+    sweep_dir: Path,
+    state: SweepState,
+    spec: SweepSpec,
+    records: list[TrialRecord],
+    chosen: TrialRecord,
+    device: str,
+    progress: bool,
+) -> list[Path]:
+    """finalise.pareto: every other feasible point of the front, retrained and evaluated as
+    the chosen one is (no report, not registered), each in its folder and MLflow run."""
+    if not (spec.finalise.pareto and spec.sweep.multi_objective):
+        return []
+    metrics, modes = zip(*spec.sweep.objectives, strict=True)
+    constraints = spec.sweep.parsed_constraints()
+    feasible = [r for r, _, _ in ranked(records, metrics[0], modes[0], constraints)]
+    points = [r for r, _ in pareto_front(feasible, metrics, modes) if r is not chosen]
+    cache_dir = str(Path(spec.experiment.data.cache_dir).resolve())
+    data = prepare_data(
+        dataclasses.replace(spec.experiment.data, cache_dir=cache_dir), spec.experiment.features
+    )
+    client = tracking_client(state.tracking_uri)
+    folders = []
+    for record in points:
+        out = sweep_dir / FINAL_DIR / PARETO_DIR / record.trial_id
+        config = _final_config(spec, record, device)
+        run_id = create_child_run(
+            client,
+            state.experiment_id,
+            state.parent_run_id,
+            f"final-pareto-{record.trial_id}",
+            {TAG_ROLE: "final-pareto", "pareto_trial_id": record.trial_id},
+        )
+        try:
+            log_params(client, run_id, flatten("", dataclasses.asdict(config)))
+            result = _retrain(config, data, out, client, run_id, progress)
+            metrics_, emotion, audio = _evaluate(result, data, spec, cache_dir, out, config)
+            _log_metrics(client, run_id, metrics_ | (emotion.metrics if emotion else {}) | audio)
+            client.log_artifact(run_id, str(result.best_checkpoint), "checkpoint")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        except BaseException as exc:
+            client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
+            stopped = isinstance(exc, KeyboardInterrupt)
+            client.set_terminated(
+                run_id, RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED)
+            )
+            raise
+        folders.append(out)
+    return folders
 
 
 def _final_config(spec: SweepSpec, best: TrialRecord, device: str) -> TrainConfig:

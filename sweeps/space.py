@@ -242,6 +242,9 @@ class FinaliseSettings:
     # to the best of every objective, each scaled over the front) or an objective's name (the
     # front's best in it). One objective: its best trial, whatever this says.
     pick: str = "knee"
+    # With several objectives: also retrain and evaluate every other point of the Pareto front
+    # (final/pareto/<trial id>/, a `final-pareto` MLflow run each; not registered).
+    pareto: bool = False
 
     def __post_init__(self) -> None:
         check_ranges("finalise", self, FINALISE_RANGES)
@@ -467,6 +470,11 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     _check_generation_objective(sweep, experiment, params, source)
     _check_constraints(sweep, experiment, params, source)
     objectives = [metric for metric, _ in sweep.objectives]
+    if finalise.pareto and len(objectives) < 2:
+        raise ConfigError(
+            f"{source}: finalise.pareto: a Pareto front needs several objectives "
+            "(sweep.metric: [a, b] with sweep.mode: [min, max])"
+        )
     if finalise.pick != "knee" and finalise.pick not in objectives:
         raise ConfigError(
             f"{source}: finalise.pick: expected 'knee' or one of the objectives {objectives}, "

@@ -13,7 +13,10 @@ from optuna.storages.journal import JournalFileBackend
 from test_sweep_e2e import by_role, mlflow_runs, run, sweep_command
 
 from emovae.config import ConfigError
+from sweeps.driver import read_state
+from sweeps.finaliser import _retrain_pareto_points
 from sweeps.pareto import dominates, knee, leaders, objective_vector, pareto_front
+from sweeps.results import load_trial_records
 from sweeps.space import load_space, to_tune_space
 from sweeps.study import (
     JOURNAL_FILE,
@@ -113,6 +116,10 @@ def test_a_list_of_objectives_splits_into_the_primary_and_the_rest() -> None:
         ),
         (["sweep.objectives=[]"], "sweep.objectives is derived"),
         (
+            ["sweep.metric=val_recon", "finalise.pareto=true"],
+            "finalise.pareto: a Pareto front needs",
+        ),
+        (
             [
                 "sweep.metric=[val_recon, val_spectral]",
                 "sweep.mode=[min, min]",
@@ -201,6 +208,7 @@ def test_a_multi_objective_sweep_finalises_the_picked_front_point(
         "sweep.metric=[val_recon, val_spectral]",
         "sweep.mode=[min, min]",
         "finalise.pick=val_spectral",
+        "finalise.pareto=true",
         "finalise.max_epochs=1",
         "finalise.n_samples=4",
         "sweep.emotion_every=0",
@@ -226,3 +234,28 @@ def test_a_multi_objective_sweep_finalises_the_picked_front_point(
     report = (out / "final" / "report" / "report.md").read_text()
     assert "## Pareto front" in report and f"trial {picked}." in report
     assert (out / "final" / "report" / "pareto_front.png").is_file()
+    # finalise.pareto: every other front point retrained, each in its own folder and run.
+    retrained = (
+        sorted(p.name for p in (out / "final" / "pareto").glob("*")) if len(front) > 1 else []
+    )
+    assert retrained == sorted(set(front["trial_id"]) - {picked})
+    assert len(by_role(runs, "final-pareto")) == len(retrained)
+
+    # A front of two whatever the trials reached: their histories set by hand, real params.
+    state = read_state(out)
+    spec = state.spec()
+    first, second = load_trial_records(out / "tune")[:2]
+    first.history = [{"epoch": 1, "val_recon": 0.5, "val_spectral": 0.9}]
+    second.history = [{"epoch": 1, "val_recon": 0.9, "val_spectral": 0.3}]
+    folders = _retrain_pareto_points(out, state, spec, [first, second], first, "cpu", False)
+    assert folders == [out / "final" / "pareto" / second.trial_id]
+    assert (folders[0] / "checkpoints" / "best.pt").is_file()
+    assert (folders[0] / "evaluation" / "metrics.json").is_file()
+    _, runs = mlflow_runs(out)
+    (point,) = [
+        r
+        for r in by_role(runs, "final-pareto")
+        if r.data.tags["pareto_trial_id"] == second.trial_id and r.info.status == "FINISHED"
+    ][-1:]
+    assert float(point.data.params["lr"]) == pytest.approx(second.params["lr"])
+    assert "test_recon" in point.data.metrics
