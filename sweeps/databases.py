@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -66,6 +67,18 @@ def masked(url: str) -> str:
     except ArgumentError:  # not one URL SQLAlchemy reads: mask each user:password@ part
         text = USER_PASSWORD.sub(rf"\g<1>{MASK}@", url)
     return SECRET_QUERY_KEYS.sub(rf"\g<1>{MASK}", text)
+
+
+def resolved_uri(uri: str) -> str:
+    """`uri` with its `${VAR}` references read from the environment: a store's password is
+    written as a reference and stays out of what the sweep folder keeps."""
+    return os.path.expandvars(uri)
+
+
+def has_literal_password(url: str) -> bool:
+    """Whether `url` holds a password written into it rather than a `${VAR}` reference."""
+    password = make_url(url).password
+    return password is not None and not str(password).startswith("$")
 
 
 def is_database_url(url: str) -> bool:

@@ -39,7 +39,7 @@ from sweeps.cluster import (
 )
 from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
 from sweeps.databases import masked
-from sweeps.pareto import leaders, pareto_front
+from sweeps.pareto import feasible_front, leaders
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSettings, SweepSpec, spec_from_dict, to_tune_space
 from sweeps.study import (
@@ -143,9 +143,6 @@ class SweepState:
 
     def spec(self) -> SweepSpec:
         return spec_from_dict(self.space, self.name, self.source)
-
-    def study(self, sweep_dir: Path) -> StudyLocation:
-        return StudyLocation(str(sweep_dir), self.sweep_id, self.spec().sweep.optuna_storage)
 
 
 @dataclass
@@ -427,8 +424,7 @@ def _write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], spec: SweepSpe
     at_best = also + [c.metric for c in constraints if c.metric not in also]
     on_front = set()
     if others:
-        feasible_trials = [r for r, _, _ in ranked(trials, metric, mode, constraints)]
-        front = pareto_front(feasible_trials, *zip(*spec.sweep.objectives, strict=True))
+        front = feasible_front(trials, spec.sweep.objectives, constraints)
         on_front = {record.trial_id for record, _ in front}
     rows = []
     for t in trials:
@@ -479,10 +475,11 @@ def _open_sweep(
             )
         state = read_state(sweep_dir)
         check_tracking_uri(state.tracking_uri)
-        study = state.study(sweep_dir)
+        spec = state.spec()
+        study = StudyLocation(str(sweep_dir), state.sweep_id, spec.sweep.optuna_storage)
         if state.sweep_id:
             check_study(study, resuming=True)
-        return SweepPlan(state.spec(), state, study)
+        return SweepPlan(spec, state, study)
     if spec is None:
         raise ValueError("a new sweep needs a search space")
     # A folder whose sweep never started a trial (it failed before) may be started again.
@@ -609,7 +606,7 @@ def _run_sweep(
             _write_state(sweep_dir, state)
             _start_study(plan, state, stage)
         try:
-            _fit(spec, state, sweep_dir, resume, resource_wait, console, stage)
+            _fit(spec, state, plan.study, sweep_dir, resume, resource_wait, console, stage)
         except ResourceWaitTimeout as exc:
             _close_parent(state, RunStatus.FAILED, str(exc))
             raise ClusterError(str(exc)) from exc
@@ -635,6 +632,7 @@ def _run_sweep(
 def _fit(
     spec: SweepSpec,
     state: SweepState,
+    study: StudyLocation,
     sweep_dir: Path,
     resume: bool,
     resource_wait: ResourceWait | None,
@@ -649,7 +647,7 @@ def _fit(
     dataset = _dataset(spec, data)
     client = tracking_client(state.tracking_uri)
     client.update_run(state.parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    _log_sweep_params(client, state, spec, state.study(sweep_dir), data)
+    _log_sweep_params(client, state, spec, study, data)
     log_dataset(client, state.parent_run_id, dataset)
     _prepare_judge(client, state, spec, data, stage)
     stage(
@@ -677,7 +675,7 @@ def _fit(
             eager_runs=spec.sweep.system_metrics,
         )
         callbacks = [logger] + ([resource_wait] if resource_wait else [])
-        tuner = _tuner(spec, sweep_dir, state.study(sweep_dir), trainable, callbacks, console)
+        tuner = _tuner(spec, sweep_dir, study, trainable, callbacks, console)
     tune_logger = logging.getLogger("ray.tune.tune")
     hint = _HideTuneRestoreHint()
     tune_logger.addFilter(hint)

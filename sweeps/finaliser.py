@@ -47,7 +47,7 @@ from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import MeanReconstruction
 from emovae.train import TrainResult, select_device, train
 from sweeps.driver import TUNE_DIR, SweepState, read_state
-from sweeps.pareto import leaders, pareto_front
+from sweeps.pareto import feasible_front, leaders
 from sweeps.report import write_report
 from sweeps.results import load_trial_records
 from sweeps.space import FinaliseSettings, SweepSpec, trial_train_config
@@ -379,6 +379,13 @@ def finalise(sweep_dir: str | Path, device: str = "auto", progress: bool = False
     return dataclasses.replace(result, pareto=pareto)
 
 
+def _close_failed_run(client: MlflowClient, run_id: str, exc: BaseException) -> None:
+    """A final run cut short: the error as a tag; KILLED for Ctrl-C, else FAILED."""
+    client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
+    status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+    client.set_terminated(run_id, RunStatus.to_string(status))
+
+
 def _retrain_pareto_points(
     sweep_dir: Path,
     state: SweepState,
@@ -392,10 +399,8 @@ def _retrain_pareto_points(
     the chosen one is (no report, not registered), each in its folder and MLflow run."""
     if not (spec.finalise.pareto and spec.sweep.multi_objective):
         return []
-    metrics, modes = zip(*spec.sweep.objectives, strict=True)
-    constraints = spec.sweep.parsed_constraints()
-    feasible = [r for r, _, _ in ranked(records, metrics[0], modes[0], constraints)]
-    points = [r for r, _ in pareto_front(feasible, metrics, modes) if r is not chosen]
+    front = feasible_front(records, spec.sweep.objectives, spec.sweep.parsed_constraints())
+    points = [record for record, _ in front if record is not chosen]
     cache_dir = str(Path(spec.experiment.data.cache_dir).resolve())
     data = prepare_data(
         dataclasses.replace(spec.experiment.data, cache_dir=cache_dir), spec.experiment.features
@@ -420,11 +425,7 @@ def _retrain_pareto_points(
             client.log_artifact(run_id, str(result.best_checkpoint), "checkpoint")
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
         except BaseException as exc:
-            client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
-            stopped = isinstance(exc, KeyboardInterrupt)
-            client.set_terminated(
-                run_id, RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED)
-            )
+            _close_failed_run(client, run_id, exc)
             raise
         folders.append(out)
     return folders
@@ -496,10 +497,7 @@ def _retrain_and_report(
             )
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     except BaseException as exc:
-        client.set_tag(run_id, "emovae.error", f"{type(exc).__name__}: {exc}"[:5000])
-        stopped = isinstance(exc, KeyboardInterrupt)
-        status = RunStatus.KILLED if stopped else RunStatus.FAILED
-        client.set_terminated(run_id, RunStatus.to_string(status))
+        _close_failed_run(client, run_id, exc)
         raise
     (out / FINISHED_FILE).write_text(json.dumps({"run_id": run_id, "model_uri": model_uri}))
     return FinalResult(

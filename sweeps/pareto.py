@@ -11,27 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sweeps.trials import (
-    Constraint,
-    TrialRecord,
-    TrialStatus,
-    best_epoch,
-    epoch_rows,
-    finite_number,
-    ranked,
-)
+from sweeps.trials import Constraint, TrialRecord, TrialStatus, ranked, values_at_best
 
 
 def objective_vector(
     record: TrialRecord, metrics: Sequence[str], modes: Sequence[str]
 ) -> tuple[float, ...] | None:
     """The trial's objectives at its best epoch by the first; None if any is missing there."""
-    found = best_epoch(record, metrics[0], modes[0])
-    if found is None:
+    values = values_at_best(record, metrics[0], modes[0], metrics)
+    if any(value is None for value in values.values()):
         return None
-    row = next(row for epoch, row in epoch_rows(record) if epoch == found[1])
-    values = tuple(finite_number(row.get(metric)) for metric in metrics)
-    return None if any(value is None for value in values) else values  # type: ignore[return-value]
+    return tuple(values[metric] for metric in metrics)  # type: ignore[misc]
 
 
 def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
@@ -57,6 +47,17 @@ def pareto_front(
         for record, vector in scored
         if not any(dominates(other, vector, modes) for _, other in scored)
     ]
+
+
+def feasible_front(
+    records: list[TrialRecord],
+    objectives: Sequence[tuple[str, str]],
+    constraints: Sequence[Constraint] = (),
+) -> list[tuple[TrialRecord, tuple[float, ...]]]:
+    """The Pareto front of the trials that meet the constraints (at their best epoch)."""
+    (metric, mode), *_ = objectives
+    candidates = [record for record, _, _ in ranked(records, metric, mode, constraints)]
+    return pareto_front(candidates, [m for m, _ in objectives], [d for _, d in objectives])
 
 
 def knee(
@@ -95,7 +96,7 @@ def leaders(
     if len(objectives) == 1 or not scored:
         return scored
     metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
-    front = pareto_front([record for record, _, _ in scored], metrics, modes)
+    front = feasible_front(records, objectives, constraints)
     if not front:
         return scored
     if pick == "knee":

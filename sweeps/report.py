@@ -34,7 +34,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from sweeps.pareto import leaders, objective_vector, pareto_front
+from sweeps.pareto import feasible_front, leaders, objective_vector
 from sweeps.trials import (
     Constraint,
     TrialRecord,
@@ -680,7 +680,7 @@ def pareto_lines(
     front joined), and a table of its trials; the one the finaliser retrains is named."""
     metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
     candidates = [r for r, _, _ in ranked(records, metrics[0], modes[0], constraints)]
-    front = pareto_front(candidates, metrics, modes)
+    front = feasible_front(records, objectives, constraints)
     chosen = leaders(records, objectives, constraints, pick)
     lines = ["## Pareto front", ""]
     if not front:

@@ -553,18 +553,19 @@ def _check_objective(metric: str, mode: str, where: str) -> None:
 def _check_storage_url(url: str, where: str) -> None:
     """A database URL whose password, if any, comes from the environment (${VAR}): the space
     is stored in the sweep folder and logged to MLflow."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
+
+    from sweeps.databases import has_literal_password
 
     expected = (
         "expected '' (optuna.journal in the sweep folder) or a database URL such as "
         "postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host:5432/optuna"
     )
     try:
-        parsed = make_url(url)
+        literal = has_literal_password(url)
     except ArgumentError:
         raise ConfigError(f"{where}: {expected}, got {url!r}") from None
-    if parsed.password is not None and not str(parsed.password).startswith("$"):
+    if literal:
         raise ConfigError(
             f"{where}: write the password as an environment variable reference, e.g. "
             "postgresql+psycopg2://optuna:${OPTUNA_DB_PASSWORD}@db-host/optuna: the space is "

@@ -20,7 +20,6 @@ sampler needs no argument for it.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.databases import DatabaseError, check_database, masked
+from sweeps.databases import DatabaseError, check_database, masked, resolved_uri
 from sweeps.space import to_tune_space
 from sweeps.trials import Constraint, at_best_key, finite_number
 
@@ -68,13 +67,13 @@ class StudyLocation:
         """The journal's path or the database URL with its password masked."""
         if not self.storage:
             return str(Path(self.sweep_dir) / JOURNAL_FILE)
-        return masked(os.path.expandvars(self.storage))
+        return masked(resolved_uri(self.storage))
 
 
 def open_storage(location: StudyLocation) -> BaseStorage:
     if not location.storage:
         return JournalStorage(JournalFileBackend(str(Path(location.sweep_dir) / JOURNAL_FILE)))
-    url = os.path.expandvars(location.storage)
+    url = resolved_uri(location.storage)
     try:
         check_database(url, "the Optuna study storage (sweep.optuna_storage)")
         return RDBStorage(url)

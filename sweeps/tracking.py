@@ -26,15 +26,16 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray import tune
-from sqlalchemy.engine import make_url
 
 from emovae.evaluate import plot_learning_curves
 from sweeps.databases import (
     DatabaseError,
     check_database,
     check_mlflow_schema,
+    has_literal_password,
     is_database_url,
     masked,
+    resolved_uri,
 )
 from sweeps.results import trial_error_text, trial_status
 from sweeps.trials import TrialStatus
@@ -69,12 +70,6 @@ class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
 
 
-def resolved_uri(uri: str) -> str:
-    """The tracking URI with its `${VAR}` references read from the environment: a team's
-    database password stays out of sweep.json, which stores the URI as given."""
-    return os.path.expandvars(uri)
-
-
 def tracking_client(uri: str) -> MlflowClient:
     return MlflowClient(resolved_uri(uri))
 
@@ -89,8 +84,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     holds MLflow's tables at another schema. sqlite files are created by MLflow itself."""
     given, uri = uri, resolved_uri(uri)
     if is_database_url(uri):
-        password = make_url(given).password
-        if password is not None and not str(password).startswith("$"):
+        if has_literal_password(given):
             raise TrackingError(
                 f"--tracking-uri {masked(given)}: write the password as an environment "
                 "variable reference in single quotes, e.g. "
