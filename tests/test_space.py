@@ -49,6 +49,29 @@ def test_shipped_spaces_are_quick_and_default() -> None:
     assert (quick.sweep.max_concurrent, quick.sweep.cpus_per_trial) == (2, 1.0)
 
 
+def test_names_defined_in_space_checks_are_importable_from_space() -> None:
+    """Trials, the simulator and the benchmarks import the metric names and parse_constraint
+    from sweeps.space; the checks module that defines them is an implementation detail."""
+    import sweeps.space as space
+    import sweeps.space_checks as checks
+
+    for name in (
+        "DISTRIBUTIONS",
+        "OBJECTIVES",
+        "EMOTION_OBJECTIVES",
+        "GENERATION_OBJECTIVES",
+        "LOSS_METRICS",
+        "EMOTION_METRICS",
+        "GENERATION_METRICS",
+        "QUALITY_MODULES",
+        "parse_constraint",
+        "constraint_metrics",
+        "validate_params",
+    ):
+        assert getattr(space, name) is getattr(checks, name), name
+        assert name in space.__all__
+
+
 def test_unknown_space_name_lists_available() -> None:
     with pytest.raises(
         ConfigError, match=r"unknown search space 'quik'.*did you mean 'quick'.*default"

@@ -259,10 +259,13 @@ def _wait_for_finished_trials(
     finished: int,
     timeout: float,
     driver: subprocess.Popen,
+    max_epochs: int,
     storage_url: str | None = None,
 ) -> None:
     """Until the sweep's Optuna study holds `finished` finished trials and another trial is
-    training (an epoch in its result.json but not finished in the study)."""
+    mid-training: not finished in the study, past its first checkpoints and far from its last
+    epoch (one that just ran its last epoch has nothing left to continue), and named in Tune's
+    latest state snapshot (a trial the snapshot lacks is forgotten on resume)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if driver.poll() is not None:
@@ -273,11 +276,27 @@ def _wait_for_finished_trials(
             except KeyError:  # the study is not created yet
                 trials = []
             done = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in trials if t.state.is_finished()}
-            training = [t for t in _epochs_by_trial(sweep_dir) if t not in done]
+            snapshot = _tune_snapshot_text(sweep_dir)
+            training = [
+                trial_id
+                for trial_id, epochs in _epochs_by_trial(sweep_dir).items()
+                if trial_id not in done
+                and 2 <= max(epochs) <= max_epochs - 10
+                and trial_id in snapshot
+            ]
             if len(done) >= finished and training:
                 return
         time.sleep(0.5)
     raise AssertionError(f"no {finished} finished trials and a training one within {timeout} s")
+
+
+def _tune_snapshot_text(sweep_dir: Path) -> str:
+    """The newest experiment_state file Tune wrote (it restores from it), or ''."""
+    snapshots = sorted((sweep_dir / "tune").glob("experiment_state-*.json"))
+    try:
+        return snapshots[-1].read_text() if snapshots else ""
+    except FileNotFoundError:  # replaced between the listing and the read
+        return ""
 
 
 def _epochs_by_trial(sweep_dir: Path) -> dict[str, list[int]]:
@@ -305,6 +324,11 @@ def test_sigkill_driver_then_resume_keeps_the_study_and_one_run_per_trial(
         _sigkill_then_resume(tmp_path / "sweep", sweep_cache, *stores)
 
 
+# Enough epochs that a trial is still training when the driver is killed: an epoch of the shrunk
+# model takes well under a second.
+KILLED_SWEEP_EPOCHS = 40
+
+
 def _sigkill_then_resume(
     out: Path,
     sweep_cache: Path,
@@ -320,10 +344,8 @@ def _sigkill_then_resume(
         # Long trials, so also the test of MLflow's system metrics in the trials' runs.
         "sweep.system_metrics=true",
         "sweep.system_metrics_interval_s=0.5",
-        # Enough epochs that a trial is still training when the driver is killed: an epoch of
-        # the shrunk model takes well under a second.
-        "train.max_epochs=40",
-        "train.patience=40",
+        f"train.max_epochs={KILLED_SWEEP_EPOCHS}",
+        f"train.patience={KILLED_SWEEP_EPOCHS}",
         *NO_EMOTION,
     )
     driver = subprocess.Popen(
@@ -334,7 +356,14 @@ def _sigkill_then_resume(
         start_new_session=True,  # the driver leads a process group holding the Ray it starts
     )
     try:
-        _wait_for_finished_trials(out, 2, timeout=900, driver=driver, storage_url=study_url)
+        _wait_for_finished_trials(
+            out,
+            2,
+            timeout=900,
+            driver=driver,
+            max_epochs=KILLED_SWEEP_EPOCHS,
+            storage_url=study_url,
+        )
     finally:
         # SIGKILL the whole group: the driver and the Ray processes it started (agents that
         # would otherwise outlive it, re-parented to init).
