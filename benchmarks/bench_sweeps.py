@@ -53,7 +53,7 @@ from emovae.dataset import prepare_data  # noqa: E402
 from emovae.train import train  # noqa: E402
 from sweeps.results import load_trial_records  # noqa: E402
 from sweeps.space import SweepSpec, load_space, to_tune_space, trial_train_config  # noqa: E402
-from sweeps.tracking import MlflowTrialLogger  # noqa: E402
+from sweeps.trial_logger import MlflowTrialLogger  # noqa: E402
 from sweeps.trials import best_value, epochs_run  # noqa: E402
 
 # The small model and corpus of benchmarks 1-3 (the e2e tests shrink `quick` the same way).

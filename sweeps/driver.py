@@ -58,7 +58,6 @@ from sweeps.sweep_outcome import (
 from sweeps.system_metrics import monitor_settings
 from sweeps.tracking import (
     TAG_ROLE,
-    MlflowTrialLogger,
     check_tracking_uri,
     corpus_dataset,
     default_tracking_uri,
@@ -71,6 +70,7 @@ from sweeps.tracking import (
     tracking_client,
 )
 from sweeps.trainable import emotion_settings, judge_cache_dir, train_trial
+from sweeps.trial_logger import MlflowTrialLogger
 from sweeps.trials import TrialStatus
 from sweeps.tuner import build_tuner, fit_without_restore_hint, sweep_console
 from sweeps.warm_start import WarmStartRequest, seed_study

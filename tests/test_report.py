@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution
 
 from sweeps.report import asha_rungs, build_study, rung_survival, write_report
+from sweeps.report_analysis import search_space
+from sweeps.space import SPACES_DIR, validate_params
+from sweeps.study import search_distributions
 from sweeps.trials import TrialRecord, best_value
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -163,6 +168,20 @@ def test_study_from_records() -> None:
     best_id, best = _expected_best(records, "min")
     assert study.best_value == pytest.approx(best)
     assert study.best_trial.user_attrs["trial_id"] == best_id
+
+
+def test_study_space_is_the_searchers() -> None:
+    spaces = [SPEC] + [
+        validate_params(yaml.safe_load(path.read_text())["params"])
+        for path in sorted(SPACES_DIR.glob("*.yaml"))
+    ]
+    for params in spaces:
+        assert search_space(params).distributions == search_distributions(params)
+    # Records hold list choices as lists, which Optuna cannot store: the study holds their repr,
+    # each once; a spec Ray cannot convert loses only its own plots.
+    odd = search_space({"layers": {"choice": [[1, 2], [3], [1, 2]]}, "x": {"normal": [0, 1]}})
+    assert odd.distributions == {"layers": CategoricalDistribution(["[1, 2]", "[3]"])}
+    assert odd.textual_choices == {"layers"}
 
 
 def test_full_report(tmp_path: Path) -> None:
