@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from emovae.dataset import prepare_data  # noqa: E402
 from emovae.judge import ensure_judge  # noqa: E402
+from emovae.runtime import atomic_write_text  # noqa: E402
 from emovae.train import train  # noqa: E402
 from sweeps.space import SweepSpec, load_space, searched_params, trial_train_config  # noqa: E402
 from sweeps.trainable import (  # noqa: E402
@@ -110,10 +111,7 @@ def record_one(spec: SweepSpec, params: dict[str, Any], config_id: int, curve_pa
 
     with tempfile.TemporaryDirectory(prefix="emovae-curve-") as work:
         train(config, data, work, on_epoch=keep, epoch_metrics=timed_emotion)
-    partial = curve_path.with_suffix(".part")
-    pd.DataFrame(rows).to_csv(partial, index=False)
-    os.replace(partial, curve_path)
-    return curve_path
+    return atomic_write_text(curve_path, pd.DataFrame(rows).to_csv(index=False))
 
 
 def _epoch_values(metrics: dict[str, float], params: dict[str, Any]) -> dict[str, float]:

@@ -6,7 +6,6 @@ Everything stored is a tensor or plain Python data, so `torch.load(weights_only=
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from emovae.config import ConfigError, FeatureConfig, TrainConfig, from_dict
 from emovae.features import Normalizer
 from emovae.models import SpeechVAE, build_model
+from emovae.runtime import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -38,10 +38,7 @@ class LoadedModel:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomic write: a crash mid-save leaves the previous checkpoint intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def model_state(

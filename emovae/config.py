@@ -95,7 +95,7 @@ def check_ranges(section: str, config: Any, ranges: dict[str, Range]) -> None:
             check_range(value, valid, f"{section}.{name}")
 
 
-# np.random.seed (emovae.train) and Optuna's RandomState take 0 .. 2^32 - 1, and default_rng
+# np.random.seed (emovae.runtime) and Optuna's RandomState take 0 .. 2^32 - 1, and default_rng
 # (the speaker split) refuses negatives: elsewhere a bad seed fails in every trial.
 SEED_RANGE = Range(0, 2**32 - 1)
 

@@ -6,8 +6,6 @@ slices of one tensor: no DataLoader workers, no per-batch Python collation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from emovae.data.corpus import Item, load_corpus
 from emovae.data.labels import label_names as encode_labels
 from emovae.data.splits import SpeakerSplit, save_split, split_speakers
 from emovae.features import Normalizer, extract_features
+from emovae.runtime import content_key
 
 
 @dataclass
@@ -102,9 +101,7 @@ def prepare_data(data: DataConfig, features: FeatureConfig, progress: bool = Fal
         for name, (part_items, part_mels) in parts.items()
     }
     # The feature cache key covers every file's content and every feature parameter.
-    fingerprint = hashlib.sha256(
-        json.dumps([extracted.key, split_file.name, data.label_set]).encode()
-    ).hexdigest()[:16]
+    fingerprint = content_key([extracted.key, split_file.name, data.label_set], 16)
     return PreparedData(
         **splits,
         label_names=names,

@@ -20,19 +20,18 @@ Costs on a CPU are in benchmarks/RESULTS_emotion.md.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
+from sklearn.metrics import accuracy_score, confusion_matrix, recall_score
 
 from emovae.dataset import Split
 from emovae.evaluate import honest_label_mode, latent_silhouette, reconstruct
@@ -44,6 +43,7 @@ from emovae.judge import (
     predict,
 )
 from emovae.models import SpeechVAE
+from emovae.runtime import eval_mode, save_figure
 
 FD_EPS = 1e-6
 DECODE_BATCH = 64
@@ -66,13 +66,13 @@ def accuracy(
     if len(truth) == 0:
         return math.nan
     pred, _ = predict(judge, features, batch_size)
-    return float((pred == truth).mean())
+    return float(accuracy_score(truth, pred))
 
 
 def _confusion_of(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (truth, pred), 1)
-    return matrix
+    if len(truth) == 0:  # sklearn refuses empty input; no clips is an all-zero matrix
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return confusion_matrix(truth, pred, labels=np.arange(n_classes))
 
 
 def confusion(
@@ -137,17 +137,6 @@ def _within_diversity(emb: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    # A metric computed mid-training must leave the model in the mode it found it in.
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def decode_samples(
     vae: SpeechVAE,
     n: int,
@@ -161,7 +150,7 @@ def decode_samples(
     so hundreds of samples do not hold all decoder activations at once."""
     device = next(vae.parameters()).device
     chunks = []
-    with torch.no_grad(), _eval_mode(vae):
+    with torch.no_grad(), eval_mode(vae):
         y_all = labels.to(device) if labels is not None else None
         z = vae.sample_latents(n, y_all, torch.Generator().manual_seed(seed))
         for start in range(0, n, batch_size):
@@ -216,11 +205,11 @@ def reconstruction_emotion_metrics(
     if len(split) == 0:
         raise ValueError("reconstruction_emotion_metrics: the split is empty")
     real = _reference_for(judge, split, reference, batch_size)
-    with _eval_mode(vae):
+    with eval_mode(vae):
         recon, mu = reconstruct(vae, split, label_mode=honest_label_mode(vae))
     rebuilt = judge_outputs(judge, recon, batch_size)
-    acc_real = float((real.outputs.pred == real.labels).mean())
-    acc_recon = float((rebuilt.pred == real.labels).mean())
+    acc_real = float(accuracy_score(real.labels, real.outputs.pred))
+    acc_recon = float(accuracy_score(real.labels, rebuilt.pred))
     return {
         f"{prefix}_emotion_acc_real": acc_real,
         f"{prefix}_emotion_acc_recon": acc_recon,
@@ -287,10 +276,10 @@ def generation_emotion_metrics(
     pred, gen_emb = generated.pred, generated.emb
     real_emb, real_truth = real.outputs.emb, real.labels
 
-    correct = pred == truth
-    metrics = {"gen_emotion_acc": float(correct.mean())}
+    metrics = {"gen_emotion_acc": float(accuracy_score(truth, pred))}
+    per_emotion = recall_score(truth, pred, labels=np.arange(len(names)), average=None)
     metrics |= {
-        f"gen_emotion_acc_{name}": float(correct[truth == c].mean()) for c, name in enumerate(names)
+        f"gen_emotion_acc_{name}": float(r) for name, r in zip(names, per_emotion, strict=True)
     }
     metrics["gen_fd"] = frechet_distance(gen_emb, real_emb)
     for c, name in enumerate(names):
@@ -329,7 +318,7 @@ def convert_emotion(
     device = next(vae.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     chunks = []
-    with torch.no_grad(), _eval_mode(vae):
+    with torch.no_grad(), eval_mode(vae):
         for start in range(0, len(features), batch_size):
             x = features[start : start + batch_size].to(device)
             source = source_labels[start : start + batch_size].to(device)
@@ -372,9 +361,10 @@ def conversion_emotion_metrics(
     )
     pred, _ = predict(judge, converted, batch_size)
     truth = target_labels.numpy()
-    metrics = {f"{prefix}_conversion_acc": float((pred == truth).mean())}
-    for c in targets:
-        metrics[f"{prefix}_conversion_acc_{names[c]}"] = float((pred[truth == c] == c).mean())
+    metrics = {f"{prefix}_conversion_acc": float(accuracy_score(truth, pred))}
+    per_target = recall_score(truth, pred, labels=targets, average=None)
+    for c, recall in zip(targets, per_target, strict=True):
+        metrics[f"{prefix}_conversion_acc_{names[c]}"] = float(recall)
     return metrics
 
 
@@ -401,14 +391,6 @@ def unconditional_generation_metrics(
         "real_diversity": real_div,
         "gen_diversity_ratio": gen_div / real_div if real_div > 0 else math.nan,
     }
-
-
-def _save(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
-    figure.savefig(path, format="png")
-    return path
 
 
 def plot_confusion(
@@ -445,7 +427,7 @@ def plot_confusion(
     ax.set_ylabel("true (or requested) emotion")
     ax.set_title(title, fontsize=10)
     figure.colorbar(image, ax=ax, label="share of row")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_embeddings(
@@ -484,4 +466,4 @@ def plot_embeddings(
         fontsize=10,
     )
     ax.legend(fontsize=6, ncol=2, loc="best")
-    return _save(figure, path)
+    return save_figure(figure, path)

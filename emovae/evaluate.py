@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
@@ -25,13 +23,18 @@ from sklearn.metrics import silhouette_score
 from emovae.checkpoint import load_model
 from emovae.config import FeatureConfig
 from emovae.dataset import PreparedData, Split
-from emovae.features import Normalizer, mel_power_from_log
+from emovae.features import Normalizer
 from emovae.loss import TERMS, vae_loss
 from emovae.models import SpeechVAE
-from emovae.train import select_device
+from emovae.runtime import atomic_write_text, save_figure, select_device
 
-# 10 log10(x) = DB_PER_LN * ln(x): the features store natural-log power.
-DB_PER_LN = 10.0 / math.log(10.0)
+# Redundant aliases re-export what moved to emovae.spectral under its old import path.
+from emovae.spectral import DB_PER_LN as DB_PER_LN
+from emovae.spectral import as_float64, log_mel_to_db, per_clip, spectral_metrics
+from emovae.spectral import log_spectral_distance as log_spectral_distance
+from emovae.spectral import spectral_convergence as spectral_convergence
+from emovae.spectral import spectral_snr_db as spectral_snr_db
+
 N_RECONSTRUCTIONS = 4
 EVAL_BATCH = 64
 
@@ -75,7 +78,7 @@ def latent_summary(mu: np.ndarray | torch.Tensor) -> np.ndarray:
     """One vector per clip: the latent mean itself, or for a time-resolved latent (N, C, T)
     its mean and standard deviation over time (N, 2C), which do not depend on where in the
     clip things happen."""
-    points = _as_numpy(mu)
+    points = as_float64(mu)
     if points.ndim == 3:
         return np.concatenate([points.mean(axis=2), points.std(axis=2)], axis=1)
     return points
@@ -116,100 +119,6 @@ def reconstruct(
     """
     recon, mu, _ = _posterior(model, split, batch_size, label_mode)
     return recon, mu
-
-
-def _as_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _per_clip(x: np.ndarray) -> np.ndarray:
-    """(N, [1,] n_mels, frames) or (n_mels, frames) -> (N, n_mels, frames)."""
-    if x.ndim == 4:
-        x = x[:, 0]
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(f"expected spectrograms of shape (N, [1,] n_mels, frames), got {x.shape}")
-    return x
-
-
-def log_spectral_distance(
-    reference_db: np.ndarray | torch.Tensor, reconstruction_db: np.ndarray | torch.Tensor
-) -> float:
-    """LSD in dB: per frame the RMS over mel bins of the dB difference, averaged over frames and
-    clips. Inputs are dB spectrograms (N, [1,] n_mels, frames); an offset of k dB gives k."""
-    ref, rec = _per_clip(_as_numpy(reference_db)), _per_clip(_as_numpy(reconstruction_db))
-    return float(np.sqrt(((ref - rec) ** 2).mean(axis=1)).mean())
-
-
-def spectral_convergence(
-    reference_magnitude: np.ndarray | torch.Tensor,
-    reconstruction_magnitude: np.ndarray | torch.Tensor,
-) -> float:
-    """Per clip ||M_ref - M_rec||_F / ||M_ref||_F on magnitudes, averaged over clips.
-
-    0 is perfect; 1 is what an all-zero reconstruction scores. A silent reference clip (norm 0)
-    scores 0 if the reconstruction is silent too, else infinity.
-    """
-    ref = _per_clip(_as_numpy(reference_magnitude))
-    rec = _per_clip(_as_numpy(reconstruction_magnitude))
-    error = np.sqrt(((ref - rec) ** 2).sum(axis=(1, 2)))
-    norm = np.sqrt((ref**2).sum(axis=(1, 2)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(error == 0, 0.0, error / norm)
-    return float(ratio.mean())
-
-
-def spectral_snr_db(
-    reference_power: np.ndarray | torch.Tensor, reconstruction_power: np.ndarray | torch.Tensor
-) -> float:
-    """Spectral SNR in dB on mel power P (our definition; the spec leaves it open):
-
-        SNR_clip = 10 log10( sum_{f,t} P_ref^2 / sum_{f,t} (P_ref - P_rec)^2 )
-
-    per clip, then the mean of the clips' dB values. P is power, not magnitude: on magnitudes
-    this would only restate spectral convergence (-20 log10 SC); on power it weighs errors in
-    loud time-frequency cells, which dominate what one hears. An exact reconstruction of a clip
-    gives +inf (and so does the mean); a reconstruction that is all zeros gives 0 dB.
-    """
-    ref = _per_clip(_as_numpy(reference_power))
-    rec = _per_clip(_as_numpy(reconstruction_power))
-    signal = (ref**2).sum(axis=(1, 2))
-    noise = ((ref - rec) ** 2).sum(axis=(1, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(noise == 0, np.inf, 10.0 * np.log10(signal / noise))
-    return float(snr.mean())
-
-
-def log_mel_to_db(log_mel: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Natural-log mel power `log(mel + floor)` -> dB, `10 log10(mel + floor)`."""
-    return _as_numpy(log_mel) * DB_PER_LN
-
-
-def spectral_metrics(
-    reference_log_mel: np.ndarray | torch.Tensor,
-    reconstruction_log_mel: np.ndarray | torch.Tensor,
-    features: FeatureConfig,
-) -> dict[str, float]:
-    """LSD (dB), spectral convergence and spectral SNR (dB) between de-normalised log-mels.
-
-    LSD compares the features' log in dB (of power: a magnitude log-mel counts twice), so the
-    floor bounds how much silent bins count; convergence uses magnitudes sqrt(mel power) and SNR
-    mel power, with an additive floor removed (`features.mel_power_from_log`).
-    """
-    ref, rec = _as_numpy(reference_log_mel), _as_numpy(reconstruction_log_mel)
-    ref_power = mel_power_from_log(ref, features)
-    rec_power = mel_power_from_log(rec, features)
-    to_power_db = 2.0 / features.power
-    return {
-        "lsd_db": log_spectral_distance(
-            to_power_db * log_mel_to_db(ref), to_power_db * log_mel_to_db(rec)
-        ),
-        "spectral_convergence": spectral_convergence(np.sqrt(ref_power), np.sqrt(rec_power)),
-        "snr_db": spectral_snr_db(ref_power, rec_power),
-    }
 
 
 def _denormalize(z: torch.Tensor, normalizer: Normalizer) -> np.ndarray:
@@ -276,14 +185,6 @@ def latent_silhouette(mu: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
     return float(silhouette_score(points, groups))
 
 
-def _save(figure: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
-    figure.savefig(path, format="png")
-    return path
-
-
 def plot_reconstructions(
     originals: np.ndarray | torch.Tensor,
     recons: np.ndarray | torch.Tensor,
@@ -298,7 +199,7 @@ def plot_reconstructions(
     best; `unit` labels the colour bar); `labels_text` titles each row, typically with the
     emotion.
     """
-    ref, rec = _per_clip(_as_numpy(originals)), _per_clip(_as_numpy(recons))
+    ref, rec = per_clip(as_float64(originals)), per_clip(as_float64(recons))
     n = min(n, len(ref))
     if n < 1:
         raise ValueError("plot_reconstructions: no clips to plot")
@@ -344,7 +245,7 @@ def plot_reconstructions(
                 ax.set_xlabel("frame")
     colorbar_axes = figure.add_axes((0.9, 0.55 / height, 0.02, 1 - 0.9 / height))
     figure.colorbar(image, cax=colorbar_axes, label=unit)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_latent_pca(
@@ -392,7 +293,7 @@ def plot_latent_pca(
     ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% of variance)")
     ax.set_title(f"Latent means by emotion (silhouette {silhouette:.3f})")
     ax.legend(fontsize=8, markerscale=1.5, loc="best")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path) -> Path:
@@ -432,7 +333,7 @@ def plot_learning_curves(history: Sequence[dict[str, float]], path: str | Path) 
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _check_features(
@@ -534,7 +435,7 @@ def evaluate_checkpoint(
         plot_learning_curves(history, out_dir / "learning_curves.png")
 
     payload = {key: _json_value(value) for key, value in metrics.items()}
-    tmp = out_dir / f".metrics.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out_dir / "metrics.json")
+    atomic_write_text(
+        out_dir / "metrics.json", json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    )
     return metrics

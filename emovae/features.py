@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from emovae.config import FeatureConfig, clip_frames
+from emovae.runtime import atomic_save_array, atomic_write_bytes
 
 CACHE_VERSION = 1  # bump when the extraction code changes what it computes
 
@@ -158,13 +158,7 @@ class _HashIndex:
 
     def save(self) -> None:
         if self.changed:
-            _atomic_write_bytes(self.index_path, json.dumps(self.entries).encode())
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+            atomic_write_bytes(self.index_path, json.dumps(self.entries).encode())
 
 
 def cache_key(content_hashes: Sequence[str], features: FeatureConfig, skip_bad_files: bool) -> str:
@@ -232,11 +226,9 @@ def _read_cache(cache_dir: Path, key: str, paths: list[Path]) -> FeatureSet | No
 def _write_cache(cache_dir: Path, key: str, result: FeatureSet, paths: list[Path]) -> None:
     position = {p: i for i, p in enumerate(paths)}
     meta = {"kept": [position[p] for p in result.paths], "bad_files": result.bad_files}
-    tmp = cache_dir / f".{key}.{os.getpid()}.npy"
-    np.save(tmp, result.log_mels)
-    os.replace(tmp, cache_dir / f"{key}.npy")
+    atomic_save_array(cache_dir / f"{key}.npy", result.log_mels)
     # The array lands first: a reader needs both files, so a crash in between is a cache miss.
-    _atomic_write_bytes(cache_dir / f"{key}.json", json.dumps(meta).encode())
+    atomic_write_bytes(cache_dir / f"{key}.json", json.dumps(meta).encode())
 
 
 @dataclass

@@ -20,7 +20,7 @@ from emovae.emotion import convert_emotion
 from emovae.evaluate import honest_label_mode, reconstruct
 from emovae.features import Normalizer
 from emovae.models import SpeechVAE
-from emovae.train import select_device
+from emovae.runtime import select_device
 
 MANIFEST_COLUMNS = ("file", "emotion", "seed", "index")
 

@@ -30,6 +30,10 @@ import librosa
 import numpy as np
 import torch
 
+# Per batch item as a tensor, the way a phase-reconstruction test reads it; the implementation
+# (with the evaluation's mean over clips beside it) is emovae.spectral's.
+from emovae.spectral import spectral_convergence_per_item as spectral_convergence
+
 __all__ = [
     "griffin_lim",
     "mel_to_audio",
@@ -341,6 +345,33 @@ def _griffin_lim_chunk(
     return signal
 
 
+def _checked_length(
+    n_freqs: int,
+    n_frames: int,
+    n_fft: int,
+    hop_length: int,
+    n_iter: int,
+    momentum: float,
+    length: int | None,
+) -> int:
+    """`griffin_lim`'s output length, after checking its arguments."""
+    if n_freqs != n_fft // 2 + 1:
+        raise ValueError(
+            f"magnitude has {n_freqs} frequency bins, n_fft={n_fft} needs {n_fft // 2 + 1}"
+        )
+    if hop_length <= 0 or hop_length > n_fft:
+        raise ValueError(f"hop_length must be in [1, n_fft={n_fft}], got {hop_length}")
+    if n_frames == 0:
+        raise ValueError("magnitude has no frames")
+    if n_iter < 0 or momentum < 0:
+        raise ValueError(f"n_iter and momentum must be >= 0, got {n_iter} and {momentum}")
+    if length is None:
+        length = hop_length * (n_frames - 1)
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    return length
+
+
 def griffin_lim(
     magnitude: torch.Tensor,
     n_fft: int,
@@ -364,20 +395,7 @@ def griffin_lim(
     if magnitude.ndim == 2:
         return griffin_lim(magnitude[None], n_fft, hop_length, n_iter, momentum, seed, length)[0]
     batch, n_freqs, n_frames = magnitude.shape
-    if n_freqs != n_fft // 2 + 1:
-        raise ValueError(
-            f"magnitude has {n_freqs} frequency bins, n_fft={n_fft} needs {n_fft // 2 + 1}"
-        )
-    if hop_length <= 0 or hop_length > n_fft:
-        raise ValueError(f"hop_length must be in [1, n_fft={n_fft}], got {hop_length}")
-    if n_frames == 0:
-        raise ValueError("magnitude has no frames")
-    if n_iter < 0 or momentum < 0:
-        raise ValueError(f"n_iter and momentum must be >= 0, got {n_iter} and {momentum}")
-    if length is None:
-        length = hop_length * (n_frames - 1)
-    if length < 0:
-        raise ValueError(f"length must be >= 0, got {length}")
+    length = _checked_length(n_freqs, n_frames, n_fft, hop_length, n_iter, momentum, length)
 
     device = magnitude.device
     if batch == 0:
@@ -451,20 +469,3 @@ def mel_to_audio(
         mel_power, sample_rate, n_fft, fmin=fmin, fmax=fmax, power=power
     )
     return griffin_lim(magnitude, n_fft, hop_length, n_iter=n_iter, seed=seed, length=length)
-
-
-def spectral_convergence(reference_mag: torch.Tensor, estimate_mag: torch.Tensor) -> torch.Tensor:
-    """|| |S_ref| - |S_est| ||_F / || |S_ref| ||_F per batch item: (B, ...) x 2 -> (B,).
-
-    Complex inputs are reduced to magnitudes first. 0 is a perfect match; a silent reference
-    gives inf (or nan if the estimate is silent too).
-    """
-    if reference_mag.shape != estimate_mag.shape:
-        raise ValueError(
-            f"shapes differ: {tuple(reference_mag.shape)} vs {tuple(estimate_mag.shape)}"
-        )
-    reference = reference_mag.abs().flatten(1)
-    estimate = estimate_mag.abs().flatten(1)
-    return torch.linalg.vector_norm(reference - estimate, dim=1) / torch.linalg.vector_norm(
-        reference, dim=1
-    )

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import math
-import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch import nn
 
 from emovae.config import SEED_RANGE, Range, check_ranges, from_dict
-from emovae.dataset import PreparedData
-from emovae.train import configure_threads, select_device
+from emovae.dataset import PreparedData, Split
+from emovae.judge_augment import augment
+from emovae.runtime import atomic_write, configure_threads, content_key, eval_mode, select_device
 
 try:
     import fcntl
@@ -62,9 +62,10 @@ class JudgeConfig:
     augment: bool = True  # blur (below) and SpecAugment-style frequency and time masks
     freq_mask: float = 0.15  # largest masked band, as a share of the mel bins
     time_mask: float = 0.15  # largest masked stretch, as a share of the frames
-    # Share of training clips blurred by a Gaussian of random width (see `_blur`), so the judge
-    # scores emotion rather than sharpness: an MSE-trained decoder smooths its outputs, and a
-    # judge that never saw smooth spectrograms calls them all low-arousal. 0 disables it.
+    # Share of training clips blurred by a Gaussian of random width (emovae.judge_augment), so
+    # the judge scores emotion rather than sharpness: an MSE-trained decoder smooths its
+    # outputs, and a judge that never saw smooth spectrograms calls them all low-arousal.
+    # 0 disables it.
     blur_prob: float = 0.5
     blur_time: float = 8.0  # largest Gaussian sigma along time, frames
     blur_freq: float = 3.0  # largest Gaussian sigma along frequency, mel bins
@@ -171,17 +172,6 @@ def _module(judge: TrainedJudge | EmotionJudge) -> EmotionJudge:
     return judge.model if isinstance(judge, TrainedJudge) else judge
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Restores the caller's mode: predicting mid-training must not leave dropout switched off.
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _batched(
     judge: TrainedJudge | EmotionJudge, x: torch.Tensor, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +183,7 @@ def _batched(
         raise ValueError(f"expected features of shape (N, 1, n_mels, frames), got {tuple(x.shape)}")
     device = next(model.parameters()).device
     logits, embedded = [], []
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             emb = model.embed(x[start : start + batch_size].to(device, torch.float32))
             logits.append(model.classifier(emb).cpu())
@@ -238,63 +228,121 @@ def embeddings(
     return judge_outputs(judge, x, batch_size).emb
 
 
-def _accuracy_and_uar(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[float, float]:
+def accuracy_and_uar(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Accuracy and unweighted average recall (the mean per-emotion recall over the emotions
+    present in `labels`: one emotion alone gives UAR = accuracy); NaN for no clips."""
     if len(labels) == 0:
         return math.nan, math.nan
-    correct = pred == labels
-    recalls = [correct[labels == c].mean() for c in range(n_classes) if (labels == c).any()]
-    return float(correct.mean()), float(np.mean(recalls))
+    with warnings.catch_warnings():
+        # Clips judged as an emotion absent from `labels` are errors to count, and a set of one
+        # emotion all judged right is a perfect score: neither is the misuse sklearn warns of.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
+        uar = balanced_accuracy_score(labels, pred)
+    return float(accuracy_score(labels, pred)), float(uar)
 
 
-def _spec_augment(
-    x: torch.Tensor, freq_mask: float, time_mask: float, generator: torch.Generator
-) -> torch.Tensor:
-    """One random frequency band and one time stretch per clip set to 0, the z-scored mean."""
-    n, _, n_mels, n_frames = x.shape
-
-    def mask(size: int, share: float) -> torch.Tensor:
-        widest = int(size * share)
-        if widest < 1:
-            return torch.zeros(n, size, dtype=torch.bool)
-        width = torch.randint(0, widest + 1, (n, 1), generator=generator)
-        start = (torch.rand(n, 1, generator=generator) * (size - width + 1)).long()
-        index = torch.arange(size)[None, :]
-        return (index >= start) & (index < start + width)
-
-    masked = mask(n_mels, freq_mask)[:, None, :, None] | mask(n_frames, time_mask)[:, None, None, :]
-    return x.masked_fill(masked.to(x.device), 0.0)
-
-
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (offsets / max(sigma, 1e-3)) ** 2)
-    return kernel / kernel.sum()
+def _training_set(
+    data: PreparedData, extra_train: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    train_x, train_y = data.train.features, data.train.labels
+    if extra_train is not None:
+        extra_x, extra_y = extra_train
+        if extra_x.shape[1:] != train_x.shape[1:] or extra_x.shape[0] != extra_y.shape[0]:
+            raise ValueError(
+                f"extra_train: expected features (M, {', '.join(map(str, train_x.shape[1:]))}) "
+                f"and M labels, got {tuple(extra_x.shape)} and {tuple(extra_y.shape)}"
+            )
+        train_x = torch.cat([train_x, extra_x.detach().cpu().to(train_x.dtype)])
+        train_y = torch.cat([train_y, extra_y.detach().cpu().to(torch.int64)])
+    if len(train_x) < 2:
+        raise ValueError(f"train_judge: need at least 2 training clips, got {len(train_x)}")
+    return train_x, train_y
 
 
-def _blur(x: torch.Tensor, sigma_freq: float, sigma_time: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, 1, n_mels, frames), edges replicated."""
-    for sigma, dim in ((sigma_freq, 2), (sigma_time, 3)):
-        if sigma < 0.3:  # a narrower Gaussian leaves the input practically unchanged
-            continue
-        kernel = _gaussian_kernel(sigma)
-        radius = len(kernel) // 2
-        shape = (1, 1, len(kernel), 1) if dim == 2 else (1, 1, 1, len(kernel))
-        pad = (0, 0, radius, radius) if dim == 2 else (radius, radius, 0, 0)
-        x = F.conv2d(F.pad(x, pad, mode="replicate"), kernel.view(shape).to(x))
-    return x
+def _new_judge(n_classes: int, config: JudgeConfig) -> EmotionJudge:
+    return EmotionJudge(
+        n_classes,
+        config.channels,
+        config.n_blocks,
+        config.embedding_dim,
+        config.dropout,
+        config.freq_bands,
+    )
 
 
-def _augment(x: torch.Tensor, config: JudgeConfig, generator: torch.Generator) -> torch.Tensor:
-    if config.blur_prob > 0:
-        # One blur width per batch keeps this to two small convolutions.
-        chosen = torch.rand(x.shape[0], generator=generator) < config.blur_prob
-        if chosen.any():
-            sigma_freq, sigma_time = torch.rand(2, generator=generator).tolist()
-            blurred = _blur(x[chosen], sigma_freq * config.blur_freq, sigma_time * config.blur_time)
-            x = x.clone()
-            x[chosen] = blurred
-    return _spec_augment(x, config.freq_mask, config.time_mask, generator)
+def _train_epoch(
+    model: EmotionJudge,
+    optimizer: torch.optim.Optimizer,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    config: JudgeConfig,
+    generator: torch.Generator,
+) -> float:
+    """One pass over shuffled batches; the mean training loss."""
+    device = next(model.parameters()).device
+    n = len(train_x)
+    # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
+    usable = n - 1 if n % config.batch_size == 1 else n
+    model.train()
+    order = torch.randperm(n, generator=generator)
+    loss_sum = 0.0
+    for start in range(0, usable, config.batch_size):
+        index = order[start : start + config.batch_size]
+        x = train_x[index]
+        if config.augment:
+            x = augment(x, config, generator)
+        logits = model(x.to(device))
+        loss = F.cross_entropy(logits, train_y[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(index)
+    return loss_sum / usable
+
+
+def _fit(
+    model: EmotionJudge,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val: Split,
+    config: JudgeConfig,
+) -> tuple[list[dict[str, float]], int]:
+    """Train `model`, leaving it with the weights of the best epoch; (history, best epoch)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+    generator = torch.Generator().manual_seed(config.seed)
+    val_x, val_y = val.features, val.labels.numpy()
+    history: list[dict[str, float]] = []
+    best_key = (-math.inf, -math.inf)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, bad_epochs = 0, 0
+    for epoch in range(1, config.epochs + 1):
+        train_loss = _train_epoch(model, optimizer, train_x, train_y, config, generator)
+        scheduler.step()
+        row = {"epoch": float(epoch), "train_loss": train_loss}
+        if len(val_y) > 0:
+            logits, _ = _batched(model, val_x, PREDICT_BATCH)
+            val_loss = float(F.cross_entropy(logits, torch.from_numpy(val_y)))
+            val_acc, _ = accuracy_and_uar(logits.argmax(1).numpy(), val_y)
+            row |= {"val_loss": val_loss, "val_accuracy": val_acc}
+            key = (val_acc, -val_loss)
+        else:
+            # Without validation speakers the last epoch is kept.
+            key = (float(epoch), 0.0)
+        history.append(row)
+        if key > best_key:
+            best_key, best_epoch, bad_epochs = key, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history, best_epoch
 
 
 def train_judge(
@@ -310,90 +358,17 @@ def train_judge(
     a trial does not change the trial's own random stream.
     """
     config = config or JudgeConfig()
-    train_x, train_y = data.train.features, data.train.labels
-    if extra_train is not None:
-        extra_x, extra_y = extra_train
-        if extra_x.shape[1:] != train_x.shape[1:] or extra_x.shape[0] != extra_y.shape[0]:
-            raise ValueError(
-                f"extra_train: expected features (M, {', '.join(map(str, train_x.shape[1:]))}) "
-                f"and M labels, got {tuple(extra_x.shape)} and {tuple(extra_y.shape)}"
-            )
-        train_x = torch.cat([train_x, extra_x.detach().cpu().to(train_x.dtype)])
-        train_y = torch.cat([train_y, extra_y.detach().cpu().to(torch.int64)])
-    if len(train_x) < 2:
-        raise ValueError(f"train_judge: need at least 2 training clips, got {len(train_x)}")
-    n_classes = len(data.label_names)
+    train_x, train_y = _training_set(data, extra_train)
     configure_threads(config.num_threads)
     device = select_device(config.device)
     fork_devices = [device] if device.type == "cuda" else []
-
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
-        model = EmotionJudge(
-            n_classes,
-            config.channels,
-            config.n_blocks,
-            config.embedding_dim,
-            config.dropout,
-            config.freq_bands,
-        ).to(device)
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(config.epochs, 1)
-        )
-        generator = torch.Generator().manual_seed(config.seed)
-        val_x, val_y = data.val.features, data.val.labels.numpy()
-        has_val = len(val_y) > 0
-
-        history: list[dict[str, float]] = []
-        best_key = (-math.inf, -math.inf)
-        best_state: dict[str, torch.Tensor] | None = None
-        best_epoch, bad_epochs = 0, 0
-        n = len(train_x)
-        # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
-        usable = n - 1 if n % config.batch_size == 1 else n
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            order = torch.randperm(n, generator=generator)
-            loss_sum = 0.0
-            for start in range(0, usable, config.batch_size):
-                index = order[start : start + config.batch_size]
-                x = train_x[index]
-                if config.augment:
-                    x = _augment(x, config, generator)
-                logits = model(x.to(device))
-                loss = F.cross_entropy(logits, train_y[index].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(index)
-            scheduler.step()
-            row = {"epoch": float(epoch), "train_loss": loss_sum / usable}
-            if has_val:
-                logits, _ = _batched(model, val_x, PREDICT_BATCH)
-                val_loss = float(F.cross_entropy(logits, torch.from_numpy(val_y)))
-                val_acc, _ = _accuracy_and_uar(logits.argmax(1).numpy(), val_y, n_classes)
-                row |= {"val_loss": val_loss, "val_accuracy": val_acc}
-                key = (val_acc, -val_loss)
-            else:
-                # Without validation speakers the last epoch is kept.
-                key = (float(epoch), 0.0)
-            history.append(row)
-            if key > best_key:
-                best_key, best_epoch, bad_epochs = key, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-                if bad_epochs >= config.patience:
-                    break
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        model = _new_judge(len(data.label_names), config).to(device)
+        history, best_epoch = _fit(model, train_x, train_y, data.val, config)
     model.eval()
     pred, _ = predict(model, data.test.features)
-    test_acc, test_uar = _accuracy_and_uar(pred, data.test.labels.numpy(), n_classes)
+    test_acc, test_uar = accuracy_and_uar(pred, data.test.labels.numpy())
     return TrainedJudge(
         model=model,
         label_names=list(data.label_names),
@@ -425,10 +400,7 @@ def save_judge(path: str | Path, trained: TrainedJudge) -> Path:
         "fingerprint": trained.fingerprint,
         "history": [dict(row) for row in trained.history],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> TrainedJudge:
@@ -438,14 +410,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> TrainedJ
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not an emotion-judge file of format {FORMAT_VERSION}")
     config = from_dict(JudgeConfig, state["config"], f"{path}: config")
-    model = EmotionJudge(
-        state["n_classes"],
-        config.channels,
-        config.n_blocks,
-        config.embedding_dim,
-        config.dropout,
-        config.freq_bands,
-    )
+    model = _new_judge(state["n_classes"], config)
     model.load_state_dict(state["model"])
     return TrainedJudge(
         model=model.to(device).eval(),
@@ -463,8 +428,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> TrainedJ
 def judge_key(fingerprint: str, config: JudgeConfig) -> str:
     """Cache key of a judge: the data it learns from and every setting that changes it."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUNTIME_FIELDS}
-    text = json.dumps([JUDGE_VERSION, fingerprint, settings], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_key([JUDGE_VERSION, fingerprint, settings], 16)
 
 
 def judge_path(cache_dir: str | Path, fingerprint: str, config: JudgeConfig) -> Path:

@@ -9,6 +9,7 @@ waits for the host.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +26,9 @@ from emovae.config import FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, Split
 from emovae.loss import ACTIVE_UNIT_NATS, TERMS, kl_per_unit, vae_loss
 from emovae.models import SpeechVAE, build_model
+
+# Also re-exported from here: sweeps/ imports them as emovae.train.select_device etc.
+from emovae.runtime import configure_threads, seed_everything, select_device
 
 MONITORS = ("val_loss", "val_recon")
 EVAL_BATCH = 64
@@ -48,26 +51,6 @@ class TrainResult:
     last_checkpoint: Path
     stopped_early: bool
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def select_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device: '{name}' asked for, but no CUDA GPU is available")
-    return device
-
-
-def configure_threads(num_threads: int) -> None:
-    """Intra-op threads must match the CPUs a process holds, or parallel trials oversubscribe."""
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - only for third-party code that uses the global RNG
 
 
 def effective_beta(config: TrainConfig, epoch: int) -> float:
@@ -213,6 +196,119 @@ def _extra_metrics(
     return {name: float(value) for name, value in extra.items()}
 
 
+@dataclass
+class _Best:
+    """Early-stopping state; `last.pt` carries it across a resume."""
+
+    best_value: float = math.inf  # of the monitored metric
+    best_epoch: int = 0  # 0: no epoch yet
+    bad_epochs: int = 0  # epochs since the best
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's monitored value; whether it improved on the best."""
+        if value < self.best_value:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+def _optimiser(
+    model: SpeechVAE, config: TrainConfig
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_lr,
+    )
+    return optimizer, scheduler
+
+
+def _resumable(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict[str, Any]:
+    """What `last.pt` holds beyond the weights so that a resumed run continues the straight one."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        # The global RNG draws the reparameterisation noise: without it a resumed run
+        # would replay epoch 1's noise instead of continuing the straight run.
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+    }
+
+
+def _restore(
+    path: Path,
+    device: torch.device,
+    model: SpeechVAE,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, float]], _Best, int]:
+    """Load a `last.pt` into the training objects and the RNGs; its history, early-stopping
+    state and the epoch to continue from."""
+    state = read_checkpoint(path, device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and state["cuda_rng"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    best = _Best(state["best_value"], state["best_epoch"], state["bad_epochs"])
+    return list(state["history"]), best, state["epoch"] + 1
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        # Free cached blocks between epochs so concurrent trials sharing a GPU fit; on the
+        # CPU tensors are freed by reference counting and a full gc pass costs ~0.5 s.
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _check_inputs(config: TrainConfig, data: PreparedData) -> None:
+    if config.monitor not in MONITORS:
+        raise ValueError(f"monitor: unknown value '{config.monitor}' (expected one of {MONITORS})")
+    if len(data.train) < 2 or len(data.val) < 1:
+        raise ValueError(
+            f"need at least 2 training and 1 validation clip, got {len(data.train)} and {len(data.val)}"
+        )
+
+
+def _epoch_losses(
+    model: SpeechVAE,
+    optimizer: torch.optim.Optimizer,
+    train_xy: tuple[torch.Tensor, torch.Tensor],
+    val_xy: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    epoch: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Train one epoch, then validate: the epoch's loss terms, learning rate, beta and time."""
+    started = time.perf_counter()
+    beta = effective_beta(config, epoch)
+    train_terms = _train_epoch(model, optimizer, *train_xy, config, beta, generator)
+    val_terms = evaluate_loss(model, *val_xy, config.beta, config.spectral_weight)
+    metrics = {f"train_{k}": float(v) for k, v in train_terms.items()}
+    metrics |= {f"val_{k}": float(v) for k, v in val_terms.items()}
+    _check_finite(metrics, epoch)
+    return metrics | {
+        "epoch": float(epoch),
+        "lr": optimizer.param_groups[0]["lr"],
+        "beta": beta,
+        "epoch_seconds": time.perf_counter() - started,
+    }
+
+
 def train(
     config: TrainConfig,
     data: PreparedData,
@@ -233,12 +329,7 @@ def train(
     early stopping, the LR schedule or the best checkpoint. The model is left in the mode it
     was in, whatever the callback does.
     """
-    if config.monitor not in MONITORS:
-        raise ValueError(f"monitor: unknown value '{config.monitor}' (expected one of {MONITORS})")
-    if len(data.train) < 2 or len(data.val) < 1:
-        raise ValueError(
-            f"need at least 2 training and 1 validation clip, got {len(data.train)} and {len(data.val)}"
-        )
+    _check_inputs(config, data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_threads(config.num_threads)
@@ -248,66 +339,31 @@ def train(
     model = build_model(config, data.features, len(data.label_names)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer,
-        mode="min",
-        factor=config.lr_factor,
-        patience=config.lr_patience,
-        min_lr=config.min_lr,
-    )
+    optimizer, scheduler = _optimiser(model, config)
     generator = torch.Generator().manual_seed(config.seed)
-    train_x, train_y = _to_device(data.train, device, config.channels_last)
-    val_x, val_y = _to_device(data.val, device, config.channels_last)
+    train_xy = _to_device(data.train, device, config.channels_last)
+    val_xy = _to_device(data.val, device, config.channels_last)
 
     history: list[dict[str, float]] = []
-    best_value, best_epoch, bad_epochs, start_epoch = math.inf, 0, 0, 1
+    best, start_epoch = _Best(), 1
     if resume_from is not None:
-        state = read_checkpoint(Path(resume_from), device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if device.type == "cuda" and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        history = list(state["history"])
-        best_value, best_epoch, bad_epochs = (
-            state["best_value"],
-            state["best_epoch"],
-            state["bad_epochs"],
+        history, best, start_epoch = _restore(
+            Path(resume_from), device, model, optimizer, scheduler, generator
         )
-        start_epoch = state["epoch"] + 1
 
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     stopped_early = False
     epochs = range(start_epoch, config.max_epochs + 1)
     for epoch in tqdm(epochs, desc="epochs", unit="epoch", disable=not progress):
-        started = time.perf_counter()
-        beta = effective_beta(config, epoch)
-        train_terms = _train_epoch(model, optimizer, train_x, train_y, config, beta, generator)
-        val_terms = evaluate_loss(model, val_x, val_y, config.beta, config.spectral_weight)
-        metrics = {f"train_{k}": float(v) for k, v in train_terms.items()}
-        metrics |= {f"val_{k}": float(v) for k, v in val_terms.items()}
-        _check_finite(metrics, epoch)
-        metrics |= {
-            "epoch": float(epoch),
-            "lr": optimizer.param_groups[0]["lr"],
-            "beta": beta,
-            "epoch_seconds": time.perf_counter() - started,
-        }
+        metrics = _epoch_losses(model, optimizer, train_xy, val_xy, config, epoch, generator)
         history.append(metrics)
         scheduler.step(metrics[config.monitor])
 
-        improved = metrics[config.monitor] < best_value
-        if improved:
-            best_value, best_epoch, bad_epochs = metrics[config.monitor], epoch, 0
-        else:
-            bad_epochs += 1
+        improved = best.update(metrics[config.monitor], epoch)
         # Tells a sweep whether the run ended by itself (budget or early stopping), so a trial
         # that stops without this flag was stopped by the scheduler.
         metrics["is_last_epoch"] = float(
-            bad_epochs >= config.patience or epoch == config.max_epochs
+            best.bad_epochs >= config.patience or epoch == config.max_epochs
         )
         if epoch_metrics is not None:
             metrics |= _extra_metrics(epoch_metrics, model, epoch, metrics)
@@ -316,38 +372,19 @@ def train(
         )
         if improved:
             save_checkpoint(best_path, weights)
-        save_checkpoint(
-            last_path,
-            weights
-            | {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                # The global RNG draws the reparameterisation noise: without it a resumed run
-                # would replay epoch 1's noise instead of continuing the straight run.
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-                "history": history,
-                "best_value": best_value,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-            },
-        )
+        resumable = _resumable(optimizer, scheduler, generator, device) | {"history": history}
+        save_checkpoint(last_path, weights | resumable | dataclasses.asdict(best))
         if on_epoch is not None:
             on_epoch(metrics, out_dir)
-        if device.type == "cuda":
-            # Free cached blocks between epochs so concurrent trials sharing a GPU fit; on the
-            # CPU tensors are freed by reference counting and a full gc pass costs ~0.5 s.
-            gc.collect()
-            torch.cuda.empty_cache()
-        if bad_epochs >= config.patience:
+        _release_cached_memory(device)
+        if best.bad_epochs >= config.patience:
             stopped_early = True
             break
 
-    best_metrics = history[best_epoch - 1] if best_epoch else {}
-    if model.prior is not None and config.prior_finetune_steps > 0 and best_epoch:
-        finetune_prior(best_path, train_x, train_y, config, device, progress)
-    return TrainResult(history, best_epoch, best_metrics, best_path, last_path, stopped_early)
+    best_metrics = history[best.best_epoch - 1] if best.best_epoch else {}
+    if model.prior is not None and config.prior_finetune_steps > 0 and best.best_epoch:
+        finetune_prior(best_path, *train_xy, config, device, progress)
+    return TrainResult(history, best.best_epoch, best_metrics, best_path, last_path, stopped_early)
 
 
 def finetune_prior(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from sweeps.simulator import Replay
@@ -138,6 +139,17 @@ def markdown_table(
             f"{s.met}/{s.seeds} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def curves_frame(summaries: list[ArmSummary]) -> pd.DataFrame:
+    """Each arm's best value so far against epochs spent: mean and 95% interval over seeds."""
+    return pd.DataFrame(
+        [
+            {"arm": s.name, "epochs": int(b), "mean": c.mean, "low": c.low, "high": c.high}
+            for s in summaries
+            for b, c in zip(s.curve_budgets, s.curve, strict=True)
+        ]
+    )
 
 
 def _share(value: float) -> str:

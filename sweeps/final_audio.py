@@ -20,7 +20,7 @@ from emovae.evaluation.exported_audio import (
 )
 from emovae.generate import export_conversions, export_reconstructions, generate
 from emovae.judge import TrainedJudge
-from emovae.train import select_device
+from emovae.runtime import select_device
 from sweeps.final_evaluation import write_metrics_json
 from sweeps.space import FinaliseSettings
 

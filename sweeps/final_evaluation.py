@@ -18,7 +18,7 @@ from emovae.emotion import (
     reconstruction_emotion_metrics,
 )
 from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
-from emovae.train import select_device
+from emovae.runtime import select_device
 from sweeps.space import FinaliseSettings
 from sweeps.trainable import judge_beside_vae, judge_cache_dir
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from emovae.config import ConfigError, apply_overrides
 from sweeps.curves import CurveError, CurveLookup, check_replayable, curves_from_sweep, read_curves
-from sweeps.efficiency import markdown_table, plot_regret, summarise
+from sweeps.efficiency import curves_frame, markdown_table, plot_regret, summarise
 from sweeps.simulator import REFERENCE_ARM, SCHEDULERS, SEARCHERS, Arm, arm_from_spec, replay_arms
 from sweeps.space import SweepSpec, load_space, searched_params, spec_from_dict
 from sweeps.sweep_folder import read_state
@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     reference_best = next(s for s in summaries if s.name == REFERENCE_ARM.name).final_best.mean
     plot_regret(summaries, reference_best, out / "regret.png", spec.sweep.metric, spec.sweep.mode)
     (out / "replays.json").write_text(json.dumps(_as_json(replays), indent=1) + "\n")
+    curves_frame(summaries).to_csv(out / "best_so_far.csv", index=False)
     print(table_text)
-    print(f"Written: {out / 'efficiency.md'}, {out / 'regret.png'}, {out / 'replays.json'}")
+    written = ", ".join(str(out / n) for n in ("efficiency.md", "regret.png", "best_so_far.csv"))
+    print(f"Written: {written}, {out / 'replays.json'}")
     return 0
 
 

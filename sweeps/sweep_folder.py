@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from ray import tune
 
 from emovae.config import ConfigError
+from emovae.runtime import atomic_write_text
 from sweeps.results import load_trial_records
 from sweeps.space import SweepSpec, spec_from_dict
 from sweeps.study import StudyLocation, check_study, search_distributions
@@ -72,10 +72,7 @@ def read_state(sweep_dir: Path) -> SweepState:
 
 
 def write_state(sweep_dir: Path, state: SweepState) -> None:
-    path = sweep_dir / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(state), indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(sweep_dir / STATE_FILE, json.dumps(dataclasses.asdict(state), indent=1))
 
 
 def sweep_complete(tune_path: Path, num_samples: int) -> list[TrialRecord] | None:

@@ -30,6 +30,7 @@ from emovae.evaluate import (
     spectral_snr_db,
 )
 from emovae.features import Normalizer, n_frames
+from emovae.griffinlim import spectral_convergence as griffinlim_spectral_convergence
 from emovae.loss import TERMS
 from emovae.train import evaluate_loss, train
 
@@ -147,6 +148,30 @@ def test_spectral_convergence_and_snr_on_known_errors() -> None:
     # A 10 % power error everywhere: noise energy is 1 % of signal energy, so 20 dB.
     assert spectral_snr_db(power, 1.1 * power) == pytest.approx(20.0)
     assert spectral_snr_db(power, np.zeros_like(power)) == pytest.approx(0.0)
+
+
+def test_spectral_convergence_of_silent_references() -> None:
+    # One implementation for the evaluation and for Griffin-Lim (emovae.spectral): silence
+    # rebuilt as silence is an exact match (0, not 0/0), anything else against silence is inf.
+    silent, sound = np.zeros((1, 4, 5)), np.ones((1, 4, 5))
+    assert spectral_convergence(silent, silent) == 0.0
+    assert spectral_convergence(silent, sound) == math.inf
+    assert (
+        spectral_convergence(np.concatenate([silent, sound]), np.concatenate([silent, sound]))
+        == 0.0
+    )
+    per_item = griffinlim_spectral_convergence(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+    assert torch.equal(per_item, torch.zeros(2))
+    assert torch.isinf(griffinlim_spectral_convergence(torch.zeros(1, 3), torch.ones(1, 3))).all()
+
+
+def test_spectral_convergence_is_the_mean_of_the_per_clip_values() -> None:
+    rng = np.random.default_rng(5)
+    reference, estimate = rng.uniform(0.1, 1.0, (2, 6, 1, 8, 7))
+    per_clip = griffinlim_spectral_convergence(
+        torch.from_numpy(reference[:, 0]), torch.from_numpy(estimate[:, 0])
+    )
+    assert spectral_convergence(reference, estimate) == pytest.approx(float(per_clip.mean()))
 
 
 def test_spectral_metrics_on_log_mels() -> None:

@@ -21,6 +21,7 @@ from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.data.splits import SpeakerSplit
 from emovae.dataset import PreparedData, Split, prepare_data
 from emovae.emotion import (
+    _confusion_of,
     accuracy,
     confusion,
     conversion_emotion_metrics,
@@ -40,6 +41,7 @@ from emovae.judge import (
     EmotionJudge,
     JudgeConfig,
     TrainedJudge,
+    accuracy_and_uar,
     embeddings,
     ensure_judge,
     judge_path,
@@ -158,6 +160,28 @@ def test_diversity_is_mean_pairwise_distance() -> None:
     points = np.random.default_rng(5).normal(size=(20, 3))
     assert diversity(2 * points) == pytest.approx(2 * diversity(points))
     assert math.isnan(diversity(points[:1]))
+
+
+def test_accuracy_and_uar_on_known_predictions() -> None:
+    labels = np.array([0, 0, 0, 0, 2, 2])
+    # Emotion 1 is absent from the labels but predicted once: an error, not a class to average.
+    pred = np.array([0, 0, 0, 1, 2, 0])
+    acc, uar = accuracy_and_uar(pred, labels)
+    assert acc == 4 / 6 and uar == (3 / 4 + 1 / 2) / 2
+    # One emotion alone: UAR is the accuracy, also when every clip is right.
+    assert accuracy_and_uar(np.array([1, 1, 0]), np.array([1, 1, 1])) == (2 / 3, 2 / 3)
+    assert accuracy_and_uar(np.array([1, 1]), np.array([1, 1])) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in accuracy_and_uar(np.array([]), np.array([])))
+
+
+def test_confusion_counts_rows_of_truth_and_columns_of_prediction() -> None:
+    # The same counts as before sklearn computed them: np.add.at over (truth, prediction).
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    np.add.at(expected, (truth, pred), 1)
+    assert np.array_equal(_confusion_of(pred, truth, 4), expected)
+    assert np.array_equal(_confusion_of(pred[:0], truth[:0], 4), np.zeros((4, 4)))
 
 
 # --- the judge: shapes, persistence, cache ------------------------------------------------------

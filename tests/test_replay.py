@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from replay_tables import (
@@ -252,6 +253,10 @@ def test_cli_writes_the_table_the_plot_and_every_replay(
     for arm in ("random+fifo", "tpe(s10)+asha(g1,r2)", "tpe(s10)+asha(g2,r2)", "tpe(s10)+fifo"):
         assert f"| {arm} | 3 |" in text and text.count("/3 |") >= 8
     assert (out / "regret.png").stat().st_size > 10_000
+    curves = pd.read_csv(out / "best_so_far.csv")
+    assert set(curves.arm) == {"random+fifo", "tpe(s10)+asha(g1,r2)", "tpe(s10)+asha(g2,r2)",
+                               "tpe(s10)+fifo"}  # fmt: skip
+    assert (curves["low"] <= curves["mean"]).all() and (curves["mean"] <= curves["high"]).all()
     replays = json.loads((out / "replays.json").read_text())
     assert len(replays) == 4 and all(len(seeds) == 3 for seeds in replays.values())
     assert "Target: within 2%" in capsys.readouterr().out

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from emovae.runtime import atomic_write_text
 
 PEAK_DBFS = -1.0
 MANIFEST = "manifest.csv"
@@ -32,12 +33,6 @@ def limit_peak(audio: np.ndarray, peak_dbfs: float = PEAK_DBFS) -> np.ndarray:
     ceiling = 10.0 ** (peak_dbfs / 20.0)
     peaks = np.abs(audio).max(axis=-1, keepdims=True)
     return np.where(peaks > ceiling, audio * (ceiling / np.maximum(peaks, ceiling)), audio)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
 
 
 def start_set(out_dir: str | Path) -> Path:
@@ -73,7 +68,7 @@ def finish_set(out_dir: Path, columns: Sequence[str], rows: Sequence[Sequence[ob
     writer.writerow(columns)
     writer.writerows(rows)
     path = Path(out_dir) / MANIFEST
-    write_atomic(path, text.getvalue())
+    atomic_write_text(path, text.getvalue(), newline="")
     return path
 
 

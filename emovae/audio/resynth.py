@@ -9,7 +9,6 @@ output has the input's duration, at the features' sample rate, mono, 16-bit PCM.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from emovae.audio.vocoder import Vocoder, default_features, load_vocoder
 from emovae.config import FeatureConfig
 from emovae.features import AudioError, load_audio, log_mel
+from emovae.runtime import atomic_write
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -122,9 +122,7 @@ def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Own rounding to int16, as emovae.generate, so the bytes do not depend on libsndfile.
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sf.write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV"))
 
 
 def _vocode_batch(

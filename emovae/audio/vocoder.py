@@ -20,7 +20,7 @@ from emovae.audio import hifigan
 from emovae.config import FeatureConfig
 from emovae.features import max_log_mel, mel_from_log
 from emovae.griffinlim import mel_to_audio
-from emovae.train import select_device
+from emovae.runtime import select_device
 
 VOCODERS = ("griffinlim", "hifigan")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from emovae.data.corpus import CorpusError, Item
+from emovae.runtime import atomic_write_bytes
 
 
 @dataclass
@@ -66,7 +66,5 @@ def save_split(split: SpeakerSplit, items: list[Item], directory: Path) -> Path:
     path = Path(directory) / f"split-{hashlib.sha256(payload).hexdigest()[:12]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, payload)
     return path

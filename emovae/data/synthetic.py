@@ -15,21 +15,21 @@ them like the real corpus.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import butter, lfilter, sosfilt
+from scipy.signal import sosfilt
 from tqdm import tqdm
 
 from emovae.data.corpus import EMODB_EMOTIONS
+from emovae.data.voice import bandpass_sos, fade, glottal_source, resonator_sos
+from emovae.runtime import content_key
 
 # Bump whenever the generated audio changes, so cached corpora of the old generator are not reused.
 GENERATOR_VERSION = 1
@@ -190,51 +190,6 @@ def _consonant_kind(consonant: str) -> str:
     raise ValueError(f"no synthesis rule for consonant '{consonant}'")
 
 
-def _resonator_sos(formants: np.ndarray, bandwidths: np.ndarray, sr: int) -> np.ndarray:
-    """Klatt resonators (unity gain at DC) as second-order sections, one per formant."""
-    # Resonances at or above Nyquist would alias or blow up at low sample rates.
-    formants = np.minimum(formants, 0.45 * sr)
-    r = np.exp(-np.pi * bandwidths / sr)
-    b1 = 2.0 * r * np.cos(2.0 * np.pi * formants / sr)
-    b2 = -(r**2)
-    gain = 1.0 - b1 - b2
-    sos = np.zeros((len(formants), 6))
-    sos[:, 0] = gain
-    sos[:, 3] = 1.0
-    sos[:, 4] = -b1
-    sos[:, 5] = -b2
-    return sos
-
-
-@lru_cache(maxsize=64)
-def _bandpass_sos(low: float, high: float, sr: int) -> np.ndarray:
-    high = min(high, 0.45 * sr)
-    low = min(low, 0.5 * high)
-    return butter(2, [low, high], btype="band", fs=sr, output="sos")
-
-
-def _fade(n: int, attack: int, release: int) -> np.ndarray:
-    env = np.ones(n)
-    attack, release = min(attack, n // 2), min(release, n // 2)
-    if attack > 0:
-        env[:attack] = 0.5 - 0.5 * np.cos(np.pi * np.arange(attack) / attack)
-    if release > 0:
-        env[n - release :] *= 0.5 + 0.5 * np.cos(np.pi * np.arange(1, release + 1) / release)
-    return env
-
-
-def _rosenberg(frac: np.ndarray, open_quotient: float) -> np.ndarray:
-    """Rosenberg glottal flow over the cycle phase `frac` in [0, 1): rise, faster fall, closed."""
-    rise = open_quotient * 2.0 / 3.0
-    fall = open_quotient / 3.0
-    flow = np.zeros_like(frac)
-    opening = frac < rise
-    flow[opening] = 0.5 - 0.5 * np.cos(np.pi * frac[opening] / rise)
-    closing = (frac >= rise) & (frac < rise + fall)
-    flow[closing] = np.cos(0.5 * np.pi * (frac[closing] - rise) / fall)
-    return flow
-
-
 def _plan_syllables(
     rng: np.random.Generator,
     text: tuple[str, ...],
@@ -307,46 +262,18 @@ def _f0_contour(
     return np.interp(np.arange(n), grid, np.clip(f0, 50.0, 600.0))
 
 
-def _glottal_source(
-    rng: np.random.Generator,
-    f0: np.ndarray,
-    sr: int,
-    jitter: float,
-    shimmer: float,
-    creak: float,
-    breath: float,
-    open_quotient: float,
-    tilt: float,
-) -> np.ndarray:
-    # Jitter is drawn per glottal cycle: cycles are counted on the unperturbed phase, which is
-    # close enough to the perturbed one and keeps the whole pulse train vectorised.
-    cycle = np.floor(np.cumsum(f0 / sr)).astype(np.int64)
-    n_cycles = int(cycle[-1]) + 2
-    period_factor = 1.0 + rng.normal(0.0, jitter, n_cycles)
-    period_factor += creak * 0.12 * (np.arange(n_cycles) % 2)  # period doubling sounds creaky
-    phase = np.cumsum(f0 / np.maximum(period_factor[cycle], 0.5) / sr)
-    cycle = np.floor(phase).astype(np.int64)
-    amplitude = 1.0 + rng.normal(0.0, shimmer, int(cycle[-1]) + 2)
-    amplitude *= 1.0 - creak * 0.6 * (np.arange(len(amplitude)) % 2)
-    flow = _rosenberg(phase - cycle, open_quotient)
-    # Flow derivative = source as radiated from the lips (+6 dB/octave on the flow spectrum).
-    voiced = np.diff(flow, prepend=0.0) * amplitude[cycle]
-    voiced /= np.std(voiced) + 1e-12
-    aspiration = rng.normal(0.0, 1.0, len(f0)) * (0.3 + flow)
-    source = lfilter([1.0 - tilt], [1.0, -tilt], voiced + breath * aspiration)
-    # Unit level after the tilt, so tilt changes the voice's colour and not the vowel level
-    # relative to the consonant noise.
-    return source / (np.std(source) + 1e-12)
-
-
-def _synthesize(
+def _excitation(
     rng: np.random.Generator,
     speaker: Speaker,
     profile: EmotionProfile,
     text: tuple[str, ...],
     duration: float,
     sr: int,
-) -> np.ndarray:
+) -> tuple[list[_Syllable], np.ndarray, float, float, float]:
+    """One utterance's voice drawn around its emotion's profile and its speaker: its syllables,
+    the glottal source (unit RMS) that `_synthesize` filters, and the formant scale, accent
+    range (semitones) and peak level (linear, at most 1) that filtering still needs."""
+    # The draw order is part of the corpus: changing it changes every clip.
     n = round(duration * sr)
     pitch_st = profile.pitch_st + rng.normal(0.0, 1.0)
     range_st = profile.range_st * float(np.exp(rng.normal(0.0, 0.25)))
@@ -366,8 +293,23 @@ def _synthesize(
     trail = rng.uniform(0.05, 0.08) * min(duration, 2.0)
     syllables = _plan_syllables(rng, text, rate, profile.pause, lead, duration - trail, sr)
     f0 = _f0_contour(rng, syllables, n, sr, speaker.f0, pitch_st, range_st, profile.declination_st)
-    source = _glottal_source(
+    source = glottal_source(
         rng, f0, sr, jitter, shimmer, profile.creak, breath, open_quotient, tilt
+    )
+    return syllables, source, formant_scale, range_st, loudness
+
+
+def _synthesize(
+    rng: np.random.Generator,
+    speaker: Speaker,
+    profile: EmotionProfile,
+    text: tuple[str, ...],
+    duration: float,
+    sr: int,
+) -> np.ndarray:
+    n = round(duration * sr)
+    syllables, source, formant_scale, range_st, loudness = _excitation(
+        rng, speaker, profile, text, duration, sr
     )
 
     ring = int(0.03 * sr)  # room for the resonators to decay after a segment
@@ -379,8 +321,8 @@ def _synthesize(
     def add_voiced(start: int, end: int, formants: tuple[float, ...], gain: float) -> None:
         if end - start < 4:
             return
-        sos = _resonator_sos(np.array([*formants, *HIGH_FORMANTS]) * formant_scale, bandwidths, sr)
-        segment = source[start:end] * _fade(end - start, ramp, 2 * ramp)
+        sos = resonator_sos(np.array([*formants, *HIGH_FORMANTS]) * formant_scale, bandwidths, sr)
+        segment = source[start:end] * fade(end - start, ramp, 2 * ramp)
         filtered = sosfilt(sos, np.concatenate([segment, np.zeros(ring)]))
         # Level set on the output: resonator gain depends on where harmonics fall on formants.
         rms = np.sqrt(np.mean(filtered[: end - start] ** 2)) + 1e-12
@@ -389,8 +331,8 @@ def _synthesize(
     def add_noise(start: int, end: int, low: float, high: float, gain: float, decay: float) -> None:
         if end - start < 4:
             return
-        noise = sosfilt(_bandpass_sos(low, high, sr), rng.normal(0.0, 1.0, end - start))
-        envelope = _fade(end - start, int(0.003 * sr), int(0.01 * sr))
+        noise = sosfilt(bandpass_sos(low, high, sr), rng.normal(0.0, 1.0, end - start))
+        envelope = fade(end - start, int(0.003 * sr), int(0.01 * sr))
         if decay > 0:
             envelope *= np.exp(-np.arange(end - start) / (decay * sr))
         out[start:end] += gain * noise / (np.std(noise) + 1e-12) * envelope
@@ -413,11 +355,11 @@ def _synthesize(
             add_noise(start, onset_end, low, high, level * gain, 0.0)
         elif kind == "h":
             # /h/ is aspiration shaped by the following vowel's formants.
-            sos = _resonator_sos(
+            sos = resonator_sos(
                 np.array([*formants, *HIGH_FORMANTS]) * formant_scale, bandwidths, sr
             )
             noise = sosfilt(sos, rng.normal(0.0, 1.0, onset_end - start))
-            envelope = _fade(onset_end - start, ramp, ramp)
+            envelope = fade(onset_end - start, ramp, ramp)
             out[start:onset_end] += 0.15 * gain * noise / (np.std(noise) + 1e-12) * envelope
         elif kind == "sonorant":
             sonorant_formants, level = SONORANTS[syllable.consonant]
@@ -507,7 +449,7 @@ def corpus_key(
 ) -> str:
     """Short hash naming a cached corpus: every parameter plus the generator version."""
     params = _params(n_speakers, per_emotion, duration, sample_rate, seed)
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    return content_key(params, 12)
 
 
 def ensure_synthetic_corpus(

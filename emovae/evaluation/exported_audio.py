@@ -42,7 +42,13 @@ from emovae.evaluation.smile_judge import (
     train_smile_judge,
 )
 from emovae.features import Normalizer, load_audio, log_mel
-from emovae.judge import JudgeOutputs, TrainedJudge, judge_outputs, train_judge
+from emovae.judge import (
+    JudgeOutputs,
+    TrainedJudge,
+    accuracy_and_uar,
+    judge_outputs,
+    train_judge,
+)
 
 SETS = ("real", "recon", "gen", "conv")
 
@@ -148,14 +154,6 @@ def wav_set(
     return WavSet(name, clips, truth, smile_features, seen, x)
 
 
-def _accuracy_and_uar(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    accuracy = float((pred == labels).mean())
-    # Recall averaged over the emotions present: a set of one emotion has UAR = accuracy.
-    present = np.unique(labels)
-    uar = float(np.mean([(pred[labels == c] == c).mean() for c in present]))
-    return accuracy, uar
-
-
 def dnsmos_subset(n: int, at_most: int) -> np.ndarray:
     """Indices of the clips DNSMOS scores: all `n`, or `at_most` spread evenly over them."""
     if at_most == 0 or at_most >= n:
@@ -175,10 +173,10 @@ def score_set(
     metrics = {}
     if clips.labels is not None:
         smile_pred = judges.smile.predict(clips.smile_features)
-        smile_acc, smile_uar = _accuracy_and_uar(smile_pred, clips.labels)
+        smile_acc, smile_uar = accuracy_and_uar(smile_pred, clips.labels)
         metrics |= {f"{prefix}_smile_acc": smile_acc, f"{prefix}_smile_uar": smile_uar}
         if clips.cnn is not None:
-            cnn_acc, cnn_uar = _accuracy_and_uar(clips.cnn.pred, clips.labels)
+            cnn_acc, cnn_uar = accuracy_and_uar(clips.cnn.pred, clips.labels)
             metrics |= {f"{prefix}_cnn_acc": cnn_acc, f"{prefix}_cnn_uar": cnn_uar}
     scored = dnsmos_subset(len(clips), judges.dnsmos_clips)
     quality = judges.dnsmos.score([clips.clips[i] for i in scored], judges.features.sample_rate)
@@ -257,7 +255,7 @@ def _smile_gain(
         np.concatenate([train_labels, generated.labels]),
     )
     scores = [
-        _accuracy_and_uar(model.predict(real_test.smile_features), real_test.labels)
+        accuracy_and_uar(model.predict(real_test.smile_features), real_test.labels)
         for model in (real_only, with_generated)
     ]
     return _gain("smile", *scores[0], *scores[1])

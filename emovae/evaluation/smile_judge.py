@@ -16,11 +16,7 @@ pickle can run arbitrary code. Train it again from `egemaps_of_files`' cache ins
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,7 +27,7 @@ import numpy as np
 import soundfile as sf
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -41,6 +37,8 @@ from threadpoolctl import threadpool_limits
 from emovae.emotion import frechet_distance
 from emovae.evaluation.audio_quality import as_clip, check_rate, require, resample
 from emovae.features import AudioError, _HashIndex
+from emovae.judge import accuracy_and_uar
+from emovae.runtime import atomic_save_array, content_key
 
 EGEMAPS_RATE = 16_000
 N_EGEMAPS = 88
@@ -120,14 +118,7 @@ def _settings_key() -> str:
     """What, besides a file's content, decides its features: a change re-extracts them all."""
     opensmile = require("opensmile", "eGeMAPS features")
     settings = [CACHE_VERSION, "eGeMAPSv02", "Functionals", opensmile.__version__, EGEMAPS_RATE]
-    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    # A reader sees the whole file or none: write beside it, then rename over it.
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        np.save(tmp, array)
-    os.replace(tmp.name, path)
+    return content_key(settings, 12)
 
 
 def egemaps_of_files(paths: Sequence[str | Path], cache_dir: str | Path | None) -> np.ndarray:
@@ -159,7 +150,7 @@ def egemaps_of_files(paths: Sequence[str | Path], cache_dir: str | Path | None) 
             audio, rate = _read_mono(path)
             values = _functionals(smile, audio, rate, str(path))
             if entry is not None:
-                _save_atomic(entry, values)
+                atomic_save_array(entry, values)
             rows.append(values)
     finally:
         if index is not None:
@@ -242,9 +233,7 @@ def _loso_scores(
     predicted = cross_val_predict(
         pipeline, features, labels, groups=speakers, cv=LeaveOneGroupOut()
     )
-    return float(accuracy_score(labels, predicted)), float(
-        balanced_accuracy_score(labels, predicted)
-    )
+    return accuracy_and_uar(predicted, labels)
 
 
 def train_smile_judge(
@@ -322,13 +311,9 @@ def judge_scores(judge: SmileJudge, features: np.ndarray, labels: np.ndarray) ->
     predicted = judge.predict(features)
     if len(predicted) != len(labels):
         raise ValueError(f"judge_scores: {len(predicted)} feature rows but {len(labels)} labels")
-    with warnings.catch_warnings():
-        # Samples of a few emotions are often predicted as others: sklearn warns that y_pred
-        # holds classes absent from y_true, which is expected here, not a mistake.
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        uar = float(balanced_accuracy_score(labels, predicted))
+    accuracy, uar = accuracy_and_uar(predicted, labels)
     return {
-        "accuracy": float(accuracy_score(labels, predicted)),
+        "accuracy": accuracy,
         "uar": uar,
         "confusion": confusion_matrix(labels, predicted, labels=np.arange(n_classes)),
         "n": len(labels),
