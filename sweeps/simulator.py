@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import math
 import multiprocessing
-import random
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.curves import EPOCH_SECONDS, METRICS_SECONDS, Curve, CurveLookup
 from sweeps.space import EMOTION_METRICS, GENERATION_METRICS, SweepSpec, to_tune_space
-from sweeps.trainable import best_key
+from sweeps.trainable import best_key, emotion_metrics_due
 
 SCHEDULERS = ("asha", "hyperband", "fifo")
 SEARCHERS = ("tpe", "random")
@@ -132,8 +131,9 @@ def _searcher(arm: Arm, spec: SweepSpec, seed: int) -> ConcurrencyLimiter:
 
 
 def _computes_metrics(epoch: int, every: int, last: bool) -> bool:
-    """Whether the trainable computes the emotion metrics at `epoch` (sweeps.trainable)."""
-    return every >= 1 and (epoch == 1 or epoch % every == 0 or last)
+    """Whether the trainable computes the emotion metrics at `epoch`: a replayed trial starts
+    at epoch 1 and is never resumed."""
+    return every >= 1 and (epoch == 1 or emotion_metrics_due(epoch, every, last))
 
 
 class _Clock:
@@ -151,9 +151,6 @@ class _Clock:
             return None
         self.now, _, trial = heapq.heappop(self._queue)
         return trial
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
 
 class _Sweep:
@@ -246,7 +243,6 @@ def replay_sweep(spec: SweepSpec, lookup: CurveLookup, arm: Arm, seed: int) -> R
     stopping) with `arm`'s scheduler and searcher, the searcher seeded with `seed`."""
     # AsyncHyperBand picks each trial's bracket with numpy's global generator.
     np.random.seed(seed)
-    random.seed(seed)
     return _Sweep(spec, lookup, arm, seed).run()
 
 

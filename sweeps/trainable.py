@@ -104,6 +104,12 @@ def validation_emotion_metrics(
 GEN_TRIAL_KEYS = frozenset(GENERATION_METRICS)
 
 
+def emotion_metrics_due(epoch: int, every: int, is_last_epoch: bool) -> bool:
+    """Whether a trial computes its emotion metrics afresh at `epoch` (besides the first epoch
+    it runs, which always does): every `every` epochs and on its last."""
+    return epoch % every == 0 or is_last_epoch
+
+
 def emotion_epoch_metrics(
     data: PreparedData, every: int, judge_config: JudgeConfig, cache_dir: str | Path
 ) -> EpochMetrics:
@@ -123,7 +129,7 @@ def emotion_epoch_metrics(
 
     def metrics(model: SpeechVAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
         nonlocal last
-        if last is None or epoch % every == 0 or is_last_epoch:
+        if last is None or emotion_metrics_due(epoch, every, is_last_epoch):
             last = validation_emotion_metrics(judge, model, data, reference)
         return dict(last)
 
