@@ -1,207 +1,304 @@
-"""Cost of the emotion metrics against a training epoch, on the quick sweep's setup.
+"""Cost of the emotion metrics in a quick-space trial: epochs with and without them, interleaved.
 
-Trains the emotion judge and a conditional VAE of the quick space's size (search_spaces/quick.yaml:
-synthetic corpus, 6 speakers x 4 clips per emotion, 128 mels, 1.5 s, base_channels 16,
-batch 16) for 3 epochs, then times, on the validation split, `reconstruction_emotion_metrics`
-and `generation_emotion_metrics` (n samples per emotion). Reports each as a share of one epoch,
-also when computed only every k epochs, and the judge's one-off training and per-trial loading
-time. Writes benchmarks/RESULTS_emotion.md.
+One trial of the shipped quick space, trained as a sweep trains it (the space's model, corpus
+and trainer settings through `trial_train_config`, at the centre of the searched ranges; torch
+threads from `sweep.cpus_per_trial`; the prior's fine-tuning off, as in trials), with the
+space's own judge settings and the trials' own callback, `sweeps.trainable.emotion_epoch_metrics`,
+switched on and off by epoch. Epoch 1 is left out (it is cold, and a trial's first epoch always
+computes the metrics); after it, blocks of four epochs run with, without, without, with the
+metrics (ABBA: a drift in speed weighs on both alike). An epoch's wall time runs from one
+`on_epoch` call to the next: training, validation, the metrics when on, the checkpoints.
 
-    python benchmarks/bench_emotion.py [--threads 1] [--n-per-emotion 16] [--repeats 3]
+Printed: the seconds that an epoch computing the metrics adds (with minus without, per block),
+the metric call's own seconds and its parts (reconstruction, generation); the added cost per
+epoch at the space's cadence (`sweep.emotion_every`; a trial's first epoch and its last also
+compute them, as `sweeps.trainable.emotion_metrics_due` says), for a trial that runs the full
+budget and for one that ASHA stops at its first rung; and the one-off costs: the judge (trained
+once per sweep, or loaded from the cache) and a trial's set-up of the callback.
+
+    python benchmarks/bench_emotion.py [--blocks 3] [--cache-dir DIR] [--set KEY=VALUE ...]
+        [--json out.json]
+
+Run it on a quiet machine; the load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
+import dataclasses
+import json
+import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from emovae.checkpoint import load_model
-from emovae.config import DataConfig, FeatureConfig, TrainConfig
+import sweeps.trainable as trainable
 from emovae.dataset import prepare_data
-from emovae.emotion import (
-    generation_emotion_metrics,
-    real_reference,
-    reconstruction_emotion_metrics,
-)
-from emovae.judge import JudgeConfig, ensure_judge, judge_path, load_judge
+from emovae.judge import ensure_judge, judge_path
 from emovae.train import train
+from sweeps.space import SweepSpec, load_space, trial_train_config
 
 TARGET = 0.15  # the issue's limit: emotion metrics add at most 15% to a trial's time
-EVERY_K = (1, 2, 5)
-QUICK_EPOCHS = 6  # search_spaces/quick.yaml train.max_epochs
+WITH, WITHOUT = True, False
+BLOCK = (WITH, WITHOUT, WITHOUT, WITH)  # ABBA
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of `repeats` calls (after one untimed warm-up) and the last result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+def load() -> list[float]:
+    """The 1, 5 and 15-minute load averages: other work on the machine skews every number."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (a quick trial: 1)")
-    parser.add_argument("--n-per-emotion", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--cache-dir", default=".cache/emovae")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_emotion.md")))
-    args = parser.parse_args()
+def central_params(spec: SweepSpec) -> dict[str, Any]:
+    """One trial's values at the centre of each searched range (a choice's middle value; the
+    geometric mean of a log range): the model's cost does not hang on an extreme draw."""
+    values = {}
+    for name, dist in spec.params.items():
+        if not isinstance(dist, dict):
+            values[name] = dist  # a constant
+            continue
+        kind, arg = next(iter(dist.items()))
+        if kind == "choice":
+            values[name] = arg[len(arg) // 2]
+        elif kind.startswith("log"):
+            values[name] = math.sqrt(arg[0] * arg[1])
+        else:
+            values[name] = (arg[0] + arg[1]) / 2
+        if kind in ("int", "logint"):
+            values[name] = round(values[name])
+    return values
 
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    data_config = DataConfig(
-        path="synthetic",
-        synthetic_speakers=6,
-        synthetic_per_emotion=4,
-        cache_dir=args.cache_dir,
+
+def epoch_plan(blocks: int) -> list[bool]:
+    """Per epoch, whether it computes the metrics: epoch 1 (left out), then ABBA blocks."""
+    return [WITH, *(BLOCK * blocks)]
+
+
+def metric_epochs(epochs: int, every: int, max_epochs: int) -> int:
+    """How many of a trial's first `epochs` epochs compute the metrics at the shipped cadence:
+    its first, and those that emotion_metrics_due names (the last only at the full budget,
+    since a trial that ASHA stops does not know its epoch is its last)."""
+    return sum(
+        epoch == 1 or trainable.emotion_metrics_due(epoch, every, epoch == max_epochs)
+        for epoch in range(1, epochs + 1)
     )
-    data = prepare_data(data_config, FeatureConfig(n_mels=128, duration=1.5))
-    shape = tuple(data.train.features.shape[1:])
+
+
+@contextlib.contextmanager
+def timed_names(module: Any, names: list[str], seconds: dict[str, list[float]]) -> Iterator[None]:
+    """Each of `module`'s functions `names`, timed into `seconds[name]`, for the block only
+    (sweeps.trainable looks them up at each call)."""
+    originals = {name: getattr(module, name) for name in names}
+
+    def timer(name: str) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            begun = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                seconds[name].append(time.perf_counter() - begun)
+
+        return timed
+
+    for name in names:
+        setattr(module, name, timer(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(module, name, original)
+
+
+def trial_config(spec: SweepSpec, epochs: int) -> Any:
+    """The TrainConfig a quick trial trains (sweeps.trainable.train_trial), for `epochs` epochs
+    with early stopping out of reach so that every planned epoch runs."""
+    return dataclasses.replace(
+        trial_train_config(spec.experiment.train, central_params(spec)),
+        num_threads=trainable.threads_for(spec.sweep.cpus_per_trial),
+        prior_finetune_steps=0,
+        max_epochs=epochs,
+        patience=epochs + 1,
+    )
+
+
+def one_off_costs(spec: SweepSpec, data: Any, config: Any) -> dict[str, Any]:
+    """The judge (trained into the cache once per sweep, or loaded), then a trial's set-up of
+    the metric callback (loading the judge, judging the real validation clips)."""
+    cache = trainable.judge_cache_dir(spec.experiment.data.cache_dir)
+    cached = judge_path(cache, data.fingerprint, spec.judge).exists()
+    started = time.perf_counter()
+    ensure_judge(data, cache, spec.judge)
+    judge_s = time.perf_counter() - started
+    judge = trainable.judge_beside_vae(spec.judge, config.device, config.num_threads)
+    started = time.perf_counter()
+    # every=1: the callback computes the metrics whenever it is called; the plan decides when.
+    metrics = trainable.emotion_epoch_metrics(data, 1, judge, spec.experiment.data.cache_dir)
+    setup_s = time.perf_counter() - started
+    return {"judge_cached": cached, "judge_s": judge_s, "setup_s": setup_s, "callback": metrics}
+
+
+def run_plan(data: Any, config: Any, plan: list[bool], metrics: Any) -> dict[str, Any]:
+    """Train with the metrics on the planned epochs: each epoch's wall seconds, the metric
+    call's seconds and its two parts' (reconstruction, generation) on each epoch with them."""
+    marks: list[float] = []
+    call_s: list[float] = []
+
+    def planned(model: Any, epoch: int, is_last: bool) -> dict[str, float]:
+        if not plan[epoch - 1]:
+            return {}
+        begun = time.perf_counter()
+        values = metrics(model, epoch, is_last)
+        call_s.append(time.perf_counter() - begun)
+        return values
+
+    names = {"reconstruction_emotion_metrics": [], "generation_emotion_metrics": []}
+    with tempfile.TemporaryDirectory(prefix="bench-emotion-") as work:
+        with timed_names(trainable, list(names), names):
+            marks.append(time.perf_counter())
+            train(
+                config,
+                data,
+                work,
+                on_epoch=lambda m, folder: marks.append(time.perf_counter()),
+                epoch_metrics=planned,
+            )
+    return {
+        "walls": [b - a for a, b in zip(marks, marks[1:], strict=False)],
+        "call_s": call_s,
+        "parts": {name.split("_")[0]: seconds for name, seconds in names.items()},
+    }
+
+
+def block_costs(walls: list[float]) -> list[float]:
+    """Per ABBA block after epoch 1: mean of its two with-epochs minus its two without."""
+    rest = walls[1:]
+    costs = []
+    for start in range(0, len(rest) - len(BLOCK) + 1, len(BLOCK)):
+        block = rest[start : start + len(BLOCK)]
+        on = [w for w, flag in zip(block, BLOCK, strict=True) if flag]
+        off = [w for w, flag in zip(block, BLOCK, strict=True) if not flag]
+        costs.append(statistics.fmean(on) - statistics.fmean(off))
+    return costs
+
+
+def cadence_costs(spec: SweepSpec, added_s: float, epoch_s: float) -> dict[str, dict]:
+    """The added cost per epoch at the space's cadence, for a full-budget trial and for a
+    trial stopped at ASHA's first rung."""
+    every, max_epochs = spec.sweep.emotion_every, spec.experiment.train.max_epochs
+    out = {}
+    for name, epochs in (("full budget", max_epochs), ("first rung", spec.sweep.grace_period)):
+        n = metric_epochs(epochs, every, max_epochs)
+        per_epoch = added_s * n / epochs
+        out[name] = {
+            "epochs": epochs,
+            "metric_epochs": n,
+            "added_s_per_epoch": per_epoch,
+            "share": per_epoch / epoch_s,
+        }
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = [f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []
+    spec = load_space(args.space, [*overrides, *args.overrides])
+    if spec.sweep.emotion_every < 1:
+        raise SystemExit(f"{args.space}: sweep.emotion_every is 0: its trials compute no metrics")
+    load_before = load()
+    data = prepare_data(spec.experiment.data, spec.experiment.features)
+    plan = epoch_plan(args.blocks)
+    config = trial_config(spec, len(plan))
+    once = one_off_costs(spec, data, config)
+    run = run_plan(data, config, plan, once.pop("callback"))
+    on = [w for w, flag in zip(run["walls"][1:], plan[1:], strict=True) if flag]
+    off = [w for w, flag in zip(run["walls"][1:], plan[1:], strict=True) if not flag]
+    blocks = block_costs(run["walls"])
+    added_s = statistics.fmean(blocks)
+    epoch_s = statistics.fmean(off)
+    return {
+        "space": args.space,
+        "overrides": args.overrides,
+        "params": central_params(spec),
+        "threads": config.num_threads,
+        "judge": dataclasses.asdict(spec.judge),
+        "gen_per_emotion": trainable.GEN_PER_EMOTION,
+        "emotion_every": spec.sweep.emotion_every,
+        "clips": {"train": len(data.train), "val": len(data.val)},
+        "load_before": load_before,
+        "load_after": load(),
+        "plan": plan,
+        "walls": run["walls"],
+        "epoch_s_without": epoch_s,
+        "epoch_s_with": statistics.fmean(on),
+        "block_added_s": blocks,
+        "added_s": added_s,
+        "added_sd": statistics.stdev(blocks) if len(blocks) > 1 else math.nan,
+        "call_s": statistics.fmean(run["call_s"][1:] or run["call_s"]),
+        "parts_s": {k: statistics.fmean(v[1:] or v) for k, v in run["parts"].items() if v},
+        "cadence": cadence_costs(spec, added_s, epoch_s),
+        **once,
+    }
+
+
+def show(r: dict[str, Any]) -> None:
     print(
-        f"data: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} clips "
-        f"of {shape}",
+        f"quick-space trial: params {r['params']}, {r['threads']} torch thread(s), "
+        f"train/val {r['clips']['train']}/{r['clips']['val']} clips, judge epochs "
+        f"{r['judge']['epochs']}, {r['gen_per_emotion']} samples per emotion; overrides "
+        f"{r['overrides'] or 'none'}"
+    )
+    print(f"load average before {r['load_before']}, after {r['load_after']}")
+    state = "loaded from the cache" if r["judge_cached"] else "trained (once per sweep)"
+    print(
+        f"judge {state}: {r['judge_s']:.1f} s; a trial's set-up of the metrics {r['setup_s']:.2f} s"
+    )
+    print(
+        "epoch walls (s, * = with metrics): "
+        + ", ".join(
+            f"{w:.2f}{'*' if flag else ''}" for w, flag in zip(r["walls"], r["plan"], strict=True)
+        )
+    )
+    print(
+        f"epoch without metrics {r['epoch_s_without']:.2f} s, with {r['epoch_s_with']:.2f} s "
+        f"(epoch 1 left out)"
+    )
+    parts = ", ".join(f"{k} {v:.2f} s" for k, v in r["parts_s"].items())
+    sd = "n/a" if math.isnan(r["added_sd"]) else f"{r['added_sd']:.2f}"
+    print(
+        f"added per metric-epoch: {r['added_s']:.2f} s ± {sd} (sd over "
+        f"{len(r['block_added_s'])} ABBA blocks) = {100 * r['added_s'] / r['epoch_s_without']:.0f}"
+        f" % of an epoch; the metric call itself {r['call_s']:.2f} s ({parts})"
+    )
+    for name, c in r["cadence"].items():
+        print(
+            f"at the shipped cadence (every {r['emotion_every']}), {name} ({c['epochs']} epochs, "
+            f"{c['metric_epochs']} with metrics): +{c['added_s_per_epoch']:.2f} s per epoch = "
+            f"{100 * c['share']:.1f} % (target <= {100 * TARGET:.0f} %)"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--space", default="quick")
+    parser.add_argument("--blocks", type=int, default=3, help="ABBA blocks of 4 epochs")
+    parser.add_argument("--cache-dir", help="features and judge cache (the space's default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{' '.join([Path(sys.executable).name, *sys.argv])}",
         flush=True,
     )
-
-    judge_config = JudgeConfig(num_threads=args.threads, device="cpu")
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        judge = ensure_judge(data, Path(tmp) / "judges", judge_config)
-        judge_train_s = time.perf_counter() - started
-        cached = judge_path(Path(tmp) / "judges", data.fingerprint, judge_config)
-        judge_load_s, _ = _timed(lambda: load_judge(cached), args.repeats)
-        print(
-            f"judge: trained in {judge_train_s:.1f} s ({len(judge.history)} epochs, best "
-            f"{judge.best_epoch}), test accuracy {judge.test_accuracy:.3f}, "
-            f"load {judge_load_s * 1000:.0f} ms",
-            flush=True,
-        )
-
-        vae_config = TrainConfig(
-            latent_dim=32,
-            base_channels=16,
-            batch_size=16,
-            lr=1e-3,
-            max_epochs=args.epochs,
-            conditional=True,
-            num_threads=args.threads,
-            device="cpu",
-        )
-        result = train(vae_config, data, Path(tmp) / "vae")
-        epoch_times = [row["epoch_seconds"] for row in result.history]
-        # The first epoch pays one-off warm-up (allocator, oneDNN kernels); a trial's typical
-        # epoch is the later ones.
-        epoch_s = statistics.median(epoch_times[1:] or epoch_times)
-        vae = load_model(result.last_checkpoint).model
-        print(f"VAE epochs: {', '.join(f'{t:.2f}' for t in epoch_times)} s", flush=True)
-
-        # A trial judges its real validation clips once; every later call reuses that.
-        ref_s, reference = _timed(lambda: real_reference(judge, data.val), args.repeats)
-        recon_s, recon = _timed(
-            lambda: reconstruction_emotion_metrics(
-                judge, vae, data.val, prefix="val", reference=reference
-            ),
-            args.repeats,
-        )
-        half = max(1, args.n_per_emotion // 2)
-        gen_times = {}
-        for n in (half, args.n_per_emotion):
-            gen_times[n], gen = _timed(
-                lambda n=n: generation_emotion_metrics(
-                    judge, vae, data.label_names, n, 0, data.val, reference=reference
-                ),
-                args.repeats,
-            )
-    load_after = os.getloadavg()
-
-    gen_s = gen_times[args.n_per_emotion]
-    both_s = recon_s + gen_s
-    rows = [
-        ("real_reference (val; once per trial)", ref_s),
-        ("reconstruction_emotion_metrics (val)", recon_s),
-        *((f"generation_emotion_metrics ({n}/emotion)", t) for n, t in gen_times.items()),
-        (f"reconstruction + generation ({args.n_per_emotion}/emotion)", both_s),
-    ]
-    lines = [
-        "| metric set | seconds | " + " | ".join(f"every {k} epoch(s)" for k in EVERY_K) + " |",
-        "|---|---|" + "---|" * len(EVERY_K),
-    ]
-    for name, seconds in rows:
-        shares = " | ".join(f"{100 * seconds / (k * epoch_s):.1f}%" for k in EVERY_K)
-        lines.append(f"| {name} | {seconds:.3f} | {shares} |")
-    table = "\n".join(lines)
-    every_epoch_share = both_s / epoch_s
-    smallest_k = next((k for k in range(1, 101) if both_s / (k * epoch_s) <= TARGET), None)
-    trial_s = QUICK_EPOCHS * epoch_s
-    recon_share = recon_s / epoch_s
-    # The mixed plan: reconstruction metrics every epoch, generation every k_gen epochs.
-    k_gen = next((k for k in range(1, 101) if recon_share + gen_s / (k * epoch_s) <= TARGET), None)
-    plan = (
-        f"reconstruction metrics every epoch + generation every {k_gen} epochs add "
-        f"{100 * (recon_share + gen_s / (k_gen * epoch_s)):.1f}%"
-        if k_gen
-        else "reconstruction metrics alone exceed it; compute them every few epochs"
-    )
-    verdict = (
-        f"Reconstruction metrics every epoch add {100 * recon_share:.1f}% to an epoch; both "
-        f"metric sets every epoch add {100 * every_epoch_share:.1f}%: "
-        + (
-            f"within the {100 * TARGET:.0f}% target."
-            if every_epoch_share <= TARGET
-            else f"over the {100 * TARGET:.0f}% target. Both every {smallest_k} epochs stay "
-            f"within it, and so does the mixed plan: {plan}."
-        )
-        + f" The judge trains once per sweep ({judge_train_s:.1f} s, "
-        f"{100 * judge_train_s / trial_s:.0f}% of one {QUICK_EPOCHS}-epoch quick trial of "
-        f"{trial_s:.1f} s, shared by all trials); each trial then loads it in "
-        f"{judge_load_s * 1000:.0f} ms."
-    )
-    curve = ", ".join(
-        f"epoch {int(row['epoch'])}: {row['val_accuracy']:.2f}"
-        for row in judge.history
-        if int(row["epoch"]) % 10 == 0 and "val_accuracy" in row
-    )
-
-    print(table)
-    print(verdict)
-    report = f"""# Emotion metrics: cost against a training epoch
-
-Command: `{" ".join([Path(sys.executable).name, *sys.argv])}`
-
-- date: {datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-- machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} torch thread(s)
-- load average (1/5/15 min) before: {" / ".join(f"{v:.2f}" for v in load_before)}; after: {" / ".join(f"{v:.2f}" for v in load_after)}
-- data: quick sweep setup (synthetic, 6 speakers x 4 clips per emotion, 128 mels x 1.5 s), train {len(data.train)} / val {len(data.val)} / test {len(data.test)} clips
-- VAE: conditional, base_channels 16, latent 32, batch 16; epoch times {", ".join(f"{t:.2f}" for t in epoch_times)} s, median of epochs 2+ = **{epoch_s:.2f} s**
-- judge (default JudgeConfig): trained in **{judge_train_s:.1f} s** ({len(judge.history)} epochs, best {judge.best_epoch}), synthetic test accuracy {judge.test_accuracy:.3f}; loading the cached file {judge_load_s * 1000:.0f} ms
-- judge validation accuracy by epoch (to choose `JudgeConfig.epochs`): {curve}
-- metric times: median of {args.repeats} runs after one warm-up
-
-{table}
-
-Values at this VAE's last epoch: val_emotion_acc_real {recon["val_emotion_acc_real"]:.3f}, val_emotion_acc_recon {recon["val_emotion_acc_recon"]:.3f}, val_fd_recon {recon["val_fd_recon"]:.2f}, gen_emotion_acc {gen.metrics["gen_emotion_acc"]:.3f}, gen_fd {gen.metrics["gen_fd"]:.2f}, gen_diversity_ratio {gen.metrics["gen_diversity_ratio"]:.3f}.
-
-**Verdict.** {verdict}
-
-Shares are of one epoch measured on the same machine in the same run, so the load (above) scales
-both alike; on a machine this busy each number is noisier than on a quiet one.
-"""
-    Path(args.out).write_text(report)
-    print(f"wrote {args.out}")
+    result = measure(args)
+    show(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
     return 0
 
 

@@ -1,18 +1,24 @@
 """Sweep benchmarks: Tune overhead, ASHA+TPE search efficiency, trial throughput, MLflow cost.
 
 Every comparison is measured side by side in one run of this script, on the embedded synthetic
-corpus, with the shipped `quick` space shrunk by `--set`-style overrides (so what is measured is
-what the README runs). Nothing in emovae/ or sweeps/ is changed: the instrumentation lives
-here. A wrapper around sweeps.trainable.train_trial records, inside each trial's process, its
-wall and CPU time, import time, the epochs' own time, time in tune.report and the RSS
-high-water mark; benchmark 4 puts it and a timed MlflowTrialLogger subclass in place of the
-names in sweeps.driver for the length of its run_sweep call.
+corpus, with the shipped `quick` space (shrunk by `--set`-style overrides where a benchmark
+says so), so what is measured is what the README runs. Nothing in emovae/ or sweeps/ is
+changed: the instrumentation lives here. A wrapper around sweeps.trainable.train_trial records,
+inside each trial's process, its wall and CPU time, import time, the epochs' own time, time in
+tune.report and the RSS high-water mark; benchmark 4 puts it and a timed MlflowTrialLogger
+subclass in place of the names in sweeps.driver for the length of its run_sweep call.
+Benchmark 1 runs run_sweep untouched and repeats its trials in benchmarks/pool_arm.py.
 
-    python benchmarks/bench_sweeps.py overhead      # 1. Tune vs a plain sequential loop
+    python benchmarks/bench_sweeps.py overhead      # 1. run_sweep vs a process pool, same trials
     python benchmarks/bench_sweeps.py search        # 2. TPE + ASHA vs random search, full budget
     python benchmarks/bench_sweeps.py throughput    # 3. 2 x 1 thread vs 1 x 2 threads vs 2 x 2
     python benchmarks/bench_sweeps.py mlflow        # 4. MLflow cost per trial, peak RSS per trial
     python benchmarks/bench_sweeps.py all --json results.json
+
+The emotion metrics' cost per epoch: benchmarks/bench_emotion.py.
+
+Benchmark 1's pool arm (pool_arm.py) builds each trial with sweeps.trainable.trial_setup, the
+Ray-free half of train_trial, so both arms train exactly the same thing.
 
 The machine's load average is printed with every result: on a shared machine, compare only
 numbers from the same run. Results and the commands behind them: benchmarks/RESULTS_sweeps.md.
@@ -24,16 +30,19 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import json
 import math
 import os
+import pickle
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,12 +56,12 @@ from ray import tune  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 import sweeps.driver as driver  # noqa: E402
-import sweeps.tracking as tracking  # noqa: E402
-from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict  # noqa: E402
+from emovae.config import DataConfig  # noqa: E402
 from emovae.dataset import prepare_data  # noqa: E402
-from emovae.train import train  # noqa: E402
+from emovae.judge import ensure_judge  # noqa: E402
 from sweeps.results import load_trial_records  # noqa: E402
-from sweeps.space import SweepSpec, load_space, to_tune_space, trial_train_config  # noqa: E402
+from sweeps.space import SweepSpec, load_space, to_tune_space  # noqa: E402
+from sweeps.trainable import judge_cache_dir  # noqa: E402
 from sweeps.trial_logger import MlflowTrialLogger  # noqa: E402
 from sweeps.trials import best_value, epochs_run  # noqa: E402
 
@@ -115,6 +124,13 @@ def spec_for(cache: Path, extra: list[str], base: list[str] | None = None) -> Sw
 
 def experiment_of(spec: SweepSpec) -> dict[str, Any]:
     return driver._absolute_cache(spec)  # what run_sweep hands every trial
+
+
+def reachable_grace(epochs: int) -> list[str]:
+    """The override that lowers the quick space's ASHA grace period to a shrunk budget of
+    `epochs`, if needed: the space refuses a grace period above train.max_epochs."""
+    grace = load_space("quick", []).sweep.grace_period
+    return [f"sweep.grace_period={epochs}"] if epochs < grace else []
 
 
 def warm_cache(spec: SweepSpec) -> float:
@@ -272,7 +288,11 @@ def wrap(fn: Callable[..., None], experiment: dict[str, Any], cpus: float, resou
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Ray Tune overhead
+# 1. Tune overhead: the shipped driver (arm A) vs a process pool of the same trials (arm B)
+
+POOL_ARM = Path(__file__).with_name("pool_arm.py")
+# The stage run_sweep announces just before Tune starts its trials.
+TRIALS_START_STAGE = "Starting the sweep"
 
 
 def model_overrides(model: str) -> list[str] | None:
@@ -280,116 +300,178 @@ def model_overrides(model: str) -> list[str] | None:
     return None if model == "small" else []
 
 
-def tune_arm(records: list[dict[str, Any]], fit_started: float, fit_s: float) -> dict[str, Any]:
-    """Where a Tune run's time went, from the trials' own records (sorted by start)."""
+def overhead_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set-style overrides of benchmark 1: trials and epochs if given, then --overhead-set
+    (the space's own values otherwise: as shipped)."""
+    sized = [f"sweep.num_samples={args.trials}"] if args.trials else []
+    if args.epochs:
+        sized += [f"train.max_epochs={args.epochs}", *reachable_grace(args.epochs)]
+    return [*sized, *args.overhead_set]
+
+
+def overhead_spec(args: argparse.Namespace, extra: list[str] | None = None) -> SweepSpec:
+    """Benchmark 1's space. System metrics need an MLflow run to log into, which arm B has
+    not: a space that turns them on cannot be compared, so it is refused."""
+    overrides = [*overhead_overrides(args), *(extra or [])]
+    spec = spec_for(args.cache_root / "overhead", overrides, base=model_overrides(args.model))
+    if spec.sweep.system_metrics:
+        raise SystemExit("overhead: sweep.system_metrics must be off (arm B has no MLflow run)")
+    return spec
+
+
+def warm_judge(spec: SweepSpec) -> float:
+    """Train the sweep's emotion judge into the cache before any measured arm, as a sweep does
+    once; afterwards both arms only load it."""
+    if spec.sweep.emotion_every < 1:
+        return 0.0
+    started = time.perf_counter()
+    experiment = experiment_of(spec)
+    data = prepare_data(DataConfig(**experiment["data"]), spec.experiment.features)
+    ensure_judge(data, judge_cache_dir(experiment["data"]["cache_dir"]), spec.judge)
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the block only."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def shipped_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
+    """Arm A: run_sweep exactly as `sweeps/run.py` calls it (compact console, Tune's classic
+    output engine), timed from ray.init to ray.shutdown: a fresh local Ray, as run_sweep
+    starts when no cluster is given. The trials' params and epochs are what arm B repeats."""
+    stages: list[tuple[float, str]] = []
+    started = time.perf_counter()
+    with environment(RAY_AIR_NEW_OUTPUT="0"), ray_session() as init_s:
+        result = driver.run_sweep(
+            spec,
+            out,
+            on_stage=lambda message: stages.append((time.perf_counter(), message)),
+            progress=io.StringIO(),  # the console's table, which run.py prints, discarded
+        )
+    wall_s = time.perf_counter() - started
+    trials_start = next((t for t, m in stages if m.startswith(TRIALS_START_STAGE)), math.nan)
+    ran = [t for t in result.trials if epochs_run(t) > 0]
     return {
-        "fit_s": fit_s,
-        "in_trial_s": [round(r["now"] - r["entered"], 2) for r in records],
-        "worker_import_s": [round(r["imported"] - r["entered"], 2) for r in records],
-        "epoch_s": [round(r["epoch_s"], 2) for r in records],
-        "report_s": [round(r["report_s"], 2) for r in records],
-        "first_trial_start_s": records[0]["entered"] - fit_started if records else math.nan,
-        # The previous trial's process ends, the next starts (a new Ray worker) and imports.
-        "between_trials_s": [
-            round(b["entered"] - a["now"], 2) for a, b in zip(records, records[1:], strict=False)
+        "wall_s": wall_s,
+        "ray_init_s": init_s,
+        "to_trials_s": trials_start - started,  # ray.init, MLflow store, features, judge
+        "trials": [
+            {
+                "params": t.params,
+                "epochs": epochs_run(t),
+                "status": str(t.status),
+                "epoch_s": sum(h.get("epoch_seconds", 0.0) for h in t.history),
+            }
+            for t in ran
         ],
-        "after_last_trial_s": fit_started + fit_s - records[-1]["now"] if records else math.nan,
+    }
+
+
+def trials_at_once(spec: SweepSpec) -> int:
+    """How many trials arm A runs at once: the sweep's limit, or fewer if Ray's CPUs (this
+    machine's cores) do not fit that many trials' CPUs."""
+    fit = int((os.cpu_count() or 1) // spec.sweep.cpus_per_trial)
+    return max(1, min(spec.sweep.max_concurrent, fit))
+
+
+def pool_of_trials(spec: SweepSpec, trials: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Arm B: arm A's trials, in order, through benchmarks/pool_arm.py's process pool (its own
+    process: see its docstring), with what each trial of arm A received from the driver."""
+    out.mkdir(parents=True)
+    request = {
+        "trials": [(t["params"], t["epochs"]) for t in trials],
+        # run_sweep's own constants for every trial; `state` only feeds system metrics (off).
+        "experiment": driver._trial_experiment(spec, experiment_of(spec), None),
+        "cpus_per_trial": spec.sweep.cpus_per_trial,
+        "workers": trials_at_once(spec),
+    }
+    (out / "request.pkl").write_bytes(pickle.dumps(request))
+    command = [sys.executable, str(POOL_ARM), str(out / "request.pkl"), str(out / "result.json")]
+    subprocess.run(command, check=True)
+    result = json.loads((out / "result.json").read_text())
+    return result | {"workers": request["workers"]}
+
+
+def overhead_repeat(spec: SweepSpec, work: Path, index: int) -> dict[str, Any]:
+    """One A-then-B pair: arm B needs the trials arm A ran, so it follows it."""
+    load_a = load()
+    a = shipped_sweep(spec, work / f"sweep-{index}")
+    shutil.rmtree(work / f"sweep-{index}", ignore_errors=True)  # disk, not timed
+    load_b = load()
+    b = pool_of_trials(spec, a["trials"], work / f"pool-{index}")
+    return {
+        "load_before_a": load_a,
+        "load_before_b": load_b,
+        "a": a,
+        "b": b,
+        "epochs_a": sum(t["epochs"] for t in a["trials"]),
+        "epochs_b": sum(t["epochs"] for t in b["trials"]),
+        "epoch_s_a": sum(t["epoch_s"] for t in a["trials"]),
+        "epoch_s_b": sum(t["epoch_s"] for t in b["trials"]),
+        "overhead_pct": 100 * (a["wall_s"] - b["wall_s"]) / b["wall_s"],
+        # Without what A spends before its first trial (ray.init, MLflow store, features and
+        # judge loaded): how much of the overhead is per sweep rather than per trial.
+        "after_setup_pct": 100 * (a["wall_s"] - a["to_trials_s"] - b["wall_s"]) / b["wall_s"],
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (NaN for one value), min and max."""
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else math.nan,
+        "min": min(values),
+        "max": max(values),
     }
 
 
 def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The same fixed trials (grid over lr, no scheduler, one at a time, the trial's CPUs = its
-    torch threads) through Tune and through a plain loop calling emovae.train.train in this
-    process. The loop runs before and after Tune and its mean is the baseline, so load drift is
-    bracketed. A second Tune run with reuse_actors=True shows what the per-trial worker costs."""
-    threads = args.threads
-    spec = spec_for(
-        args.cache_root / args.model,
-        [
-            f"train.max_epochs={args.epochs}",
-            f"train.patience={args.epochs + 1}",
-            "sweep.grace_period=1",
-        ],
-        base=model_overrides(args.model),
-    )
-    cache_s = warm_cache(spec)
-    experiment = experiment_of(spec)
-    lrs = lr_grid(args.trials)
-    base = from_dict(TrainConfig, experiment["train"])
-    features = from_dict(FeatureConfig, experiment["features"])
-    fixed = {"latent_dim": 32, "beta": 3e-3, "grad_clip": 1.0}
-
-    def loop(tag: str) -> tuple[list[float], list[float]]:
-        seconds, epoch_s = [], []
-        for i, lr in enumerate(lrs):
-            started = time.perf_counter()
-            data = prepare_data(DataConfig(**experiment["data"]), features)  # as a trial does
-            config = dataclasses.replace(
-                trial_train_config(base, fixed | {"lr": lr}), num_threads=threads
-            )
-            out = work / f"loop-{tag}-{i}"
-            result = train(config, data, out)
-            shutil.rmtree(out, ignore_errors=True)
-            seconds.append(time.perf_counter() - started)
-            epoch_s.append(sum(h["epoch_seconds"] for h in result.history))
-        return seconds, epoch_s
-
-    load_before = load()
-    loop_a, loop_a_epochs = loop("a")
-    arms = {}
-    with ray_session() as init_s:
-        variants = {"tune": False, "tune_reuse_actors": True} if args.reuse else {"tune": False}
-        for name, reuse in variants.items():
-            records_dir = work / f"records-{name}"
-            records_dir.mkdir()
-            trainable = wrap(
-                measured_trainable(str(records_dir)), experiment, cpus=threads, resources=threads
-            )
-            tuner = tuner_for(
-                trainable,
-                fixed | {"lr": tune.grid_search(lrs)},
-                work / "tune",
-                name,
-                max_concurrent=1,
-                reuse_actors=reuse,
-            )
-            fit_started = time.time()
-            fit_s = fit(tuner)
-            arms[name] = tune_arm(read_records(records_dir), fit_started, fit_s)
-    loop_b, loop_b_epochs = loop("b")
-
-    loop_s = (sum(loop_a) + sum(loop_b)) / 2
-    n = len(lrs)
-    for arm in arms.values():
-        overhead = arm["fit_s"] - loop_s
-        arm |= {
-            "overhead_beyond_startup_s": overhead,
-            "overhead_beyond_startup_pct": 100 * overhead / loop_s,
-            "overhead_incl_ray_init_pct": 100 * (overhead + init_s) / loop_s,
-            "tune_cost_per_trial_s": overhead / n,
-        }
+    """The shipped driver (Optuna + ASHA + MLflow logger, actor reuse, its checkpointing) vs a
+    real process pool running the same trials for the same epochs with the same threads,
+    interleaved A, B, A, B, ... `--repeats` times. An unmeasured 1-trial, 1-epoch sweep first
+    pays this process's one-off lazy imports (Optuna, matplotlib), so that the first measured
+    sweep does not pay them alone."""
+    spec = overhead_spec(args)
+    cache_s, judge_s = warm_cache(spec), warm_judge(spec)
+    warmup_s = math.nan
+    if args.warmup:
+        tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
+        started = time.perf_counter()
+        shipped_sweep(overhead_spec(args, tiny), work / "warmup")
+        warmup_s = time.perf_counter() - started
+    repeats = [overhead_repeat(spec, work, i) for i in range(args.repeats)]
     return {
         "settings": {
-            "trials": n,
-            "epochs_per_trial": args.epochs,
-            "threads": threads,
-            "cpus_per_trial": threads,
-            "max_concurrent": 1,
+            "space": "quick",
             "model": args.model,
-            "lrs": lrs,
+            "overrides": overhead_overrides(args),
+            "trials": spec.sweep.num_samples,
+            "max_epochs": spec.experiment.train.max_epochs,
+            "grace_period": spec.sweep.grace_period,
+            "reduction_factor": spec.sweep.reduction_factor,
+            "at_once": trials_at_once(spec),
+            "cpus_per_trial": spec.sweep.cpus_per_trial,
+            "emotion_every": spec.sweep.emotion_every,
+            "repeats": args.repeats,
         },
-        "load_before": load_before,
-        "load_after": load(),
         "cache_s": cache_s,
-        "ray_init_s": init_s,
-        "loop_s": loop_s,
-        "loop_before_s": sum(loop_a),
-        "loop_after_s": sum(loop_b),
-        "loop_per_trial_s": [round((a + b) / 2, 2) for a, b in zip(loop_a, loop_b, strict=True)],
-        "loop_epoch_s": [
-            round((a + b) / 2, 2) for a, b in zip(loop_a_epochs, loop_b_epochs, strict=True)
-        ],
-        "arms": arms,
+        "judge_s": judge_s,
+        "warmup_s": warmup_s,
+        "repeats": repeats,
+        "overhead_pct": spread([r["overhead_pct"] for r in repeats]),
+        "after_setup_pct": spread([r["after_setup_pct"] for r in repeats]),
+        "load_after": load(),
         "target_pct": 10.0,
     }
 
@@ -476,17 +558,21 @@ def earlier_random_arms(args: argparse.Namespace) -> dict[int, dict[str, Any]]:
 
 
 def run_random_arm(spec: SweepSpec, seed: int, samples: int, out: Path) -> dict[str, Any]:
-    """Random search, every trial to max_epochs: no scheduler and no early stopping."""
+    """Random search, every trial to max_epochs: no scheduler and no early stopping. It logs
+    nothing to MLflow, so there is no sweep state; driver._trainable reads the state only for
+    system metrics (the trial's MLflow run), which are therefore turned off here."""
     full_budget = dataclasses.replace(
         spec.experiment.train, patience=spec.experiment.train.max_epochs
     )
     spec = dataclasses.replace(
-        spec, experiment=dataclasses.replace(spec.experiment, train=full_budget)
+        spec,
+        experiment=dataclasses.replace(spec.experiment, train=full_budget),
+        sweep=dataclasses.replace(spec.sweep, system_metrics=False),
     )
     load_before = load()
     wall_s = fit(
         tuner_for(
-            driver._trainable(spec, experiment_of(spec)),
+            driver._trainable(spec, experiment_of(spec), None),
             to_tune_space(spec.params),
             out,
             "tune",
@@ -739,27 +825,10 @@ class TimedMlflowTrialLogger(MlflowTrialLogger):
 
     # The breakdown below happens inside the timings above: its keys start with "n/a" so that
     # they are not added to the per-trial total twice.
-    current: str = "_sweep"
-
     def _log_checkpoint(self, run_id: str, *args: Any, **kwargs: Any) -> None:
         trial_id = next((t for t, r in self._runs.items() if r == run_id), run_id)
-        type(self).current = trial_id
         with self._timed(trial_id, "n/a checkpoint", hook=False):
             super()._log_checkpoint(run_id, *args, **kwargs)
-        type(self).current = "_sweep"
-
-    @classmethod
-    def timed_function(cls, fn: Callable[..., Any], what: str) -> Callable[..., Any]:
-        """`fn` timed under the trial whose checkpoint is being logged."""
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            begun = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                cls.timings[cls.current][f"n/a {what}"] += time.perf_counter() - begun
-
-        return timed
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         with self._timed("_sweep", "experiment_end"):
@@ -776,11 +845,76 @@ def patched(module: Any, name: str, value: Any) -> Iterator[None]:
         setattr(module, name, original)
 
 
+def timed_calls(fn: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+    """`fn`, appending each call's seconds to `seconds`."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        begun = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - begun)
+
+    return timed
+
+
+def curves_per_trial(draw: Callable[..., int], seconds: dict[str, float]) -> Callable[..., int]:
+    """The driver's `log_learning_curves`, called once per trial so that each trial's PNG
+    (drawn and logged to its run after the sweep) is timed on its own: the logger's per-trial
+    cost today includes that picture, only moved off Tune's loop."""
+
+    def per_trial(client: Any, runs: list, histories: dict[str, list]) -> int:
+        logged = 0
+        for trial_id, history in histories.items():
+            begun = time.perf_counter()
+            logged += draw(client, runs, {trial_id: history})
+            seconds[trial_id] = time.perf_counter() - begun
+        return logged
+
+    return per_trial
+
+
+def mlflow_trial_row(t: Any, record: dict[str, Any], curves_s: float) -> dict[str, Any]:
+    """One trial's MLflow seconds (driver side, by hook), its curves PNG, its wall and RSS."""
+    tm = TimedMlflowTrialLogger.timings.get(t.trial_id, {})
+    mlflow_s = sum(v for k, v in tm.items() if not k.startswith(("n_", "n/a")))
+    start = TimedMlflowTrialLogger.started.get(t.trial_id)
+    end = TimedMlflowTrialLogger.ended.get(t.trial_id)
+    wall = (end - start) if start and end else math.nan
+    return {
+        "trial_id": t.trial_id,
+        "status": t.status,
+        "epochs": epochs_run(t),
+        "trial_wall_s": wall,
+        "mlflow_s": mlflow_s,
+        "mlflow_pct": 100 * mlflow_s / wall,
+        "curves_s": curves_s,
+        "all_in_s": mlflow_s + curves_s,
+        "all_in_pct": 100 * (mlflow_s + curves_s) / wall,
+        "queue_ms": 1000 * (tm.get("start", 0.0) + tm.get("result", 0.0)),
+        "results": int(tm.get("n_result", 0)),
+        "timed_flushes": int(tm.get("n_timed flush", 0)),
+        "timed_flush_ms": 1000 * tm.get("timed flush", 0.0),
+        "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
+        "checkpoint_ms": 1000 * tm.get("n/a checkpoint", 0.0),
+        "in_trial_s": record["now"] - record["entered"] if record else math.nan,
+        "peak_rss_mb": record.get("maxrss_mb", math.nan),
+        "rss_before_training_mb": record.get("imported_rss_mb", math.nan),
+        "worker_pid": record.get("pid"),
+    }
+
+
 def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The shipped quick space (its model and corpus) through run_sweep, fewer trials/epochs."""
+    """The shipped quick space (its model and corpus) through run_sweep, fewer trials/epochs.
+    A trial's MLflow cost: the logger's hooks and flushes attributed to it, plus its
+    learning-curve PNG, which the driver draws and logs after the sweep (record_outcome)."""
     spec = spec_for(
         args.cache_root / "quick",
-        [f"sweep.num_samples={args.samples}", f"train.max_epochs={args.epochs}"],
+        [
+            f"sweep.num_samples={args.samples}",
+            f"train.max_epochs={args.epochs}",
+            *reachable_grace(args.epochs),
+        ],
         base=[],
     )
     warm_cache(spec)
@@ -788,91 +922,56 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     records_dir.mkdir()
     TimedMlflowTrialLogger.timings.clear()
     load_before = load()
-    timed = TimedMlflowTrialLogger.timed_function
+    curves_s: dict[str, float] = {}
+    outcome_s: list[float] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(ray_session())
         stack.enter_context(patched(driver, "MlflowTrialLogger", TimedMlflowTrialLogger))
         trainable = measured_trainable(str(records_dir), per_epoch=True)
         stack.enter_context(patched(driver, "train_trial", trainable))
-        # The learning-curve plot that _log_checkpoint draws from last.pt, where it exists.
-        for name in ("read_checkpoint", "plot_learning_curves"):
-            if hasattr(tracking, name):
-                stack.enter_context(patched(tracking, name, timed(getattr(tracking, name), name)))
-        # Learning curves are drawn after the sweep, outside the trials' hooks.
-        curves_s: list[float] = []
-        draw_curves = driver.log_learning_curves
-
-        def timed_curves(*a: Any, **k: Any) -> Any:
-            begun = time.perf_counter()
-            try:
-                return draw_curves(*a, **k)
-            finally:
-                curves_s.append(time.perf_counter() - begun)
-
-        stack.enter_context(patched(driver, "log_learning_curves", timed_curves))
+        per_trial = curves_per_trial(driver.log_learning_curves, curves_s)
+        stack.enter_context(patched(driver, "log_learning_curves", per_trial))
+        # trials.csv, the curves, tags and the parent run's outcome, after the trials.
+        outcome = timed_calls(driver.record_outcome, outcome_s)
+        stack.enter_context(patched(driver, "record_outcome", outcome))
         started = time.perf_counter()
         result = driver.run_sweep(spec, work / "sweep-mlflow")
         sweep_s = time.perf_counter() - started
 
     records = {r["trial_id"]: r for r in read_records(records_dir)}
-    timings = TimedMlflowTrialLogger.timings
-    trials = []
-    for t in result.trials:
-        tm = timings.get(t.trial_id, {})
-        mlflow_s = sum(v for k, v in tm.items() if not k.startswith(("n_", "n/a")))
-        start = TimedMlflowTrialLogger.started.get(t.trial_id)
-        end = TimedMlflowTrialLogger.ended.get(t.trial_id)
-        wall = (end - start) if start and end else math.nan
-        rec = records.get(t.trial_id, {})
-        n_results = int(tm.get("n_result", 0))
-        trials.append(
-            {
-                "trial_id": t.trial_id,
-                "status": t.status,
-                "epochs": epochs_run(t),
-                "trial_wall_s": wall,
-                "mlflow_s": mlflow_s,
-                "mlflow_pct": 100 * mlflow_s / wall,
-                "queue_ms": 1000 * (tm.get("start", 0.0) + tm.get("result", 0.0)),
-                "results": n_results,
-                "timed_flushes": int(tm.get("n_timed flush", 0)),
-                "timed_flush_ms": 1000 * tm.get("timed flush", 0.0),
-                "finish_ms": 1000 * (tm.get("complete", 0.0) + tm.get("error", 0.0)),
-                "checkpoint_ms": 1000 * tm.get("n/a checkpoint", 0.0),
-                "read_last_pt_ms": 1000 * tm.get("n/a read_checkpoint", 0.0),
-                "plot_curves_ms": 1000 * tm.get("n/a plot_learning_curves", 0.0),
-                "in_trial_s": rec["now"] - rec["entered"] if rec else math.nan,
-                "peak_rss_mb": rec.get("maxrss_mb", math.nan),
-                "rss_before_training_mb": rec.get("imported_rss_mb", math.nan),
-                "worker_pid": rec.get("pid"),
-            }
-        )
-    sweep_level = dict(timings.get("_sweep", {}))
+    trials = [
+        mlflow_trial_row(t, records.get(t.trial_id, {}), curves_s.get(t.trial_id, 0.0))
+        for t in result.trials
+    ]
+    sweep_level = dict(TimedMlflowTrialLogger.timings.get("_sweep", {}))
     import resource
+
+    def mean(key: str) -> float:
+        return statistics.fmean(t[key] for t in trials)
 
     return {
         "settings": {
             "space": "quick (model and corpus as shipped)",
             "samples": args.samples,
             "max_epochs": args.epochs,
+            "grace_period": spec.sweep.grace_period,
             "store": "sqlite in the sweep folder",
         },
         "load_before": load_before,
         "load_after": load(),
         "sweep_s": sweep_s,
         "trials": trials,
-        "mlflow_pct_mean": sum(t["mlflow_pct"] for t in trials) / len(trials),
+        "mlflow_pct_mean": mean("mlflow_pct"),
         "mlflow_pct_max": max(t["mlflow_pct"] for t in trials),
-        "mlflow_s_per_trial_mean": sum(t["mlflow_s"] for t in trials) / len(trials),
+        "mlflow_s_per_trial_mean": mean("mlflow_s"),
+        "all_in_pct_mean": mean("all_in_pct"),
+        "all_in_pct_max": max(t["all_in_pct"] for t in trials),
+        "all_in_s_per_trial_mean": mean("all_in_s"),
         "peak_rss_mb_max": max(t["peak_rss_mb"] for t in trials),
-        "peak_rss_mb_mean": sum(t["peak_rss_mb"] for t in trials) / len(trials),
+        "peak_rss_mb_mean": mean("peak_rss_mb"),
         "sweep_level_callbacks_s": {k: v for k, v in sweep_level.items() if not k.startswith("n_")},
-        "curves_after_sweep_s": sum(curves_s),
-        # Each trial charged its share of the post-sweep curves as well: the all-in cost.
-        "mlflow_pct_with_curves_mean": sum(
-            100 * (t["mlflow_s"] + sum(curves_s) / len(trials)) / t["trial_wall_s"] for t in trials
-        )
-        / len(trials),
+        "curves_after_sweep_s": sum(curves_s.values()),
+        "record_outcome_s": sum(outcome_s),
         "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "target_pct": 1.0,
     }
@@ -886,34 +985,46 @@ def _f(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def _pct_spread(o: dict[str, float]) -> str:
+    sd = "n/a" if math.isnan(o["sd"]) else _f(o["sd"], 1)
+    return f"mean {o['mean']:+.1f} % ± {sd} (sd), range {o['min']:+.1f} to {o['max']:+.1f} %"
+
+
 def show_overhead(r: dict[str, Any]) -> None:
     s = r["settings"]
     print(
-        f"\n== 1. Tune overhead: {s['trials']} trials x {s['epochs_per_trial']} epochs, "
-        f"{s['model']} model, {s['threads']} thread(s) = CPUs per trial, 1 at a time"
+        f"\n== 1. Tune overhead: run_sweep as shipped (A) vs a process pool of the same trials "
+        f"(B), interleaved, {s['repeats']} repeat(s)"
     )
-    print(f"load avg before/after: {r['load_before']} / {r['load_after']}")
-    print(f"ray.init                 {_f(r['ray_init_s'])} s")
     print(
-        f"plain loop (mean)        {_f(r['loop_s'])} s   "
-        f"(before {_f(r['loop_before_s'])}, after {_f(r['loop_after_s'])})"
+        f"quick space, {s['model']} model, overrides {s['overrides'] or 'none'}: "
+        f"{s['trials']} trials, max_t {s['max_epochs']}, ASHA grace {s['grace_period']} rf "
+        f"{s['reduction_factor']}, {s['at_once']} at once x {s['cpus_per_trial']} CPU = torch "
+        f"threads, emotion metrics every {s['emotion_every']} (0: off)"
     )
-    print(f"  loop per trial         {r['loop_per_trial_s']}  (epochs alone {r['loop_epoch_s']})")
-    for name, a in r["arms"].items():
-        print(f"{name:24s} {_f(a['fit_s'])} s")
-        print(f"  in trial               {a['in_trial_s']}")
-        print(f"    worker imports       {a['worker_import_s']}")
-        print(f"    epochs alone         {a['epoch_s']}")
-        print(f"    tune.report          {a['report_s']}")
-        print(f"  first trial starts     {_f(a['first_trial_start_s'])} s after fit()")
-        print(f"  between trials         {a['between_trials_s']}")
-        print(f"  after the last trial   {_f(a['after_last_trial_s'])} s")
+    warmup = "skipped" if math.isnan(r["warmup_s"]) else f"{_f(r['warmup_s'], 1)} s"
+    print(
+        f"before the arms: cache {_f(r['cache_s'])} s, judge {_f(r['judge_s'])} s, unmeasured "
+        f"warm-up sweep {warmup}"
+    )
+    for i, rep in enumerate(r["repeats"], 1):
+        a, b = rep["a"], rep["b"]
         print(
-            f"  overhead beyond start-up {_f(a['overhead_beyond_startup_s'])} s = "
-            f"{_f(a['overhead_beyond_startup_pct'], 1)} % of the loop (target <= {r['target_pct']} %)"
-            f"; {_f(a['tune_cost_per_trial_s'])} s per trial; "
-            f"with ray.init {_f(a['overhead_incl_ray_init_pct'], 1)} %"
+            f"repeat {i}: A {_f(a['wall_s'], 1)} s (load {rep['load_before_a']}; ray.init "
+            f"{_f(a['ray_init_s'], 1)} s, to first trials {_f(a['to_trials_s'], 1)} s)  "
+            f"B {_f(b['wall_s'], 1)} s (load {rep['load_before_b']}; {b['workers']} workers)  "
+            f"overhead {rep['overhead_pct']:+.1f} %"
         )
+        print(
+            f"  {len(a['trials'])} trials, epochs A/B {rep['epochs_a']}/{rep['epochs_b']}, "
+            f"the epochs' own seconds A/B {_f(rep['epoch_s_a'], 1)}/{_f(rep['epoch_s_b'], 1)}, "
+            f"statuses {dict(Counter(t['status'] for t in a['trials']))}"
+        )
+    print(
+        f"overhead (A - B) / B: {_pct_spread(r['overhead_pct'])} (target <= "
+        f"{r['target_pct']} %); load after {r['load_after']}"
+    )
+    print(f"  without A's time before its first trial: {_pct_spread(r['after_setup_pct'])}")
 
 
 def show_search(r: dict[str, Any]) -> None:
@@ -975,25 +1086,31 @@ def show_mlflow(r: dict[str, Any]) -> None:
     for t in r["trials"]:
         print(
             f"  {t['trial_id']} {t['status']:15s} {t['epochs']} ep  wall {_f(t['trial_wall_s'], 1)} s"
-            f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
+            f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms + curves PNG {_f(1000 * t['curves_s'], 0)}"
+            f" ms = {_f(t['all_in_pct'], 2)} %"
             f"  (queueing {t['results']} results {_f(t['queue_ms'], 1)} ms, {t['timed_flushes']}"
             f" timed flushes {_f(t['timed_flush_ms'], 0)} ms, end {_f(t['finish_ms'], 0)} ms of"
             f" which best.pt {_f(t['checkpoint_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
             f" ({_f(t['rss_before_training_mb'], 0)} MB after imports)"
         )
     print(
-        f"MLflow per trial: mean {_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"
-        f" (target <= 1 %); sweep-level callbacks {r['sweep_level_callbacks_s']}"
+        f"MLflow per trial, hooks + its curves PNG: mean {_f(r['all_in_pct_mean'], 2)} %, max "
+        f"{_f(r['all_in_pct_max'], 2)} % (target <= 1 %); hooks alone: mean "
+        f"{_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"
     )
     print(
-        f"learning curves after the sweep: {_f(r['curves_after_sweep_s'], 2)} s for all trials;"
-        f" with each trial's share: mean {_f(r['mlflow_pct_with_curves_mean'], 2)} %"
+        f"after the trials: record_outcome {_f(r['record_outcome_s'], 2)} s, of which the curves "
+        f"PNGs {_f(r['curves_after_sweep_s'], 2)} s; sweep-level callbacks "
+        f"{ {k: round(v, 3) for k, v in r['sweep_level_callbacks_s'].items()} }"
     )
     print(
         f"peak RSS per trial: mean {_f(r['peak_rss_mb_mean'], 0)} MB, max "
         f"{_f(r['peak_rss_mb_max'], 0)} MB; driver {_f(r['driver_maxrss_mb'], 0)} MB"
     )
 
+
+# Benchmark 1 measures what ships; benchmark 3 compares layouts, on the smaller model by default.
+DEFAULT_MODEL = {"overhead": "quick", "throughput": "small"}
 
 BENCHES = {
     "overhead": (bench_overhead, show_overhead),
@@ -1011,21 +1128,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model",
         choices=["small", "quick"],
-        default="small",
-        help="benchmarks 1 and 3: small = the e2e tests' shrunken quick space; quick = as shipped",
+        help="benchmarks 1 and 3: small = the e2e tests' shrunken quick space; quick = as "
+        "shipped (default: quick for 1, small for 3)",
     )
     g = parser.add_argument_group("1. overhead")
+    g.add_argument("--repeats", type=int, default=3, help="A, B pairs, interleaved")
     g.add_argument(
-        "--no-reuse", dest="reuse", action="store_false", help="skip the reuse_actors=True run"
+        "--overhead-trials", dest="trials_1", type=int, help="sweep.num_samples (the space's)"
     )
-    g.add_argument("--overhead-trials", dest="trials_1", type=int, default=4)
-    g.add_argument("--overhead-epochs", dest="epochs_1", type=int, default=4)
     g.add_argument(
-        "--overhead-threads",
-        dest="threads",
-        type=int,
-        default=1,
-        help="torch threads = CPUs per trial in both arms (1 default: see RESULTS_sweeps.md)",
+        "--overhead-epochs", dest="epochs_1", type=int, help="train.max_epochs (the space's)"
+    )
+    g.add_argument(
+        "--overhead-set",
+        dest="overhead_set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="space overrides for both arms (as sweeps/run.py --set), e.g. sweep.grace_period=1",
+    )
+    g.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="skip the unmeasured 1-trial sweep that pays the driver's one-off imports",
     )
     g = parser.add_argument_group("2. search")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -1068,6 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             bench, show = BENCHES[name]
             local = argparse.Namespace(**vars(args), cache_root=work / "cache")
+            local.model = args.model or DEFAULT_MODEL.get(name)
             for key in ("trials", "epochs", "samples"):
                 suffix = {"overhead": "1", "search": "2", "throughput": "3", "mlflow": "4"}[name]
                 if hasattr(args, f"{key}_{suffix}"):

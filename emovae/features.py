@@ -37,15 +37,21 @@ def n_frames(features: FeatureConfig) -> int:
     return clip_frames(features)
 
 
-def load_audio(path: Path, features: FeatureConfig) -> np.ndarray:
-    """Mono float32 at the feature sample rate, cropped or zero-padded to the configured duration."""
+def read_mono(path: Path) -> tuple[np.ndarray, int]:
+    """(float32 samples averaged over channels, sample rate) of an audio file; AudioError,
+    naming the file, when it cannot be read or holds no samples."""
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: unreadable audio file ({exc})") from exc
     if audio.shape[0] == 0:
         raise AudioError(f"{path}: audio file holds no samples (zero length)")
-    audio = audio.mean(axis=1)
+    return audio.mean(axis=1), rate
+
+
+def load_audio(path: Path, features: FeatureConfig) -> np.ndarray:
+    """Mono float32 at the feature sample rate, cropped or zero-padded to the configured duration."""
+    audio, rate = read_mono(path)
     if rate != features.sample_rate:
         audio = librosa.resample(
             audio, orig_sr=rate, target_sr=features.sample_rate, res_type="soxr_hq"

@@ -247,17 +247,14 @@ def parameters_vs_objective(a: SweepAnalysis, out_dir: Path) -> list[str]:
         return lines + not_drawn("no parameter was searched (all are constants)")
     if not a.varying:
         return lines + not_drawn("no searched parameter takes more than one value")
-    path = out_dir / "parallel_coordinate.png"
-    error = optuna_plot(
+    return lines + _study_figure(
+        a,
         optuna.visualization.matplotlib.plot_parallel_coordinate,
-        path,
+        "Parallel coordinate",
+        out_dir,
+        "parallel_coordinate.png",
         size=(max(8.0, 1.6 * (len(a.varying) + 1)), 5.0),
-        study=a.study,
         params=a.varying,
-        target_name=a.metric,
-    )
-    return lines + drawn_or_not(
-        error, "Parallel coordinate", path, out_dir, "Optuna could not plot it"
     )
 
 
@@ -273,18 +270,30 @@ def hyperparameter_importance(a: SweepAnalysis, out_dir: Path) -> list[str]:
         "",
     ]
     lines += table(["parameter", "importance"], [[k, v] for k, v in importances.values.items()])
-    path = out_dir / "param_importances.png"
-    error = optuna_plot(
+    return lines + _study_figure(
+        a,
         optuna.visualization.matplotlib.plot_param_importances,
-        path,
-        study=a.study,
+        "Parameter importances",
+        out_dir,
+        "param_importances.png",
         evaluator=KnownImportances(importances.values),
         params=importances.params,
-        target_name=a.metric,
     )
-    return lines + drawn_or_not(
-        error, "Parameter importances", path, out_dir, "Optuna could not plot it"
-    )
+
+
+def _study_figure(
+    a: SweepAnalysis,
+    plot: Callable[..., Any],
+    alt: str,
+    out_dir: Path,
+    file_name: str,
+    **kwargs: Any,
+) -> list[str]:
+    """One of Optuna's plots of the sweep's study (the objective named after the metric),
+    saved as out_dir/file_name and linked, or why it is missing; `kwargs` go to `optuna_plot`."""
+    path = out_dir / file_name
+    error = optuna_plot(plot, path, study=a.study, target_name=a.metric, **kwargs)
+    return drawn_or_not(error, alt, path, out_dir, "Optuna could not plot it")
 
 
 # ---------------------------------------------------------------------------------------------

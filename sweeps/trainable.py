@@ -206,8 +206,21 @@ def _restore_into(work_dir: Path) -> Path | None:
     return work_dir / "last.pt"
 
 
-def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_trial: float) -> None:
-    """Ray Tune entry point. `config` holds the searched params; `experiment` the constants."""
+@dataclasses.dataclass
+class TrialSetup:
+    """What one trial trains with, built from its config and the experiment constants; Ray
+    plays no part, so a benchmark can run the same trial without Tune."""
+
+    train_config: TrainConfig
+    data: PreparedData
+    epoch_metrics: EpochMetrics | None  # the emotion metrics, when the sweep computes them
+    constraints: list[Constraint]
+
+
+def trial_setup(
+    config: dict[str, Any], experiment: dict[str, Any], cpus_per_trial: float
+) -> TrialSetup:
+    """The TrainConfig for the searched `config`, the cached data and the emotion callback."""
     data_config = from_dict(DataConfig, experiment["data"])
     features = from_dict(FeatureConfig, experiment["features"])
     base = from_dict(TrainConfig, experiment["train"])
@@ -228,6 +241,16 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
             train_config.num_threads,
         )
         epoch_metrics = emotion_epoch_metrics(data, emotion["every"], judge, data_config.cache_dir)
+    constraints = [
+        parse_constraint(metric, expression, f"sweep.constraints.{metric}")
+        for metric, expression in (experiment.get("constraints") or {}).items()
+    ]
+    return TrialSetup(train_config, data, epoch_metrics, constraints)
+
+
+def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_trial: float) -> None:
+    """Ray Tune entry point. `config` holds the searched params; `experiment` the constants."""
+    setup = trial_setup(config, experiment, cpus_per_trial)
     work_dir = Path(tempfile.mkdtemp(prefix="emovae-trial-"))
     try:
         resume_from = _restore_into(work_dir)
@@ -238,11 +261,7 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
             "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
         }
 
-        constraints = [
-            parse_constraint(metric, expression, f"sweep.constraints.{metric}")
-            for metric, expression in (experiment.get("constraints") or {}).items()
-        ]
-        best = objective_tracker(experiment.get("objective"), resume_from, constraints)
+        best = objective_tracker(experiment.get("objective"), resume_from, setup.constraints)
 
         def report(metrics: dict[str, float], folder: Path) -> None:
             metrics = metrics | best(metrics) | placement
@@ -252,12 +271,12 @@ def train_trial(config: dict[str, Any], experiment: dict[str, Any], cpus_per_tri
         trial_id = tune.get_context().get_trial_id() if monitor else ""
         with system_metrics(monitor, trial_id):
             train(
-                train_config,
-                data,
+                setup.train_config,
+                setup.data,
                 work_dir,
                 on_epoch=report,
                 resume_from=resume_from,
-                epoch_metrics=epoch_metrics,
+                epoch_metrics=setup.epoch_metrics,
             )
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -7,7 +7,9 @@ inventing its own, so what is tested is what the README runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +32,12 @@ from optuna.trial import TrialState
 from ray.tune import ExperimentAnalysis
 
 from emovae.audio.export import read_manifest
+from emovae.checkpoint import read_checkpoint
+from emovae.config import FeatureConfig
+from sweeps.finaliser import FINISHED_FILE
+from sweeps.results import load_trial_records
 from sweeps.study import ATTR_RAY_TRIAL, ATTR_SEEN, JOURNAL_FILE
+from sweeps.sweep_folder import read_state
 from sweeps.tracking import (
     TAG_FORGOTTEN,
     TAG_ROLE,
@@ -38,6 +45,8 @@ from sweeps.tracking import (
     TAG_TRIAL_STATUS,
     create_child_run,
 )
+from sweeps.trainable import emotion_metrics_due
+from sweeps.trials import TrialStatus
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +105,162 @@ def trial_dirs(sweep_dir: Path) -> list[Path]:
     return [p for p in (sweep_dir / "tune").iterdir() if (p / "params.json").is_file()]
 
 
+# The validation emotion and sample metrics a trial reports (sweeps.trainable): computed afresh
+# on the first epoch it runs, on every sweep.emotion_every-th and on its last, and repeated
+# unchanged on the epochs in between.
+CADENCE_METRICS = (
+    "val_emotion_acc_real",
+    "val_emotion_acc_recon",
+    "val_emotion_acc_drop",
+    "val_latent_silhouette",
+    "val_fd_recon",
+    "val_gen_emotion_acc",
+    "val_gen_fd",
+    "val_gen_diversity",
+    "val_gen_diversity_ratio",
+)
+# Continuous in the model's weights, so different on every epoch that computes them afresh.
+RECOMPUTED_METRICS = ("val_fd_recon", "val_gen_fd", "val_gen_diversity")
+# May be undefined (NaN, which the records leave out) on an epoch; the others always have a value.
+MAY_BE_UNDEFINED = frozenset({"val_latent_silhouette"})
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _assert_emotion_cadence(out: Path, client: MlflowClient, trials: list, every: int) -> None:
+    """Through real Tune: in each trial's per-epoch results (the project's trial records, read
+    from Tune's experiment folder as the finaliser and the report read them), the emotion
+    metrics change only on the epochs `emotion_metrics_due` computes them and repeat the
+    previous epoch's values exactly on the others; the epoch numbers are Tune's iterations, the
+    last-epoch flag is set on a finished trial's last epoch only, and each trial's MLflow run
+    holds the same values per step."""
+    records = {r.trial_id: r for r in load_trial_records(out / "tune")}
+    frames = ExperimentAnalysis(str(out / "tune")).trial_dataframes
+    run_of = {r.data.tags[TAG_TRIAL_ID]: r.info.run_id for r in trials}
+    assert set(records) == set(run_of)
+    carried, recomputed = [], []
+    for trial_id, record in records.items():
+        rows = record.history
+        epochs = [int(row["epoch"]) for row in rows]
+        assert epochs == list(range(1, len(rows) + 1)), (trial_id, epochs)
+        iterations = frames[trial_id]["training_iteration"].tolist()
+        assert iterations == epochs, (trial_id, iterations, epochs)  # one Tune result per epoch
+        finished = record.status == TrialStatus.FINISHED
+        flags = [row["is_last_epoch"] for row in rows]
+        assert flags == [0.0] * (len(rows) - 1) + [float(finished)], (trial_id, flags)
+        previous: dict[str, float] | None = None
+        for epoch, row in zip(epochs, rows, strict=True):
+            is_last = row["is_last_epoch"] >= 1.0
+            due = emotion_metrics_due(epoch, every, is_last)
+            assert due == (epoch % every == 0 or is_last), (epoch, every, is_last)
+            missing = [k for k in CADENCE_METRICS if k not in row and k not in MAY_BE_UNDEFINED]
+            assert not missing, (trial_id, epoch, missing)
+            values = {k: row.get(k, math.nan) for k in CADENCE_METRICS}
+            if previous is not None and due:  # computed afresh on a model one epoch further
+                same = [k for k in RECOMPUTED_METRICS if _same(values[k], previous[k])]
+                assert not same, f"trial {trial_id} epoch {epoch}: {same} not recomputed"
+                recomputed.append((trial_id, epoch))
+            elif previous is not None:  # carried forward: every value exactly the last one
+                changed = {
+                    k: (previous[k], values[k])
+                    for k in CADENCE_METRICS
+                    if not _same(values[k], previous[k])
+                }
+                assert not changed, f"trial {trial_id} epoch {epoch} is not due: {changed}"
+                carried.append((trial_id, epoch))
+            previous = values
+        for key in CADENCE_METRICS:
+            logged = {
+                int(m.step): m.value for m in client.get_metric_history(run_of[trial_id], key)
+            }
+            reported = {e: row[key] for e, row in zip(epochs, rows, strict=True) if key in row}
+            assert logged == pytest.approx(reported, rel=1e-12), (trial_id, key)
+    # Both kinds of epoch occurred, so neither check above passed for want of cases.
+    assert carried and recomputed, (carried, recomputed)
+
+
+def _assert_final_retrains_the_best_trial(
+    out: Path, client: MlflowClient, final, trials: list, final_epochs: int
+) -> None:
+    """The `final` run retrained the best trial's configuration. The best trial is found here
+    from the trial runs' MLflow histories of the sweep's objective; the final run's params are
+    that trial run's, but for max_epochs (finalise.max_epochs); the checkpoint the finaliser
+    wrote was trained with the values Tune gave that trial (its params.json) and holds what the
+    final run logged. The final run trained finalise.max_epochs epochs (`final_epochs`)."""
+    spec = read_state(out).spec()
+    metric, mode = spec.sweep.metric, spec.sweep.mode
+    pick = min if mode == "min" else max
+    best_of = {}
+    for r in trials:
+        if r.data.tags[TAG_TRIAL_STATUS] == "FAILED":
+            continue
+        history = client.get_metric_history(r.info.run_id, metric)
+        values = [m.value for m in history if math.isfinite(m.value)]
+        if values:
+            best_of[r.data.tags[TAG_TRIAL_ID]] = pick(values)
+    best_id = pick(best_of, key=best_of.__getitem__)
+    final_params = final.data.params
+    assert final_params["best_trial_id"] == best_id, (best_of, final_params["best_trial_id"])
+    assert float(final_params[f"sweep_best_{metric}"]) == pytest.approx(best_of[best_id])
+    (best_run,) = [r for r in trials if r.data.tags[TAG_TRIAL_ID] == best_id]
+    trial_params = best_run.data.params
+    shared = set(trial_params) & set(final_params)
+    assert set(spec.params) <= shared, (set(spec.params), shared)
+    differ = {
+        k: (trial_params[k], final_params[k]) for k in shared if trial_params[k] != final_params[k]
+    }
+    expected = {"max_epochs": (str(spec.experiment.train.max_epochs), str(final_epochs))}
+    assert differ == expected, f"(best trial's, final run's) params that differ: {differ}"
+    assert epoch_steps(client, final.info.run_id) == list(range(1, final_epochs + 1))
+
+    (trial_dir,) = [p for p in trial_dirs(out) if best_id in p.name]
+    sampled = json.loads((trial_dir / "params.json").read_text())
+    assert set(sampled) == set(spec.params)
+    checkpoint = read_checkpoint(out / "final" / "checkpoints" / "best.pt")
+    trained = checkpoint["train_config"]
+    assert {k: trained[k] for k in sampled} == sampled, (trained, sampled)
+    assert trained["max_epochs"] == final_epochs
+    assert {k: str(v) for k, v in trained.items()} == {k: final_params[k] for k in trained}
+    assert checkpoint["feature_config"] == dataclasses.asdict(spec.experiment.features)
+
+
+# A clip whose RMS around its mean is below this (-66 dBFS: 16 steps of 16-bit PCM) is silence.
+# The shrunk sweeps' barely trained models export clips at about 0.004.
+SILENCE_RMS = 5e-4
+EXPORTED_SETS = ("samples", "reconstructions", "conversions")
+
+
+def _assert_exported_audio(final_dir: Path, features: FeatureConfig, n_samples: int) -> None:
+    """Every WAV the finaliser exported, as its set's manifest lists it, is real audio: mono,
+    at the features' sample rate, features.duration long, finite, not silent, and no two clips
+    of a set alike; and each set's manifest lists exactly the WAVs in its folder."""
+    length = round(features.duration * features.sample_rate)
+    for name in EXPORTED_SETS:
+        folder = final_dir / name
+        files = [row["file"] for row in read_manifest(folder / "manifest.csv")]
+        assert files and sorted(files) == sorted(p.name for p in folder.glob("*.wav")), name
+        clips = set()
+        for file in files:
+            info = sf.info(folder / file)
+            shape = (info.samplerate, info.channels, info.frames)
+            assert shape == (features.sample_rate, 1, length), (name, file, shape)
+            audio, _ = sf.read(folder / file, dtype="float64")
+            assert np.isfinite(audio).all(), (name, file)
+            rms = float(np.sqrt(np.mean((audio - audio.mean()) ** 2)))
+            assert rms > SILENCE_RMS, (name, file, rms)
+            clips.add(audio.tobytes())
+        assert len(clips) == len(files), f"{name}: identical clips"
+    assert len(read_manifest(final_dir / "samples" / "manifest.csv")) == n_samples
+
+
+# The quick sweep's emotion metrics every 3 epochs (the quick space has 2): with 4 epochs a
+# trial computes them on epoch 1 (its first), 3 (divisible) and 4 (its last, not divisible) and
+# carries them on epoch 2, so each rule of the cadence shows in the results.
+QUICK_EMOTION_EVERY = 3
+
+
 def test_quick_sweep_end_to_end(
     tmp_path: Path, sweep_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,6 +270,7 @@ def test_quick_sweep_end_to_end(
             out,
             sweep_cache,
             "sweep.num_samples=8",
+            f"sweep.emotion_every={QUICK_EMOTION_EVERY}",
             "finalise.max_epochs=2",
             "finalise.n_samples=6",
         )
@@ -173,9 +339,12 @@ def test_quick_sweep_end_to_end(
         assert artifacts == {"checkpoint/best.pt", "plots/learning_curves.png"}, artifacts
     killed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "KILLED_BY_ASHA"]
     assert all(len(epoch_steps(client, r.info.run_id)) < 4 for r in killed)
+    _assert_emotion_cadence(out, client, trials, every=QUICK_EMOTION_EVERY)
 
     final = finals[0]
     assert final.info.status == "FINISHED"
+    _assert_final_retrains_the_best_trial(out, client, final, trials, final_epochs=2)
+    assert final.data.params["best_trial_id"] == parents[0].data.tags["best.trial_id"]
     assert "test_recon" in final.data.metrics and "test_snr_db" in final.data.metrics
     assert "test_emotion_acc_recon" in final.data.metrics
     # The exported WAVs were read back and judged, beside the real test clips.
@@ -199,14 +368,9 @@ def test_quick_sweep_end_to_end(
             mlflow.set_tracking_uri(previous)
     assert [spec.name for spec in signature.inputs.inputs] == ["log_mel", "emotion"]
 
-    wavs = sorted((out / "final" / "samples").glob("*.wav"))
-    assert len(wavs) == 6
-    for wav in wavs:  # audio, not only files: finite, not silent, right rate and length
-        audio, rate = sf.read(wav)
-        assert rate == 22050 and len(audio) == 22050  # features.duration=1.0 in SHRINK
-        assert np.isfinite(audio).all() and np.abs(audio).max() > 1e-3
-    recon = read_manifest(out / "final" / "reconstructions" / "manifest.csv")
-    assert recon and all((out / "final" / "reconstructions" / r["file"]).is_file() for r in recon)
+    features = read_state(out).spec().experiment.features
+    assert (features.sample_rate, features.duration) == (22050, 1.0)  # features.duration in SHRINK
+    _assert_exported_audio(out / "final", features, n_samples=6)
     report = (out / "final" / "report" / "report.md").read_text()
     assert parents[0].data.tags["best.trial_id"] in report
     assert (out / "trials.csv").read_text().count("\n") == 9  # header + one row per trial
@@ -600,6 +764,67 @@ def test_ctrl_c_stops_without_finalising_and_resume_finishes_once(
     assert f"python sweeps/finalise.py --sweep {out}" in again.stdout
     _, runs = mlflow_runs(out)
     assert len(by_role(runs, "final")) == 3  # no further retraining
+    _finalise_again(out, runs)
+
+
+# What finalise.py must write again, each file replaced by the new finalisation.
+FINAL_FILES = (
+    FINISHED_FILE,
+    "checkpoints/best.pt",
+    "evaluation/metrics.json",
+    "report/report.md",
+    *(f"{name}/manifest.csv" for name in EXPORTED_SETS),
+)
+
+
+def _finalise_again(out: Path, runs: list) -> None:
+    """`python sweeps/finalise.py --sweep DIR` on a finished, finalised sweep, as --resume
+    advises (README: "finalise a finished sweep again"; one `final` run per finalisation): one
+    more FINISHED `final` run retraining the same best configuration, the final folder written
+    again (checkpoint, metrics, WAV sets, report, finished mark naming the new run) and a new
+    model version from that run; the trials are left as they were."""
+    finals_before = {r.info.run_id: r for r in by_role(runs, "final")}
+    previous = [r for r in finals_before.values() if r.info.status == "FINISHED"]
+    trials_before = {r.info.run_id: r.info.status for r in by_role(runs, "trial")}
+    final_dir = out / "final"
+    mtimes = {name: (final_dir / name).stat().st_mtime_ns for name in FINAL_FILES}
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    versions_before = {v.version for v in client.search_model_versions("name='emovae'")}
+
+    result = run([sys.executable, str(REPO / "sweeps" / "finalise.py"), "--sweep", str(out)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+    client, runs = mlflow_runs(out)
+    (new,) = [r for r in by_role(runs, "final") if r.info.run_id not in finals_before]
+    assert new.info.status == "FINISHED"
+    assert {r.info.run_id: r.info.status for r in by_role(runs, "final")} == {
+        run_id: r.info.status for run_id, r in finals_before.items()
+    } | {new.info.run_id: "FINISHED"}
+    assert all(r.data.params == new.data.params for r in previous)  # the same retraining
+    trials = by_role(runs, "trial")
+    assert {r.info.run_id: r.info.status for r in trials} == trials_before
+    spec = read_state(out).spec()
+    _assert_final_retrains_the_best_trial(out, client, new, trials, spec.finalise.max_epochs)
+
+    rewritten = [n for n in FINAL_FILES if (final_dir / n).stat().st_mtime_ns > mtimes[n]]
+    assert rewritten == list(FINAL_FILES), rewritten
+    finished = json.loads((final_dir / FINISHED_FILE).read_text())
+    assert finished["run_id"] == new.info.run_id
+    (version,) = [
+        v for v in client.search_model_versions("name='emovae'") if v.version not in versions_before
+    ]
+    assert version.run_id == new.info.run_id and version.source == finished["model_uri"]
+    # The test metrics on disk are the ones the new run logged.
+    written = json.loads((final_dir / "evaluation" / "metrics.json").read_text())
+    assert {"test_recon", "test_snr_db"} <= set(written)
+    for key, value in written.items():
+        if math.isfinite(value):
+            assert new.data.metrics[key] == pytest.approx(value, rel=1e-9), key
+    assert f"Registered model: {finished['model_uri']}" in result.stdout
+    assert f"Report (every metric): {final_dir / 'report' / 'report.md'}" in result.stdout
+    best_id = new.data.params["best_trial_id"]
+    assert best_id in (final_dir / "report" / "report.md").read_text()
+    _assert_exported_audio(final_dir, spec.experiment.features, spec.finalise.n_samples)
 
 
 def test_trial_shape_no_node_offers_fails_before_anything_is_written(

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from emovae.checkpoint import FORMAT_VERSION, save_checkpoint
-from sweeps.trainable import best_key, objective_tracker
+from sweeps.trainable import best_key, emotion_metrics_due, objective_tracker
 
 
 def test_the_running_best_ignores_an_epoch_that_spikes():
@@ -33,3 +33,11 @@ def test_a_resumed_trial_starts_from_the_best_in_its_checkpoint(tmp_path: Path):
 
 def test_without_an_objective_nothing_is_added():
     assert objective_tracker(None, None)({"val_recon": 1.0}) == {}
+
+
+def test_emotion_metrics_are_due_every_k_epochs_and_on_the_last():
+    """The cadence the trials follow (and the end-to-end sweep test checks Tune's results
+    against): every 3rd epoch and the last one (the first epoch is the callback's own rule)."""
+    due = [emotion_metrics_due(epoch, 3, is_last_epoch=epoch == 7) for epoch in range(1, 8)]
+    assert due == [False, False, True, False, False, True, True]
+    assert [emotion_metrics_due(epoch, 1, False) for epoch in range(1, 4)] == [True] * 3

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix
@@ -36,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from emovae.emotion import frechet_distance
 from emovae.evaluation.audio_quality import as_clip, check_rate, require, resample
-from emovae.features import AudioError, _HashIndex
+from emovae.features import AudioError, _HashIndex, read_mono
 from emovae.judge import accuracy_and_uar
 from emovae.runtime import atomic_save_array, content_key
 
@@ -104,16 +103,6 @@ def egemaps(clips: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
     )
 
 
-def _read_mono(path: Path) -> tuple[np.ndarray, int]:
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{path}: unreadable audio file ({exc})") from exc
-    if audio.shape[0] == 0:
-        raise AudioError(f"{path}: audio file holds no samples (zero length)")
-    return audio.mean(axis=1), rate
-
-
 def _settings_key() -> str:
     """What, besides a file's content, decides its features: a change re-extracts them all."""
     opensmile = require("opensmile", "eGeMAPS features")
@@ -147,7 +136,7 @@ def egemaps_of_files(paths: Sequence[str | Path], cache_dir: str | Path | None) 
                     rows.append(cached)
                     continue
             smile = smile or _smile()
-            audio, rate = _read_mono(path)
+            audio, rate = read_mono(path)
             values = _functionals(smile, audio, rate, str(path))
             if entry is not None:
                 atomic_save_array(entry, values)

@@ -2,7 +2,8 @@
 
 Both architectures share one interface: `model(x, labels, sample) -> (recon, mu, logvar)`,
 `encode`, `decode(z, labels)`, `sample_latents(n, labels, generator)`, `sample`, `prior_loss`
-and `withheld_label` (the label index meaning "emotion withheld", or None).
+and `withheld_label` (the label index meaning "emotion withheld", or None). What they do alike
+(the forward pass, prior sampling, the prior's loss) is written once, in `seed.LatentVAE`.
 """
 
 from __future__ import annotations

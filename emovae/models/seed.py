@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from emovae.models.prior import LatentDiffusionPrior
+
 N_STAGES = 4
 DOWNSAMPLE = 2**N_STAGES
 # The decoder's BatchNorm makes it blind to the scale of z, so only beta x KL holds log-variance
@@ -70,7 +72,60 @@ def padded_size(n: int) -> int:
     return -(-n // DOWNSAMPLE) * DOWNSAMPLE
 
 
-class VAE(nn.Module):
+class LatentVAE(nn.Module):
+    """What every architecture does the same way around its own `encode` and `decode`:
+    reparameterisation, the forward pass, prior sampling and the prior's loss. A subclass
+    sets `latent_dim`, `latent_shape` (one latent, without the batch) and `prior`."""
+
+    latent_dim: int
+    latent_shape: tuple[int, ...]
+    # Annotation only: a class-level None would shadow the submodule nn.Module registers.
+    prior: LatentDiffusionPrior | None
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns reconstruction, mu, logvar. `sample=False` decodes the mean (deterministic)."""
+        mu, logvar = self.encode(x, labels)
+        z = self.reparameterize(mu, logvar) if sample else mu
+        return self.decode(z, labels), mu, logvar
+
+    def prior_loss(self, mu: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The learned prior's loss on these posterior means (None without a learned prior)."""
+        return None if self.prior is None else self.prior.loss(mu, labels)
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Latents (n, *latent_shape) from the prior: the learned one if configured, else
+        N(0, I)."""
+        if self.prior is not None:
+            # The learned prior is a prior over time: its latents are (latent_dim, frames).
+            return self.prior.sample(n, self.latent_shape[-1], labels, generator)
+        # z is drawn on the CPU so a seeded CPU generator gives the same samples on any device.
+        device = next(self.parameters()).device
+        return torch.randn(n, *self.latent_shape, generator=generator).to(device)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Draw latents from the prior and decode: (n, 1, n_mels, frames)."""
+        return self.decode(self.sample_latents(n, labels, generator), labels)
+
+
+class VAE(LatentVAE):
     def __init__(
         self,
         n_mels: int,
@@ -121,52 +176,19 @@ class VAE(nn.Module):
         logvar = LOGVAR_LIMIT * torch.tanh(self.to_logvar(h) / LOGVAR_LIMIT)
         return self.to_mu(h), logvar
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim) -> (B, 1, n_mels, frames)."""
         h = self.from_latent(self._condition(z, labels)).view(-1, *self.bottleneck)
         out = self.to_output(self.decoder(h))
         return out[..., : self.input_shape[0], : self.input_shape[1]]
 
-    def forward(
-        self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns reconstruction, mu, logvar. `sample=False` decodes the mean (deterministic)."""
-        mu, logvar = self.encode(x, labels)
-        z = self.reparameterize(mu, logvar) if sample else mu
-        return self.decode(z, labels), mu, logvar
-
-    # The seed architecture has no "withheld" label and no learned prior.
+    # The seed architecture has no "withheld" label and no learned prior: z ~ N(0, I).
     withheld_label = None
     prior = None
 
-    def prior_loss(self, mu: torch.Tensor, labels: torch.Tensor | None) -> None:
-        return None
-
-    @torch.no_grad()
-    def sample_latents(
-        self,
-        n: int,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """z ~ N(0, I), (n, latent_dim)."""
-        # z is drawn on the CPU so a seeded CPU generator gives the same samples on any device.
-        device = next(self.parameters()).device
-        return torch.randn(n, self.latent_dim, generator=generator).to(device)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Draw z ~ N(0, I) and decode: (n, 1, n_mels, frames)."""
-        return self.decode(self.sample_latents(n, labels, generator), labels)
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.latent_dim,)
 
 
 class MeanReconstruction(nn.Module):

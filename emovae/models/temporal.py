@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from emovae.models.prior import LatentDiffusionPrior
-from emovae.models.seed import LOGVAR_LIMIT
+from emovae.models.seed import LOGVAR_LIMIT, LatentVAE
 
 
 class _ResidualBlock1d(nn.Module):
@@ -40,7 +40,7 @@ class _ResidualBlock1d(nn.Module):
         return x + self.body(x)
 
 
-class TemporalVAE(nn.Module):
+class TemporalVAE(LatentVAE):
     """(B, 1, n_mels, frames) <-> latent (B, latent_dim, ceil(frames / 2^time_downsample))."""
 
     def __init__(
@@ -76,6 +76,10 @@ class TemporalVAE(nn.Module):
         self.prior = prior
 
     @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return (self.latent_dim, self.latent_frames)
+
+    @property
     def withheld_label(self) -> int | None:
         """The label index that means "emotion withheld" (None: unconditional model)."""
         return self.n_classes if self.n_classes else None
@@ -90,10 +94,6 @@ class TemporalVAE(nn.Module):
         mu, logvar = self.to_posterior(h).chunk(2, dim=1)
         return mu, LOGVAR_LIMIT * torch.tanh(logvar / LOGVAR_LIMIT)
 
-    @staticmethod
-    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(B, latent_dim, latent_frames) -> (B, 1, n_mels, frames); labels None = withheld."""
         h = self.from_latent(z)
@@ -103,37 +103,3 @@ class TemporalVAE(nn.Module):
             h = h + self.emotion(labels)[:, :, None]
         out = self.to_output(self.decoder(h))
         return out[:, None, :, : self.input_shape[1]]
-
-    def forward(
-        self, x: torch.Tensor, labels: torch.Tensor | None = None, sample: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar) if sample else mu
-        return self.decode(z, labels), mu, logvar
-
-    def prior_loss(self, mu: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """The learned prior's loss on these posterior means (None without a learned prior)."""
-        return None if self.prior is None else self.prior.loss(mu, labels)
-
-    @torch.no_grad()
-    def sample_latents(
-        self,
-        n: int,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Latents from the prior: the learned one if configured, else N(0, I) (drawn on the
-        CPU, so a seeded generator gives the same latents on any device)."""
-        if self.prior is not None:
-            return self.prior.sample(n, self.latent_frames, labels, generator)
-        device = self.to_output.weight.device
-        return torch.randn(n, self.latent_dim, self.latent_frames, generator=generator).to(device)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        return self.decode(self.sample_latents(n, labels, generator), labels)
