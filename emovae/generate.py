@@ -13,13 +13,10 @@ import torch
 
 from emovae.audio.export import finish_set, start_set, write_clips
 from emovae.audio.vocoder import Vocoder, load_vocoder
-from emovae.checkpoint import load_model
-from emovae.config import FeatureConfig
+from emovae.checkpoint import LoadedModel, load_model
 from emovae.dataset import Split
 from emovae.emotion import convert_emotion
 from emovae.evaluate import honest_label_mode, reconstruct
-from emovae.features import Normalizer
-from emovae.models import SpeechVAE
 from emovae.runtime import select_device
 
 MANIFEST_COLUMNS = ("file", "emotion", "seed", "index")
@@ -109,26 +106,24 @@ CONVERSION_COLUMNS = ("file", "emotion", "source_emotion", "source")
 
 def _vocode_and_write(
     decoded: torch.Tensor,
-    normalizer: Normalizer,
+    loaded: LoadedModel,
     synthesize: Vocoder,
-    length: int,
     out_dir: Path,
     names: list[str],
-    sample_rate: int,
     batch_size: int,
 ) -> None:
+    """Decoded z-scored log-mels (N, 1, n_mels, frames) -> WAVs `names` under `out_dir`."""
+    features = loaded.features
+    length = round(features.duration * features.sample_rate)
     for start in range(0, len(names), batch_size):
-        log_mels = normalizer.denormalize(decoded[start : start + batch_size, 0].numpy())
+        log_mels = loaded.normalizer.denormalize(decoded[start : start + batch_size, 0].numpy())
         audio = synthesize(log_mels, length=length)
-        write_clips(out_dir, names[start : start + batch_size], audio, sample_rate)
+        write_clips(out_dir, names[start : start + batch_size], audio, features.sample_rate)
 
 
 def export_reconstructions(
-    model: SpeechVAE,
+    loaded: LoadedModel,
     split: Split,
-    label_names: list[str],
-    normalizer: Normalizer,
-    features: FeatureConfig,
     synthesize: Vocoder,
     out_dir: str | Path,
     batch_size: int = 25,
@@ -137,25 +132,19 @@ def export_reconstructions(
     swapped where the model cannot withhold it: `honest_label_mode`) and vocoded, under the
     original file's name; manifest columns file, emotion (the clip's true one), source."""
     out_dir = start_set(out_dir)
-    recon, _ = reconstruct(model, split, label_mode=honest_label_mode(model))
+    recon, _ = reconstruct(loaded.model, split, label_mode=honest_label_mode(loaded.model))
     names = [Path(p).stem + ".wav" for p in split.paths]
-    length = round(features.duration * features.sample_rate)
-    _vocode_and_write(
-        recon, normalizer, synthesize, length, out_dir, names, features.sample_rate, batch_size
-    )
+    _vocode_and_write(recon, loaded, synthesize, out_dir, names, batch_size)
     rows = [
-        [name, label_names[int(y)], path]
+        [name, loaded.label_names[int(y)], path]
         for name, y, path in zip(names, split.labels, split.paths, strict=True)
     ]
     return finish_set(out_dir, RECON_COLUMNS, rows)
 
 
 def export_conversions(
-    model: SpeechVAE,
+    loaded: LoadedModel,
     split: Split,
-    label_names: list[str],
-    normalizer: Normalizer,
-    features: FeatureConfig,
     synthesize: Vocoder,
     out_dir: str | Path,
     seed: int = 0,
@@ -167,6 +156,7 @@ def export_conversions(
     written as `<stem>_to_<emotion>.wav`; manifest columns file, emotion (asked for),
     source_emotion, source. None (nothing written) for an unconditional model or a split
     without `source` clips."""
+    model, label_names = loaded.model, loaded.label_names
     if not model.n_classes or source not in label_names:
         return None
     src = label_names.index(source)
@@ -182,10 +172,7 @@ def export_conversions(
     )
     names = [f"{Path(split.paths[row]).stem}_to_{label_names[c]}.wav" for row, c in pairs]
     out_dir = start_set(out_dir)
-    length = round(features.duration * features.sample_rate)
-    _vocode_and_write(
-        converted, normalizer, synthesize, length, out_dir, names, features.sample_rate, batch_size
-    )
+    _vocode_and_write(converted, loaded, synthesize, out_dir, names, batch_size)
     rows = [
         [name, label_names[c], source, split.paths[row]]
         for name, (row, c) in zip(names, pairs, strict=True)

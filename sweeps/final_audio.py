@@ -59,11 +59,13 @@ def export_audio(
     vocoder = load_vocoder(
         settings.vocoder, loaded.features, device, n_iter=settings.griffin_lim_iters, seed=seed
     )
-    common = (data.test, loaded.label_names, loaded.normalizer, loaded.features, vocoder)
-    reconstructions = export_reconstructions(loaded.model, *common, out_dir / "reconstructions")
+    reconstructions = export_reconstructions(
+        loaded, data.test, vocoder, out_dir / "reconstructions"
+    )
     conversions = export_conversions(
-        loaded.model,
-        *common,
+        loaded,
+        data.test,
+        vocoder,
         out_dir / "conversions",
         seed=seed,
         source=settings.conversion_source,
