@@ -248,6 +248,9 @@ class TrainConfig:
     # After training: steps of the prior alone on the best epoch's frozen latents (0: none).
     # Sweep trials skip it (their objective is already reported); the finaliser runs it.
     prior_finetune_steps: int = 0
+    # Decay of the exponential moving average of the prior's weights over those steps, saved in
+    # place of the last step's weights (0: the last step's).
+    prior_ema: float = 0.0
     max_epochs: int = 50
     monitor: str = "val_loss"  # metric for early stopping, LR schedule and best checkpoint
     patience: int = 15  # early-stopping patience in epochs
@@ -303,6 +306,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "prior_steps": Range(1),
     "guidance": Range(1.0, note="1: no guidance"),
     "prior_finetune_steps": Range(0, note="0: none"),
+    "prior_ema": Range(0.0, 1.0, high_inclusive=False, note="0: none"),
     "max_epochs": Range(1),
     "patience": Range(1),
     "lr_factor": Range(0.0, 1.0, low_inclusive=False, high_inclusive=False),

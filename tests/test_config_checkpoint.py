@@ -241,6 +241,8 @@ OUT_OF_RANGE = [
     ("train", "prior_steps", 0, "an integer >= 1"),
     ("train", "guidance", 0.5, "a number >= 1 (1: no guidance)"),
     ("train", "prior_finetune_steps", -1, "an integer >= 0 (0: none)"),
+    ("train", "prior_ema", 1.0, "a number in [0, 1) (0: none)"),
+    ("train", "prior_ema", -0.1, "a number in [0, 1) (0: none)"),
     ("train", "max_epochs", 0, "an integer >= 1"),
     ("train", "patience", 0, "an integer >= 1"),
     ("train", "lr_factor", 1.0, "a number in (0, 1)"),

@@ -225,6 +225,34 @@ def test_the_prior_is_fine_tuned_alone_on_the_finished_encoder(
     assert moved
 
 
+def test_the_fine_tuned_prior_is_saved_as_its_weights_moving_average(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    plain = train(TEMPORAL, data, tmp_path / "plain")
+    last = train(dataclasses.replace(TEMPORAL, prior_finetune_steps=30), data, tmp_path / "last")
+    # A decay this close to 1 keeps the average at the first step's weights: 29 steps nearer
+    # the prior trained beside the VAE than the last step's weights are.
+    averaged = train(
+        dataclasses.replace(TEMPORAL, prior_finetune_steps=30, prior_ema=0.999999),
+        data,
+        tmp_path / "averaged",
+    )
+    before, after_last, after_average = (
+        load_model(r.best_checkpoint).model.prior for r in (plain, last, averaged)
+    )
+
+    def distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+        return sum(
+            float((p - q).detach().pow(2).sum())
+            for p, q in zip(a.parameters(), b.parameters(), strict=True)
+        )
+
+    assert 0 < distance(after_average, before) < distance(after_last, before) / 4
+    # The latent statistics are the live ones, not averaged: as in the run without averaging.
+    for name, value in after_last.named_buffers():
+        torch.testing.assert_close(dict(after_average.named_buffers())[name], value, msg=name)
+
+
 def test_bf16_training_runs_under_autocast_and_evaluates_in_fp32(
     data: PreparedData, tmp_path: Path
 ) -> None:
