@@ -858,24 +858,8 @@ def timed_calls(fn: Callable[..., Any], seconds: list[float]) -> Callable[..., A
     return timed
 
 
-def curves_per_trial(draw: Callable[..., int], seconds: dict[str, float]) -> Callable[..., int]:
-    """The driver's `log_learning_curves`, called once per trial so that each trial's PNG
-    (drawn and logged to its run after the sweep) is timed on its own: the logger's per-trial
-    cost today includes that picture, only moved off Tune's loop."""
-
-    def per_trial(client: Any, runs: list, histories: dict[str, list]) -> int:
-        logged = 0
-        for trial_id, history in histories.items():
-            begun = time.perf_counter()
-            logged += draw(client, runs, {trial_id: history})
-            seconds[trial_id] = time.perf_counter() - begun
-        return logged
-
-    return per_trial
-
-
-def mlflow_trial_row(t: Any, record: dict[str, Any], curves_s: float) -> dict[str, Any]:
-    """One trial's MLflow seconds (driver side, by hook), its curves PNG, its wall and RSS."""
+def mlflow_trial_row(t: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """One trial's MLflow seconds (driver side, by hook), its wall and RSS."""
     tm = TimedMlflowTrialLogger.timings.get(t.trial_id, {})
     mlflow_s = sum(v for k, v in tm.items() if not k.startswith(("n_", "n/a")))
     start = TimedMlflowTrialLogger.started.get(t.trial_id)
@@ -888,9 +872,6 @@ def mlflow_trial_row(t: Any, record: dict[str, Any], curves_s: float) -> dict[st
         "trial_wall_s": wall,
         "mlflow_s": mlflow_s,
         "mlflow_pct": 100 * mlflow_s / wall,
-        "curves_s": curves_s,
-        "all_in_s": mlflow_s + curves_s,
-        "all_in_pct": 100 * (mlflow_s + curves_s) / wall,
         "queue_ms": 1000 * (tm.get("start", 0.0) + tm.get("result", 0.0)),
         "results": int(tm.get("n_result", 0)),
         "timed_flushes": int(tm.get("n_timed flush", 0)),
@@ -906,8 +887,8 @@ def mlflow_trial_row(t: Any, record: dict[str, Any], curves_s: float) -> dict[st
 
 def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The shipped quick space (its model and corpus) through run_sweep, fewer trials/epochs.
-    A trial's MLflow cost: the logger's hooks and flushes attributed to it, plus its
-    learning-curve PNG, which the driver draws and logs after the sweep (record_outcome)."""
+    A trial's MLflow cost: the logger's hooks and flushes attributed to it (no learning-curve
+    PNG is drawn any more: MLflow charts the metrics)."""
     spec = spec_for(
         args.cache_root / "quick",
         [
@@ -922,16 +903,13 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     records_dir.mkdir()
     TimedMlflowTrialLogger.timings.clear()
     load_before = load()
-    curves_s: dict[str, float] = {}
     outcome_s: list[float] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(ray_session())
         stack.enter_context(patched(driver, "MlflowTrialLogger", TimedMlflowTrialLogger))
         trainable = measured_trainable(str(records_dir), per_epoch=True)
         stack.enter_context(patched(driver, "train_trial", trainable))
-        per_trial = curves_per_trial(driver.log_learning_curves, curves_s)
-        stack.enter_context(patched(driver, "log_learning_curves", per_trial))
-        # trials.csv, the curves, tags and the parent run's outcome, after the trials.
+        # trials.csv, tags and the parent run's outcome, after the trials.
         outcome = timed_calls(driver.record_outcome, outcome_s)
         stack.enter_context(patched(driver, "record_outcome", outcome))
         started = time.perf_counter()
@@ -939,10 +917,7 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sweep_s = time.perf_counter() - started
 
     records = {r["trial_id"]: r for r in read_records(records_dir)}
-    trials = [
-        mlflow_trial_row(t, records.get(t.trial_id, {}), curves_s.get(t.trial_id, 0.0))
-        for t in result.trials
-    ]
+    trials = [mlflow_trial_row(t, records.get(t.trial_id, {})) for t in result.trials]
     sweep_level = dict(TimedMlflowTrialLogger.timings.get("_sweep", {}))
     import resource
 
@@ -964,13 +939,9 @@ def bench_mlflow(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "mlflow_pct_mean": mean("mlflow_pct"),
         "mlflow_pct_max": max(t["mlflow_pct"] for t in trials),
         "mlflow_s_per_trial_mean": mean("mlflow_s"),
-        "all_in_pct_mean": mean("all_in_pct"),
-        "all_in_pct_max": max(t["all_in_pct"] for t in trials),
-        "all_in_s_per_trial_mean": mean("all_in_s"),
         "peak_rss_mb_max": max(t["peak_rss_mb"] for t in trials),
         "peak_rss_mb_mean": mean("peak_rss_mb"),
         "sweep_level_callbacks_s": {k: v for k, v in sweep_level.items() if not k.startswith("n_")},
-        "curves_after_sweep_s": sum(curves_s.values()),
         "record_outcome_s": sum(outcome_s),
         "driver_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "target_pct": 1.0,
@@ -1086,21 +1057,18 @@ def show_mlflow(r: dict[str, Any]) -> None:
     for t in r["trials"]:
         print(
             f"  {t['trial_id']} {t['status']:15s} {t['epochs']} ep  wall {_f(t['trial_wall_s'], 1)} s"
-            f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms + curves PNG {_f(1000 * t['curves_s'], 0)}"
-            f" ms = {_f(t['all_in_pct'], 2)} %"
+            f"  mlflow {_f(1000 * t['mlflow_s'], 0)} ms = {_f(t['mlflow_pct'], 2)} %"
             f"  (queueing {t['results']} results {_f(t['queue_ms'], 1)} ms, {t['timed_flushes']}"
             f" timed flushes {_f(t['timed_flush_ms'], 0)} ms, end {_f(t['finish_ms'], 0)} ms of"
             f" which best.pt {_f(t['checkpoint_ms'], 0)} ms)  peak RSS {_f(t['peak_rss_mb'], 0)} MB"
             f" ({_f(t['rss_before_training_mb'], 0)} MB after imports)"
         )
     print(
-        f"MLflow per trial, hooks + its curves PNG: mean {_f(r['all_in_pct_mean'], 2)} %, max "
-        f"{_f(r['all_in_pct_max'], 2)} % (target <= 1 %); hooks alone: mean "
-        f"{_f(r['mlflow_pct_mean'], 2)} %, max {_f(r['mlflow_pct_max'], 2)} %"
+        f"MLflow per trial: mean {_f(r['mlflow_pct_mean'], 2)} %, max "
+        f"{_f(r['mlflow_pct_max'], 2)} % (target <= 1 %)"
     )
     print(
-        f"after the trials: record_outcome {_f(r['record_outcome_s'], 2)} s, of which the curves "
-        f"PNGs {_f(r['curves_after_sweep_s'], 2)} s; sweep-level callbacks "
+        f"after the trials: record_outcome {_f(r['record_outcome_s'], 2)} s; sweep-level callbacks "
         f"{ {k: round(v, 3) for k, v in r['sweep_level_callbacks_s'].items()} }"
     )
     print(

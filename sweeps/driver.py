@@ -65,7 +65,6 @@ from sweeps.tracking import (
     flatten,
     git_commit,
     log_dataset,
-    log_learning_curves,
     log_params,
     tracking_client,
 )
@@ -350,7 +349,7 @@ def _run_sweep(
         stop_interrupted(spec, state, sweep_dir, trials, len(interrupted))
     result = sweep_result(spec, state, sweep_dir, trials)
     # This module's name, not sweep_outcome's: benchmarks/bench_sweeps.py patches it here.
-    record_outcome(spec, state, sweep_dir, result, log_curves=log_learning_curves)
+    record_outcome(spec, state, sweep_dir, result)
     return result
 
 

@@ -4,7 +4,6 @@ or was interrupted."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from sweeps.tracking import (
     TrackingError,
     child_runs,
     flatten,
-    log_learning_curves,
     mark_interrupted_trials,
     tag_feasibility,
     tag_forgotten_trials,
@@ -198,13 +196,11 @@ def record_outcome(
     state: SweepState,
     sweep_dir: Path,
     result: SweepResult,
-    log_curves: Callable[..., Any] = log_learning_curves,
 ) -> None:
-    """trials.csv, learning curves and the parent run's outcome; errors when MLflow missed
-    part of the sweep or every trial failed.
-
-    `log_curves` draws the learning curves: the driver hands in the one it imported, so that
-    patching `sweeps.driver.log_learning_curves` (benchmarks/bench_sweeps.py) still times it."""
+    """trials.csv and the parent run's outcome; errors when MLflow missed part of the sweep or
+    every trial failed. (No per-trial learning-curve PNG: MLflow's UI charts every metric per
+    epoch, and drawing them cost more than the trials' MLflow logging itself,
+    benchmarks/RESULTS_sweeps.md.)"""
     trials = result.trials
     constraints = spec.sweep.parsed_constraints()
     csv_path = write_trials_csv(sweep_dir, trials, spec)
@@ -218,7 +214,6 @@ def record_outcome(
     try:
         histories = {t.trial_id: t.history for t in trials}
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
-        log_curves(client, runs, histories)
         tag_forgotten_trials(client, runs, set(histories))
         if constraints:
             verdicts = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from emovae.evaluate import plot_learning_curves
 from sweeps.databases import (
     DatabaseError,
     check_database,
@@ -221,23 +219,6 @@ RUN_STATUS = {
     TrialStatus.FAILED: "FAILED",
     TrialStatus.INTERRUPTED: "KILLED",
 }
-
-
-def log_learning_curves(
-    client: MlflowClient, runs: list, histories: dict[str, list[dict[str, float]]]
-) -> int:
-    """Each trial's learning curves as `plots/learning_curves.png` of its child run (among
-    `runs`, from `child_runs`), drawn from its per-epoch history (trial id -> rows); the number
-    of plots logged. Logging again (a resumed sweep) replaces the file."""
-    run_ids = {run.data.tags.get(TAG_TRIAL_ID): run.info.run_id for run in runs}
-    logged = 0
-    with tempfile.TemporaryDirectory() as scratch:
-        for trial_id, history in histories.items():
-            if history and trial_id in run_ids:
-                curves = plot_learning_curves(history, Path(scratch) / "learning_curves.png")
-                client.log_artifact(run_ids[trial_id], str(curves), artifact_path="plots")
-                logged += 1
-    return logged
 
 
 def tag_forgotten_trials(client: MlflowClient, runs: list, trial_ids: set[str]) -> list[str]:

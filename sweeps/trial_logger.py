@@ -460,10 +460,7 @@ class MlflowTrialLogger(tune.Callback):
         return run_id
 
     def _log_checkpoint(self, run_id: str, checkpoint: Any) -> None:
-        """The trial's best weights. Its learning curves are drawn after the sweep
-        (`sweeps.tracking.log_learning_curves`): drawing them here took 73% of the MLflow time
-        per trial, on Tune's event loop, while other trials waited
-        (benchmarks/RESULTS_sweeps.md)."""
+        """The trial's best weights. (No learning-curve PNG: MLflow charts the metrics.)"""
         with checkpoint.as_directory() as folder:
             best = Path(folder) / "best.pt"
             if best.exists():
