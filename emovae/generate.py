@@ -75,23 +75,24 @@ def generate(
     synthesize = load_vocoder(vocoder, features, device, n_iter=n_iter, seed=seed)
     model_device = next(model.parameters()).device
     label_tensor = torch.tensor(labels, dtype=torch.int64).to(model_device) if labels else None
-    length = round(features.duration * features.sample_rate)
     names = [f"sample_{i:04d}.wav" for i in range(n)]
 
     out_dir = start_set(out_dir)
     model.eval()
     z = model.sample_latents(n, label_tensor, torch.Generator().manual_seed(seed))
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        with torch.no_grad():
-            batch_labels = label_tensor[start:stop] if labels else None
-            decoded = model.decode(z[start:stop], batch_labels)
-        log_mels = loaded.normalizer.denormalize(decoded[:, 0].cpu().numpy())
-        try:
-            audio = synthesize(log_mels, length=length)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{checkpoint_path}: {exc}") from exc
-        write_clips(out_dir, names[start:stop], audio, features.sample_rate)
+    with torch.no_grad():
+        decoded = torch.cat(
+            [
+                model.decode(
+                    z[i : i + batch_size], label_tensor[i : i + batch_size] if labels else None
+                ).cpu()
+                for i in range(0, n, batch_size)
+            ]
+        )
+    try:
+        _vocode_and_write(decoded, loaded, synthesize, out_dir, names, batch_size)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{checkpoint_path}: {exc}") from exc
 
     rows = [
         [name, loaded.label_names[labels[i]] if labels else "", seed, i]

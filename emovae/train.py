@@ -28,7 +28,7 @@ from emovae.dataset import PreparedData, Split
 from emovae.loss import ACTIVE_UNIT_NATS, TERMS, kl_per_unit, vae_loss
 from emovae.models import SpeechVAE, build_model
 
-# Also re-exported from here: sweeps/ imports them as emovae.train.select_device etc.
+# Also reachable as emovae.train.select_device etc., where they lived before emovae.runtime.
 from emovae.runtime import configure_threads, seed_everything, select_device
 
 MONITORS = ("val_loss", "val_recon")

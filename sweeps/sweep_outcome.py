@@ -212,9 +212,8 @@ def record_outcome(
     )
     client = tracking_client(state.tracking_uri)
     try:
-        histories = {t.trial_id: t.history for t in trials}
         runs = child_runs(client, state.experiment_id, state.parent_run_id)
-        tag_forgotten_trials(client, runs, set(histories))
+        tag_forgotten_trials(client, runs, {t.trial_id for t in trials})
         if constraints:
             verdicts = {
                 t.trial_id: feasible(t, spec.sweep.metric, spec.sweep.mode, constraints)
