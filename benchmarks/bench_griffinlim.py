@@ -124,7 +124,7 @@ def _intra_op_variant(mags: torch.Tensor, n_fft: int, hop: int, n_iter: int) -> 
     original = gl_module._for_each_chunk
     gl_module._for_each_chunk = serial
     try:
-        return griffin_lim(mags, n_fft, hop, n_iter)
+        return griffin_lim(mags, n_fft, hop, n_iter=n_iter)
     finally:
         gl_module._for_each_chunk = original
 
@@ -197,7 +197,9 @@ def main() -> None:
         methods["torch straightforward batched"] = lambda: torch_straightforward(
             mags, args.iters, args.n_fft, args.hop
         )
-    methods["emovae griffin_lim"] = lambda: griffin_lim(mags, args.n_fft, args.hop, args.iters)
+    methods["emovae griffin_lim"] = lambda: griffin_lim(
+        mags, args.n_fft, args.hop, n_iter=args.iters
+    )
     if args.intra_op:
         methods["emovae chunks, intra-op threads"] = lambda: _intra_op_variant(
             mags, args.n_fft, args.hop, args.iters
@@ -205,7 +207,7 @@ def main() -> None:
 
     # Warm-up: numba compiles librosa's overlap-add, torch plans its FFTs, the pool forks.
     librosa_loop(mags_np[:1], 2, args.n_fft, args.hop)
-    griffin_lim(mags[:2], args.n_fft, args.hop, 2)
+    griffin_lim(mags[:2], args.n_fft, args.hop, n_iter=2)
     if pool is not None:
         methods[f"librosa loop ({args.threads} processes)"]()
 
@@ -283,7 +285,7 @@ def main() -> None:
     # End to end, mel -> audio, against the true magnitude: librosa's NNLS + librosa.griffinlim
     # versus emovae's two steps, on the same k clips.
     lib_audio = librosa_loop(lib_mag.astype(np.float32), args.iters, args.n_fft, args.hop)
-    ours_audio = griffin_lim(ours_mag[:k], args.n_fft, args.hop, args.iters)
+    ours_audio = griffin_lim(ours_mag[:k], args.n_fft, args.hop, n_iter=args.iters)
     print(
         f"end to end mel -> audio, spectral convergence vs the true magnitude ({k} clips): "
         f"librosa {mean_sc(true[:k], lib_audio, args.n_fft, args.hop):.4f}, "

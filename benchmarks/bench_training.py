@@ -121,10 +121,10 @@ class Matmul:
 def resolve_corpus(emodb: Path, cache_dir: Path) -> tuple[Path, str]:
     if emodb.is_dir() and any(emodb.glob("*.wav")):
         return emodb, "emodb"
-    from emovae.data.synthetic import ensure_synthetic_corpus
+    from emovae.data.synthetic import CorpusSpec, ensure_synthetic_corpus
 
     log(f"EmoDB not found at {emodb}: using the synthetic corpus instead (numbers are not EmoDB's)")
-    return ensure_synthetic_corpus(cache_dir, duration=2.0), "synthetic"
+    return ensure_synthetic_corpus(cache_dir, CorpusSpec(duration=2.0)), "synthetic"
 
 
 def take(split: Split, n: int) -> Split:

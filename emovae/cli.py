@@ -161,15 +161,21 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--emotion", help="conditional models: only this emotion")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
-    gen.add_argument(
-        "--vocoder",
-        choices=VOCODER_CHOICES,
+    _add_vocoder_arguments(
+        gen,
         default="griffinlim",
-        help="griffinlim (any features) or hifigan (features made with the hifigan preset)",
+        vocoder_help="griffinlim (any features) or hifigan (features made with the hifigan preset)",
     )
-    gen.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     gen.set_defaults(func=_cmd_generate)
+
+
+def _add_vocoder_arguments(
+    parser: argparse.ArgumentParser, default: str, vocoder_help: str
+) -> None:
+    """--vocoder, --iters and --device: how a command that writes audio turns mels into it."""
+    parser.add_argument("--vocoder", choices=VOCODER_CHOICES, default=default, help=vocoder_help)
+    parser.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
 def _cmd_resynth(args: argparse.Namespace) -> int:
@@ -209,15 +215,12 @@ def _add_audio_commands(commands: argparse._SubParsersAction) -> None:
     )
     resynth.add_argument("in_dir", metavar="IN_DIR", help="folder of audio files (recursive)")
     resynth.add_argument("--out", required=True, help="output folder")
-    resynth.add_argument(
-        "--vocoder",
-        choices=VOCODER_CHOICES,
+    _add_vocoder_arguments(
+        resynth,
         default="hifigan",
-        help="hifigan: 80-mel HiFi-GAN features (needs the vocoder extra); griffinlim: the "
+        vocoder_help="hifigan: 80-mel HiFi-GAN features (needs the vocoder extra); griffinlim: the "
         "default 128-mel features (default: hifigan)",
     )
-    resynth.add_argument("--iters", type=int, default=32, help="Griffin-Lim iterations")
-    resynth.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     resynth.add_argument("--batch-size", type=int, default=8, help="clips per vocoder call")
     resynth.set_defaults(func=_cmd_resynth)
 

@@ -50,17 +50,16 @@ def resolve_corpus(data: DataConfig, features: FeatureConfig, progress: bool = F
     """The corpus folder; 'synthetic' generates (once) the embedded synthetic corpus."""
     if data.path != "synthetic":
         return Path(data.path)
-    from emovae.data.synthetic import ensure_synthetic_corpus
+    from emovae.data.synthetic import CorpusSpec, ensure_synthetic_corpus
 
-    return ensure_synthetic_corpus(
-        Path(data.cache_dir),
+    spec = CorpusSpec(
         n_speakers=data.synthetic_speakers,
         per_emotion=data.synthetic_per_emotion,
         duration=features.duration,
         sample_rate=features.sample_rate,
         seed=data.split_seed,
-        progress=progress,
     )
+    return ensure_synthetic_corpus(Path(data.cache_dir), spec, progress=progress)
 
 
 def _split_tensors(

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import librosa
 import numpy as np
@@ -63,18 +63,25 @@ def load_audio(path: Path, features: FeatureConfig) -> np.ndarray:
     return np.pad(audio, (0, target - audio.shape[0]))
 
 
+def mel_filterbank_args(features: FeatureConfig) -> dict[str, Any]:
+    """The mel filterbank's settings as librosa's `filters.mel` (and so `melspectrogram`) takes them."""
+    return {
+        "sr": features.sample_rate,
+        "n_fft": features.n_fft,
+        "n_mels": features.n_mels,
+        "fmin": features.fmin,
+        "fmax": features.fmax,
+    }
+
+
 def log_mel(audio: np.ndarray, features: FeatureConfig) -> np.ndarray:
     """(n_mels, frames) natural-log mel spectrogram (of power or magnitude: `features.power`)."""
     mel = librosa.feature.melspectrogram(
         y=audio,
-        sr=features.sample_rate,
-        n_fft=features.n_fft,
         hop_length=features.hop_length,
-        n_mels=features.n_mels,
-        fmin=features.fmin,
-        fmax=features.fmax,
         power=features.power,
         pad_mode=features.pad_mode,
+        **mel_filterbank_args(features),
     )
     if features.log_mode == "clamp":
         return np.log(np.maximum(mel, features.log_floor)).astype(np.float32)
@@ -103,13 +110,7 @@ def max_log_mel(features: FeatureConfig) -> float:
     its filter's weights times that; a decoded value above this is not a sound, only a model
     that has not learnt yet, and is clamped here before a vocoder exponentiates it.
     """
-    basis = librosa.filters.mel(
-        sr=features.sample_rate,
-        n_fft=features.n_fft,
-        n_mels=features.n_mels,
-        fmin=features.fmin,
-        fmax=features.fmax,
-    )
+    basis = librosa.filters.mel(**mel_filterbank_args(features))
     peak_magnitude = features.n_fft / 2  # sum of a periodic Hann window
     return float(np.log(basis.sum(axis=1).max() * peak_magnitude**features.power))
 

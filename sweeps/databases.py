@@ -35,22 +35,14 @@ SECRET_QUERY_KEYS = re.compile(r"([?&](?:password|passwd|pwd)=)[^&\s]*", re.IGNO
 MASK = "***"
 
 # Driver messages, lower-cased, by what they mean to the user (PostgreSQL via libpq; MySQL).
-_NO_DATABASE = (re.compile(r'database ".*" does not exist'), re.compile(r"unknown database"))
-_BAD_CREDENTIALS = (
-    re.compile(r"password authentication failed"),
-    re.compile(r'role ".*" does not exist'),
-    re.compile(r"no password supplied"),
-    re.compile(r"no pg_hba\.conf entry"),
-    re.compile(r"access denied for user"),
+_NO_DATABASE = re.compile(r'database ".*" does not exist|unknown database')
+_BAD_CREDENTIALS = re.compile(
+    r'password authentication failed|role ".*" does not exist|no password supplied'
+    r"|no pg_hba\.conf entry|access denied for user"
 )
-_UNREACHABLE = (
-    re.compile(r"connection refused"),
-    re.compile(r"could not translate host name"),
-    re.compile(r"timeout expired"),
-    re.compile(r"timed out"),
-    re.compile(r"no route to host"),
-    re.compile(r"network is unreachable"),
-    re.compile(r"can't connect to"),
+_UNREACHABLE = re.compile(
+    r"connection refused|could not translate host name|timeout expired|timed out"
+    r"|no route to host|network is unreachable|can't connect to"
 )
 
 
@@ -200,18 +192,18 @@ def _failure(url: str, purpose: str, exc: BaseException) -> DatabaseError:
         )
     if isinstance(exc, ArgumentError):
         return DatabaseError(f"{purpose} {shown}: not a database URL ({cause})")
-    if any(pattern.search(text) for pattern in _NO_DATABASE):
+    if _NO_DATABASE.search(text):
         return DatabaseError(
             f"{purpose} {shown}: the database does not exist ({cause}); create it "
             f"({_create_hint(url)}) or correct the database name in the URL"
         )
-    if any(pattern.search(text) for pattern in _BAD_CREDENTIALS):
+    if _BAD_CREDENTIALS.search(text):
         return DatabaseError(
             f"{purpose} {shown}: authentication failed, wrong user name or password ({cause}); "
             "take them from the environment, e.g. "
             "postgresql+psycopg2://mlflow:${POSTGRES_PASSWORD}@HOST/mlflow"
         )
-    if any(pattern.search(text) for pattern in _UNREACHABLE):
+    if _UNREACHABLE.search(text):
         return DatabaseError(
             f"{purpose} {shown} is unreachable ({cause}); check the host and port in the URL "
             "and that the database server runs and accepts connections from this machine"

@@ -9,7 +9,7 @@ from typing import Any
 
 from emovae.config import TrainConfig
 from sweeps.final_evaluation import EmotionEvaluation
-from sweeps.report import write_report
+from sweeps.report import analyse_sweep, write_report
 from sweeps.space import SweepSpec
 from sweeps.trials import TrialRecord
 
@@ -35,7 +35,7 @@ def write_final_report(
         final["emotion"] = {"metrics": emotion.metrics, "confusion": emotion.confusion}
     if audio:
         final["audio"] = {"metrics": audio, "vocoder": spec.finalise.vocoder}
-    return write_report(
+    analysis = analyse_sweep(
         records,
         spec.sweep.metric,
         spec.sweep.mode,
@@ -45,10 +45,9 @@ def write_final_report(
             "reduction_factor": spec.sweep.reduction_factor,
             "max_t": spec.experiment.train.max_epochs,
         },
-        out / "report",
-        title=f"Sweep report: {spec.name} ({sweep_dir.name})",
-        final=final,
         constraints=spec.sweep.parsed_constraints(),
         objectives=spec.sweep.objectives,
         pick=spec.finalise.pick,
     )
+    title = f"Sweep report: {spec.name} ({sweep_dir.name})"
+    return write_report(analysis, out / "report", title=title, final=final)

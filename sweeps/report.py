@@ -1,6 +1,7 @@
 """The sweep's Markdown report: a summary, ranked configs, Optuna plots, ASHA rungs, curves.
 
-`write_report` turns the trials' per-epoch histories into `report.md` plus PNGs next to it.
+`analyse_sweep` works out what the trials' per-epoch histories show and `write_report` renders
+that analysis as `report.md` plus PNGs next to it.
 A trial's objective is its best epoch (not its last): ASHA judges trials at rungs, and the
 finaliser retrains the best configuration, so the best epoch is what a configuration can reach.
 With constraints, the best trial is the best feasible one (its constrained metrics meet their
@@ -18,11 +19,16 @@ the study, importances), `report_sections` and `report_final` render it section 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeps.report_analysis import analyse_sweep, asha_rungs, build_study, rung_survival
+from sweeps.report_analysis import (
+    SweepAnalysis,
+    analyse_sweep,
+    asha_rungs,
+    build_study,
+    rung_survival,
+)
 from sweeps.report_final import (
     AUDIO_COLUMNS,
     AUDIO_SETS,
@@ -33,7 +39,6 @@ from sweeps.report_final import (
 )
 from sweeps.report_plots import DPI
 from sweeps.report_sections import STATUS_LABELS, SWEEP_SECTIONS, TOP_N, pareto_lines
-from sweeps.trials import Constraint, TrialRecord, check_mode
 
 # The public names from before the report was split into report_* modules: importers keep
 # `from sweeps.report import ...`.
@@ -45,6 +50,8 @@ __all__ = [
     "FINAL_IMAGES",
     "STATUS_LABELS",
     "TOP_N",
+    "SweepAnalysis",
+    "analyse_sweep",
     "asha_rungs",
     "audio_section",
     "build_study",
@@ -55,36 +62,21 @@ __all__ = [
 
 
 def write_report(
-    records: list[TrialRecord],
-    metric: str,
-    mode: str,
-    params_spec: dict[str, Any],
-    asha: dict[str, int],
+    analysis: SweepAnalysis,
     out_dir: Path,
     title: str = "Sweep report",
     final: dict[str, Any] | None = None,
-    constraints: Sequence[Constraint] = (),
-    objectives: Sequence[tuple[str, str]] = (),
-    pick: str = "knee",
 ) -> Path:
-    """Write `out_dir/report.md` and its PNGs; return the report's path.
+    """Write `out_dir/report.md` and its PNGs for an analysed sweep; return the report's path.
 
-    `asha` holds grace_period, reduction_factor and max_t (epochs). `final` (optional) holds
-    "config", "metrics" and optional image paths "learning_curves", "reconstructions" and
-    "latent_pca" from retraining the best configuration, and optionally "emotion": {"metrics":
-    the emotion-preservation metrics on the test speakers, "confusion": the judge's confusion
-    matrix PNG on generated samples or None}, and "audio" (see `audio_section`).
-
-    `constraints` (sweep.constraints): the best trial is the best that meets them; the ranking
-    table marks the others. `objectives`: a multi-objective sweep's (metric, mode) pairs, the
-    first being `metric`: a Pareto section (front plot, table, the trial `pick` chose).
+    `final` (optional) holds "config", "metrics" and optional image paths "learning_curves",
+    "reconstructions" and "latent_pca" from retraining the best configuration, and optionally
+    "emotion": {"metrics": the emotion-preservation metrics on the test speakers, "confusion":
+    the judge's confusion matrix PNG on generated samples or None}, and "audio" (see
+    `audio_section`).
     """
-    check_mode(mode)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    analysis = analyse_sweep(
-        records, metric, mode, params_spec, asha, constraints, objectives, pick
-    )
     lines = [f"# {title}", ""]
     for section in SWEEP_SECTIONS:
         lines += section(analysis, out_dir)

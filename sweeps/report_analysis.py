@@ -303,7 +303,13 @@ def analyse_sweep(
     objectives: Sequence[tuple[str, str]] = (),
     pick: str = "knee",
 ) -> SweepAnalysis:
-    """The arguments of `sweeps.report.write_report` worked out into what its sections show."""
+    """Everything the report shows, worked out from the trials' per-epoch histories.
+
+    `asha` holds grace_period, reduction_factor and max_t (epochs). `constraints`
+    (sweep.constraints): the best trial is the best that meets them; the ranking marks the
+    others. `objectives`: a multi-objective sweep's (metric, mode) pairs, the first being
+    `metric`: a Pareto section (front plot, table, the trial `pick` chose).
+    """
     check_mode(mode)
     space = search_space(params_spec)
     searched = list(space.distributions)

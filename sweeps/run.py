@@ -158,9 +158,18 @@ def _sigterm_as_sigint(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+def install_signal_handlers() -> None:
+    """SIGTERM stops the sweep as Ctrl-C does. A shell starts a background job (`... &`) with
+    SIGINT ignored, which would make both signals do nothing: SIGINT gets Python's default
+    handler back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    install_signal_handlers()
     sweep_dir = args.out
     try:
         spec = None if args.resume else load_space(args.space, args.overrides)

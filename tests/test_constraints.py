@@ -21,7 +21,7 @@ from emovae.config import ConfigError
 from emovae.loss import kl_per_unit
 from emovae.train import evaluate_loss
 from sweeps.driver import SweepResult, _no_best_reason, _write_trials_csv
-from sweeps.report import write_report
+from sweeps.report import analyse_sweep, write_report
 from sweeps.space import load_space, to_tune_space
 from sweeps.study import StudyLocation, SweepSearch, claim_study, open_storage
 from sweeps.tracking import TAG_FEASIBLE, tag_feasibility
@@ -303,9 +303,8 @@ def test_the_report_marks_infeasible_trials_and_picks_a_feasible_best(tmp_path: 
     ]
     spec = {"lr": {"loguniform": [1.0e-4, 1.0e-2]}}
     asha = {"grace_period": 1, "reduction_factor": 2, "max_t": 1}
-    text = write_report(
-        records, "val_recon", "min", spec, asha, tmp_path, constraints=[AT_LEAST_4]
-    ).read_text()
+    analysis = analyse_sweep(records, "val_recon", "min", spec, asha, constraints=[AT_LEAST_4])
+    text = write_report(analysis, tmp_path).read_text()
     assert "Constraints: `val_active_units >= 4` at each trial's best epoch: 2 of 3" in text
     assert "in trial `good`" in text
     table = text.split("## Best configurations")[1].split("\n## ")[0]
@@ -314,10 +313,9 @@ def test_the_report_marks_infeasible_trials_and_picks_a_feasible_best(tmp_path: 
     assert rows[1].startswith("| 1 | good |") and "| yes |" in rows[1]
     assert rows[2].startswith("| 2 | worse |")
 
-    none = write_report(
-        records, "val_recon", "min", spec, asha, tmp_path / "none",
-        constraints=[Constraint("val_active_units", ">=", 1000.0)],
-    ).read_text()  # fmt: skip
+    impossible = [Constraint("val_active_units", ">=", 1000.0)]
+    analysis = analyse_sweep(records, "val_recon", "min", spec, asha, constraints=impossible)
+    none = write_report(analysis, tmp_path / "none").read_text()
     assert "Best: none — no trial met the constraints" in none
 
 

@@ -218,7 +218,7 @@ def test_quality_matches_librosa_on_speech() -> None:
 def test_more_iterations_converge_further(harmonic_batch: torch.Tensor) -> None:
     target = harmonic_batch[:1]
     errors = [
-        spectral_convergence(target, restft(griffin_lim(target, N_FFT, HOP, n))).item()
+        spectral_convergence(target, restft(griffin_lim(target, N_FFT, HOP, n_iter=n))).item()
         for n in (0, 4, 16)
     ]
     assert errors[0] > errors[1] > errors[2]

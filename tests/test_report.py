@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution
 
-from sweeps.report import asha_rungs, build_study, rung_survival, write_report
+from sweeps.report import analyse_sweep, asha_rungs, build_study, rung_survival, write_report
 from sweeps.report_analysis import search_space
 from sweeps.space import SPACES_DIR, validate_params
 from sweeps.study import search_distributions
@@ -188,7 +188,9 @@ def test_full_report(tmp_path: Path) -> None:
     records = _records()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna's ExperimentalWarning must be suppressed
-        report = write_report(records, METRIC, "min", SPEC, ASHA, tmp_path / "out", title="Test")
+        report = write_report(
+            analyse_sweep(records, METRIC, "min", SPEC, ASHA), tmp_path / "out", title="Test"
+        )
     assert report == tmp_path / "out" / "report.md"
     text = report.read_text()
     assert text.startswith("# Test\n")
@@ -223,7 +225,7 @@ def test_full_report(tmp_path: Path) -> None:
 
 def test_max_mode_without_searched_params(tmp_path: Path) -> None:
     records = _records()
-    report = write_report(records, METRIC, "max", {"lr": 1e-3}, ASHA, tmp_path)
+    report = write_report(analyse_sweep(records, METRIC, "max", {"lr": 1e-3}, ASHA), tmp_path)
     text = report.read_text()
     best_id, best = _expected_best(records, "max")
     assert best_id != _expected_best(records, "min")[0]
@@ -240,7 +242,7 @@ def test_all_failed(tmp_path: Path) -> None:
         TrialRecord("f0", {"lr": 1e-3}, "FAILED", [], error="ValueError: bad"),
         TrialRecord("f1", {}, "FAILED", [], error=None),
     ]
-    report = write_report(records, METRIC, "min", SPEC, ASHA, tmp_path)
+    report = write_report(analyse_sweep(records, METRIC, "min", SPEC, ASHA), tmp_path)
     text = report.read_text()
     assert "every trial failed" in text
     assert len(_table_rows(text, "Failed trials")) == 2
@@ -253,7 +255,7 @@ def test_all_failed(tmp_path: Path) -> None:
 
 def test_single_trial(tmp_path: Path) -> None:
     records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
-    report = write_report(records, METRIC, "min", SPEC, ASHA, tmp_path)
+    report = write_report(analyse_sweep(records, METRIC, "min", SPEC, ASHA), tmp_path)
     text = report.read_text()
     assert "trial `only`" in text
     assert len(_table_rows(text, "Best configurations")) == 1
@@ -274,7 +276,7 @@ def test_no_variation_and_odd_choices(tmp_path: Path) -> None:
         )
         for i in range(3)
     ]
-    report = write_report(records, METRIC, "max", spec, ASHA, tmp_path)
+    report = write_report(analyse_sweep(records, METRIC, "max", spec, ASHA), tmp_path)
     text = report.read_text()
     assert "no searched parameter takes more than one value" in text
     assert "x\\|y" in text  # a pipe in a value does not break the table
@@ -299,7 +301,7 @@ def test_final_section(tmp_path: Path) -> None:
         "latent_pca": elsewhere / "missing.png",
     }
     records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
-    report = write_report(records, METRIC, "min", SPEC, ASHA, out, final=final)
+    report = write_report(analyse_sweep(records, METRIC, "min", SPEC, ASHA), out, final=final)
     text = report.read_text()
     assert len(_table_rows(text, "Configuration")) == 2
     assert len(_table_rows(text, "Test metrics")) == 2
@@ -337,7 +339,7 @@ def test_emotion_section_of_a_conditional_vae(tmp_path: Path) -> None:
     records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
     out = tmp_path / "out"
     final = _final_with({"metrics": metrics, "confusion": confusion})
-    report = write_report(records, METRIC, "min", SPEC, ASHA, out, final=final)
+    report = write_report(analyse_sweep(records, METRIC, "min", SPEC, ASHA), out, final=final)
     text = report.read_text()
     assert "### Emotion preservation" in text
     # The section comes after the final model's own tables.
@@ -362,7 +364,9 @@ def test_emotion_section_of_an_unconditional_vae_and_without_one(tmp_path: Path)
     records = [TrialRecord("only", {"lr": 1e-3}, "FINISHED", _history([0.4, 0.3]))]
     emotion = {"metrics": {"test_emotion_acc_recon": 0.5, "judge_test_acc": 0.8}, "confusion": None}
     report = write_report(
-        records, METRIC, "min", SPEC, ASHA, tmp_path / "a", final=_final_with(emotion)
+        analyse_sweep(records, METRIC, "min", SPEC, ASHA),
+        tmp_path / "a",
+        final=_final_with(emotion),
     )
     text = report.read_text()
     assert _table_rows(text, "Reconstruction") == ["| test_emotion_acc_recon | 0.5 |"]
@@ -370,10 +374,12 @@ def test_emotion_section_of_an_unconditional_vae_and_without_one(tmp_path: Path)
         assert absent not in text
     missing = {"metrics": {}, "confusion": tmp_path / "gone.png"}
     text = write_report(
-        records, METRIC, "min", SPEC, ASHA, tmp_path / "b", final=_final_with(missing)
+        analyse_sweep(records, METRIC, "min", SPEC, ASHA),
+        tmp_path / "b",
+        final=_final_with(missing),
     ).read_text()
     assert "No emotion metrics recorded." in text and "image not found" in text
     text = write_report(
-        records, METRIC, "min", SPEC, ASHA, tmp_path / "c", final=_final_with(None)
+        analyse_sweep(records, METRIC, "min", SPEC, ASHA), tmp_path / "c", final=_final_with(None)
     ).read_text()
     assert "Emotion preservation" not in text

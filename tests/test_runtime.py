@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 import emovae.train
 from emovae import runtime
-from emovae.data.synthetic import corpus_key
+from emovae.data.synthetic import CorpusSpec
 from emovae.judge import JudgeConfig, judge_key
 from emovae.runtime import (
     atomic_save_array,
@@ -113,7 +113,7 @@ def test_content_key_is_the_sha256_of_sorted_json() -> None:
 def test_cache_keys_did_not_change() -> None:
     # Caches written before the keys moved to runtime.content_key must still be found.
     assert judge_key("fp-a", JudgeConfig()) == "be1d7a57eb9eb157"
-    assert corpus_key(6, 6, 2.0, 22050, 0) == "0c7af2dbdb62"
+    assert CorpusSpec().key == "0c7af2dbdb62"
 
 
 @pytest.mark.parametrize("training", [True, False])

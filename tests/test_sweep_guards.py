@@ -3,6 +3,7 @@ shapes no node offers, a wait for nodes that never come, and SIGTERM handled as 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,18 +75,30 @@ def test_resource_wait_restored_from_tunes_snapshot_waits_afresh() -> None:
     assert restored._since is None and restored.wait_s == 60.0
 
 
-def test_sigterm_stops_the_driver_the_way_ctrl_c_does() -> None:
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_the_driver_the_way_ctrl_c_does(sigint: str) -> None:
+    # "ignored": how a shell starts a background job (`python sweeps/run.py ... &`).
     script = (
         "import os, signal, time\n"
-        "from sweeps.run import _sigterm_as_sigint\n"
-        "signal.signal(signal.SIGTERM, _sigterm_as_sigint)\n"
+        "from sweeps.run import install_signal_handlers\n"
+        "install_signal_handlers()\n"
         "try:\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(30)\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n"
     )
+    ignore = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL
+
+    def start_with_sigint() -> None:
+        signal.signal(signal.SIGINT, ignore)
+
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=start_with_sigint,
     )
     assert done.returncode == 0 and done.stdout.strip() == "interrupted", done.stderr

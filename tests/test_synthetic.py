@@ -16,12 +16,13 @@ from threadpoolctl import threadpool_limits
 
 from emovae.data import synthetic
 from emovae.data.corpus import EMODB_EMOTIONS, Item, detect_format, load_corpus
-from emovae.data.synthetic import ensure_synthetic_corpus, generate_synthetic_corpus
+from emovae.data.synthetic import CorpusSpec, ensure_synthetic_corpus, generate_synthetic_corpus
 
 N_SPEAKERS = 6
 PER_EMOTION = 6
 SR = 22050
 DURATION = 2.0
+SMALL = CorpusSpec(n_speakers=1, per_emotion=1, duration=0.5)  # 7 clips, one per emotion
 
 
 def _hashes(wav_dir: Path) -> dict[str, str]:
@@ -107,7 +108,7 @@ def test_deterministic_and_order_independent(tmp_path: Path) -> None:
 
 
 def test_ensure_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wav_dir = ensure_synthetic_corpus(tmp_path, 1, 1, duration=0.5)
+    wav_dir = ensure_synthetic_corpus(tmp_path, SMALL)
     assert wav_dir.parent.parent == tmp_path and wav_dir.parent.name.startswith("synthetic-")
     assert len(load_corpus(wav_dir)) == 7
     mtimes = {p: p.stat().st_mtime_ns for p in wav_dir.iterdir()}
@@ -116,11 +117,11 @@ def test_ensure_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("regenerated a cached corpus")
 
     monkeypatch.setattr(synthetic, "generate_synthetic_corpus", must_not_run)
-    assert ensure_synthetic_corpus(tmp_path, 1, 1, duration=0.5) == wav_dir
+    assert ensure_synthetic_corpus(tmp_path, SMALL) == wav_dir
     assert {p: p.stat().st_mtime_ns for p in wav_dir.iterdir()} == mtimes
     # Other parameters are another corpus.
     monkeypatch.undo()
-    other = ensure_synthetic_corpus(tmp_path, 1, 1, duration=0.5, seed=1)
+    other = ensure_synthetic_corpus(tmp_path, CorpusSpec(1, 1, duration=0.5, seed=1))
     assert other != wav_dir and other.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [wav_dir.parent.name, other.parent.name]
@@ -141,11 +142,11 @@ def test_interrupted_generation_leaves_no_corpus(
 
     monkeypatch.setattr(synthetic, "_synthesize", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        ensure_synthetic_corpus(tmp_path, 1, 1, duration=0.5)
+        ensure_synthetic_corpus(tmp_path, SMALL)
     assert list(tmp_path.iterdir()) == []  # neither a final folder nor a leftover temp folder
 
     monkeypatch.undo()
-    assert len(list(ensure_synthetic_corpus(tmp_path, 1, 1, duration=0.5).glob("*.wav"))) == 7
+    assert len(list(ensure_synthetic_corpus(tmp_path, SMALL).glob("*.wav"))) == 7
 
 
 def test_classifier_tells_emotions_apart_across_speakers(

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +262,17 @@ def _f0_contour(
     return np.interp(np.arange(n), grid, np.clip(f0, 50.0, 600.0))
 
 
+@dataclass(frozen=True)
+class _Excitation:
+    """One utterance's voice before its vocal tract: what `_synthesize` filters and shapes."""
+
+    syllables: list[_Syllable]
+    source: np.ndarray  # the glottal source, unit RMS, one value per output sample
+    formant_scale: float
+    range_st: float  # accent range in semitones
+    loudness: float  # peak level, linear, at most 1
+
+
 def _excitation(
     rng: np.random.Generator,
     speaker: Speaker,
@@ -269,10 +280,8 @@ def _excitation(
     text: tuple[str, ...],
     duration: float,
     sr: int,
-) -> tuple[list[_Syllable], np.ndarray, float, float, float]:
-    """One utterance's voice drawn around its emotion's profile and its speaker: its syllables,
-    the glottal source (unit RMS) that `_synthesize` filters, and the formant scale, accent
-    range (semitones) and peak level (linear, at most 1) that filtering still needs."""
+) -> _Excitation:
+    """One utterance's voice drawn around its emotion's profile and its speaker."""
     # The draw order is part of the corpus: changing it changes every clip.
     n = round(duration * sr)
     pitch_st = profile.pitch_st + rng.normal(0.0, 1.0)
@@ -296,27 +305,19 @@ def _excitation(
     source = glottal_source(
         rng, f0, sr, jitter, shimmer, profile.creak, breath, open_quotient, tilt
     )
-    return syllables, source, formant_scale, range_st, loudness
+    return _Excitation(syllables, source, formant_scale, range_st, loudness)
 
 
-def _synthesize(
-    rng: np.random.Generator,
-    speaker: Speaker,
-    profile: EmotionProfile,
-    text: tuple[str, ...],
-    duration: float,
-    sr: int,
-) -> np.ndarray:
-    n = round(duration * sr)
-    syllables, source, formant_scale, range_st, loudness = _excitation(
-        rng, speaker, profile, text, duration, sr
-    )
+def _synthesize(rng: np.random.Generator, voice: _Excitation, sr: int) -> np.ndarray:
+    """The utterance's waveform: `voice`'s source through its formants, with its consonants."""
+    source, formant_scale, loudness = voice.source, voice.formant_scale, voice.loudness
+    n = len(source)
 
     ring = int(0.03 * sr)  # room for the resonators to decay after a segment
     out = np.zeros(n + ring)
     ramp = int(0.012 * sr)
     bandwidths = np.array([*VOWEL_BANDWIDTHS, *HIGH_BANDWIDTHS])
-    stress_gain = 1.0 + 0.1 * range_st / 3.0  # livelier speech stresses harder
+    stress_gain = 1.0 + 0.1 * voice.range_st / 3.0  # livelier speech stresses harder
 
     def add_voiced(start: int, end: int, formants: tuple[float, ...], gain: float) -> None:
         if end - start < 4:
@@ -337,7 +338,7 @@ def _synthesize(
             envelope *= np.exp(-np.arange(end - start) / (decay * sr))
         out[start:end] += gain * noise / (np.std(noise) + 1e-12) * envelope
 
-    for syllable in syllables:
+    for syllable in voice.syllables:
         formants = VOWELS[syllable.vowel]
         gain = (stress_gain if syllable.stressed else 0.75) * float(np.exp(rng.normal(0.0, 0.1)))
         start, onset_end = syllable.start, syllable.onset_end
@@ -373,19 +374,40 @@ def _synthesize(
     return out * (peak / (np.max(np.abs(out)) + 1e-12))
 
 
-def _check_args(
-    n_speakers: int, per_emotion: int, duration: float, sample_rate: int, seed: int
-) -> None:
-    if not 1 <= n_speakers <= MAX_SPEAKERS:
-        raise ValueError(f"n_speakers: expected 1..{MAX_SPEAKERS}, got {n_speakers}")
-    if not 1 <= per_emotion <= MAX_PER_EMOTION:
-        raise ValueError(f"per_emotion: expected 1..{MAX_PER_EMOTION}, got {per_emotion}")
-    if not duration >= 0.3:
-        raise ValueError(f"duration: expected at least 0.3 seconds, got {duration}")
-    if sample_rate < 8000:
-        raise ValueError(f"sample_rate: expected at least 8000 Hz, got {sample_rate}")
-    if seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed}")
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What a synthetic corpus is made from: its cache key covers every field."""
+
+    n_speakers: int = 6
+    per_emotion: int = 6
+    duration: float = 2.0
+    sample_rate: int = 22050
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_speakers <= MAX_SPEAKERS:
+            raise ValueError(f"n_speakers: expected 1..{MAX_SPEAKERS}, got {self.n_speakers}")
+        if not 1 <= self.per_emotion <= MAX_PER_EMOTION:
+            raise ValueError(f"per_emotion: expected 1..{MAX_PER_EMOTION}, got {self.per_emotion}")
+        if not self.duration >= 0.3:
+            raise ValueError(f"duration: expected at least 0.3 seconds, got {self.duration}")
+        if self.sample_rate < 8000:
+            raise ValueError(f"sample_rate: expected at least 8000 Hz, got {self.sample_rate}")
+        if self.seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer, got {self.seed}")
+
+    def record(self) -> dict[str, int | float]:
+        """The parameters as written beside the corpus, with the generator's version."""
+        return {
+            "generator_version": GENERATOR_VERSION,
+            **asdict(self),
+            "duration": float(self.duration),
+        }
+
+    @property
+    def key(self) -> str:
+        """Short hash naming the cached corpus."""
+        return content_key(self.record(), 12)
 
 
 def generate_synthetic_corpus(
@@ -403,7 +425,7 @@ def generate_synthetic_corpus(
     silence before and after the speech. Each file's audio depends only on the arguments and
     its own name, not on the order of generation.
     """
-    _check_args(n_speakers, per_emotion, duration, sample_rate, seed)
+    CorpusSpec(n_speakers, per_emotion, duration, sample_rate, seed)  # checks the arguments
     wav_dir = Path(out_dir) / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     speakers = make_speakers(n_speakers, seed)
@@ -420,9 +442,9 @@ def generate_synthetic_corpus(
                 for index in range(per_emotion):
                     rng = np.random.default_rng([seed, 2, speaker_index, emotion_index, index])
                     text = TEXTS[text_codes[index % len(text_codes)]]
-                    audio = _synthesize(
-                        rng, speaker, EMOTION_PROFILES[code], text, duration, sample_rate
-                    )
+                    profile = EMOTION_PROFILES[code]
+                    voice = _excitation(rng, speaker, profile, text, duration, sample_rate)
+                    audio = _synthesize(rng, voice, sample_rate)
                     # Own rounding to int16 so the bytes do not depend on libsndfile's conversion.
                     pcm = np.round(audio * 32767.0).astype(np.int16)
                     name = utterance_name(speaker.code, code, index)
@@ -431,56 +453,23 @@ def generate_synthetic_corpus(
     return wav_dir
 
 
-def _params(
-    n_speakers: int, per_emotion: int, duration: float, sample_rate: int, seed: int
-) -> dict[str, int | float]:
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "n_speakers": n_speakers,
-        "per_emotion": per_emotion,
-        "duration": float(duration),
-        "sample_rate": sample_rate,
-        "seed": seed,
-    }
-
-
-def corpus_key(
-    n_speakers: int, per_emotion: int, duration: float, sample_rate: int, seed: int
-) -> str:
-    """Short hash naming a cached corpus: every parameter plus the generator version."""
-    params = _params(n_speakers, per_emotion, duration, sample_rate, seed)
-    return content_key(params, 12)
-
-
 def ensure_synthetic_corpus(
-    cache_dir: Path,
-    n_speakers: int = 6,
-    per_emotion: int = 6,
-    duration: float = 2.0,
-    sample_rate: int = 22050,
-    seed: int = 0,
-    progress: bool = False,
+    cache_dir: Path, spec: CorpusSpec = CorpusSpec(), progress: bool = False
 ) -> Path:
-    """The wav folder of the cached corpus for these parameters, generated on first use.
+    """The wav folder of the cached corpus for `spec`, generated on first use.
 
     Generation goes to a temporary folder that is renamed into place only when complete, so an
     interrupted run never leaves a partial corpus under the final name.
     """
-    _check_args(n_speakers, per_emotion, duration, sample_rate, seed)
     cache_dir = Path(cache_dir)
-    final = (
-        cache_dir / f"synthetic-{corpus_key(n_speakers, per_emotion, duration, sample_rate, seed)}"
-    )
+    final = cache_dir / f"synthetic-{spec.key}"
     if (final / "wav").is_dir():
         return final / "wav"
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthetic-tmp-", dir=cache_dir))
     try:
-        generate_synthetic_corpus(
-            tmp, n_speakers, per_emotion, duration, sample_rate, seed, progress=progress
-        )
-        params = _params(n_speakers, per_emotion, duration, sample_rate, seed)
-        (tmp / "synthetic.json").write_text(json.dumps(params, indent=2) + "\n")
+        generate_synthetic_corpus(tmp, **asdict(spec), progress=progress)
+        (tmp / "synthetic.json").write_text(json.dumps(spec.record(), indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; the finished corpus is ordinary data
         try:
             os.replace(tmp, final)
