@@ -394,10 +394,8 @@ def griffin_lim(
     if magnitude.ndim not in (2, 3):
         raise ValueError(f"magnitude must be (B, F, T) or (F, T), got {tuple(magnitude.shape)}")
     if magnitude.ndim == 2:
-        one = magnitude[None]
-        return griffin_lim(
-            one, n_fft, hop_length, n_iter=n_iter, momentum=momentum, seed=seed, length=length
-        )[0]
+        settings = {"n_iter": n_iter, "momentum": momentum, "seed": seed, "length": length}
+        return griffin_lim(magnitude[None], n_fft, hop_length, **settings)[0]
     batch, n_freqs, n_frames = magnitude.shape
     length = _checked_length(n_freqs, n_frames, n_fft, hop_length, n_iter, momentum, length)
 
