@@ -376,7 +376,6 @@ def griffin_lim(
     magnitude: torch.Tensor,
     n_fft: int,
     hop_length: int,
-    *,
     n_iter: int = 32,
     momentum: float = 0.99,
     seed: int = 0,
@@ -394,8 +393,7 @@ def griffin_lim(
     if magnitude.ndim not in (2, 3):
         raise ValueError(f"magnitude must be (B, F, T) or (F, T), got {tuple(magnitude.shape)}")
     if magnitude.ndim == 2:
-        settings = {"n_iter": n_iter, "momentum": momentum, "seed": seed, "length": length}
-        return griffin_lim(magnitude[None], n_fft, hop_length, **settings)[0]
+        return griffin_lim(magnitude[None], n_fft, hop_length, n_iter, momentum, seed, length)[0]
     batch, n_freqs, n_frames = magnitude.shape
     length = _checked_length(n_freqs, n_frames, n_fft, hop_length, n_iter, momentum, length)
 
