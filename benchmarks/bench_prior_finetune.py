@@ -37,13 +37,11 @@ from emovae.dataset import prepare_data
 from emovae.evaluate import honest_label_mode, reconstruct
 from emovae.evaluation.exported_audio import (
     WavSet,
-    judge_input,
-    judge_outputs,
+    clip_set,
     prepare_audio_judges,
-    read_clips,
     score_set,
+    wav_set,
 )
-from emovae.evaluation.smile_judge import egemaps
 from sweeps.final_evaluation import final_judge
 from sweeps.space import load_space
 
@@ -79,9 +77,7 @@ def as_set(name: str, log_mels: np.ndarray, labels: np.ndarray | None) -> WavSet
     for i in range(0, len(log_mels), 20):
         audio = vocoder(log_mels[i : i + 20], length=length)
         clips.extend(limit_peak(np.asarray(a, np.float32)) for a in audio)
-    x = judge_input(judges, clips)
-    seen = judge_outputs(judges.cnn, x)
-    return WavSet(name, clips, labels, egemaps(clips, features.sample_rate), seen, x)
+    return clip_set(judges, name, clips, labels)
 
 
 def train_gv() -> np.ndarray:
@@ -139,16 +135,8 @@ def record(key: str, metrics: dict) -> None:
 
 
 t0 = time.time()
-real_clips = read_clips(data.test.paths, judges.features)
-rx = judge_input(judges, real_clips)
-real = WavSet(
-    "real",
-    real_clips,
-    data.test.labels.numpy(),
-    egemaps(real_clips, features.sample_rate),
-    judge_outputs(judges.cnn, rx),
-    rx,
-)
+real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy())
+real_clips = real.clips
 if "real" not in results:
     record("real", score_set(judges, real))
 copy_mels = loaded.normalizer.denormalize(data.test.features[:, 0].numpy())

@@ -34,13 +34,11 @@ from emovae.dataset import prepare_data
 from emovae.evaluation.exported_audio import (
     AudioJudges,
     WavSet,
-    judge_input,
-    judge_outputs,
+    clip_set,
     prepare_audio_judges,
     score_set,
     wav_set,
 )
-from emovae.evaluation.smile_judge import egemaps
 from sweeps.final_evaluation import final_judge
 from sweeps.space import load_space
 
@@ -78,13 +76,9 @@ def judged(
     """The samples as WAV-level clips (HiFi-GAN, peak-limited as exported) seen by both judges."""
     clips = []
     for i in range(0, len(log_mels), 20):
-        clips += [
-            limit_peak(np.asarray(a, np.float32))
-            for a in vocoder(log_mels[i : i + 20], length=length)
-        ]
-    x = judge_input(judges, clips)
-    rate = judges.features.sample_rate
-    return WavSet("gen", clips, labels, egemaps(clips, rate), judge_outputs(judges.cnn, x), x)
+        audio = vocoder(log_mels[i : i + 20], length=length)
+        clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
+    return clip_set(judges, "gen", clips, labels)
 
 
 def main() -> None:

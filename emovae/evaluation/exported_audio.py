@@ -139,19 +139,37 @@ def wav_set(
 ) -> WavSet:
     """Read the WAVs at `paths` and let both judges look at them; `cache_dir` caches their
     eGeMAPS by content (worth it for real clips, which every evaluation reads again)."""
-    if name not in SETS:
-        raise ValueError(f"name: expected one of {', '.join(SETS)}, got {name!r}")
-    if not paths or (labels is not None and len(paths) != len(labels)):
-        raise ValueError(f"{name}: expected at least one WAV and one label per WAV")
+    _check_set(name, len(paths), labels)
     clips = read_clips(paths, judges.features)
+    cached = None
     if cache_dir is not None:
-        smile_features = egemaps_of_files(paths, Path(cache_dir) / "egemaps")
-    else:
+        cached = egemaps_of_files(paths, Path(cache_dir) / "egemaps")
+    return clip_set(judges, name, clips, labels, cached)
+
+
+def clip_set(
+    judges: AudioJudges,
+    name: str,
+    clips: list[np.ndarray],
+    labels: Sequence[int] | np.ndarray | None,
+    smile_features: np.ndarray | None = None,
+) -> WavSet:
+    """Clips already in memory, as `read_clips` gives them, and both judges' view of them;
+    their eGeMAPS are extracted unless `smile_features` holds them."""
+    _check_set(name, len(clips), labels)
+    if smile_features is None:
         smile_features = egemaps(clips, judges.features.sample_rate)
     x = judge_input(judges, clips)
     truth = None if labels is None else np.asarray(labels, np.int64)
     seen = judge_outputs(judges.cnn, x) if judges.cnn is not None else None
     return WavSet(name, clips, truth, smile_features, seen, x)
+
+
+def _check_set(name: str, n_clips: int, labels: Sequence[int] | np.ndarray | None) -> None:
+    if name not in SETS:
+        raise ValueError(f"name: expected one of {', '.join(SETS)}, got {name!r}")
+    if not n_clips or (labels is not None and n_clips != len(labels)):
+        raise ValueError(f"{name}: expected at least one WAV and one label per WAV")
 
 
 def dnsmos_subset(n: int, at_most: int) -> np.ndarray:
