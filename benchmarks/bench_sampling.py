@@ -1,9 +1,10 @@
 """How the latent diffusion prior's sampling settings change the exported samples.
 
 From one finished checkpoint (a final model with `prior: diffusion`), for each classifier-free
-guidance scale and DDIM step count asked for, and each sample seed: `--per-emotion` samples
-of every emotion, decoded, vocoded with HiFi-GAN and judged as the finaliser judges its
-exported WAVs (CNN judge and eGeMAPS judge accuracy, DNSMOS, Frechet distances to the real
+guidance scale, DDIM step count and DDIM eta (0: deterministic; 1: ancestral) asked for, and
+each sample seed: `--per-emotion` samples of every emotion, decoded (and, with `--reencode N`,
+sent N times more through the encoder's mean and the decoder), vocoded with HiFi-GAN and
+judged as the finaliser judges its exported WAVs (CNN judge and eGeMAPS judge accuracy, DNSMOS, Frechet distances to the real
 test clips), plus the seconds the prior took to draw them (the cost a trial's sample metric
 pays on every metric epoch).
 
@@ -11,13 +12,14 @@ pays on every metric epoch).
         --out benchmarks/results/quality/sampling --guidance 1 2 3 4.5 --steps 40 \
         --sample-seeds 0 1
 
-Results accumulate in OUT/results.json, one entry per (guidance, steps, seed): a finished
+Results accumulate in OUT/results.json, one entry per setting and seed: a finished
 entry is not recomputed. Numbers and commands: benchmarks/RESULTS_quality.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
@@ -28,9 +30,9 @@ import numpy as np
 import torch
 
 from emovae.audio.export import limit_peak
-from emovae.audio.vocoder import Vocoder, load_vocoder
+from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import LoadedModel, load_model
-from emovae.dataset import prepare_data
+from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.exported_audio import (
     AudioJudges,
     WavSet,
@@ -52,33 +54,85 @@ SHOWN = (
 
 
 def draw(
-    loaded: LoadedModel, guidance: float, steps: int, seed: int, per_emotion: int
+    loaded: LoadedModel,
+    setting: tuple[float, int, float],
+    seed: int,
+    per_emotion: int,
+    reencode: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Denormalised log-mels of `per_emotion` samples per emotion, their labels, the prior's
-    seconds."""
+    """Denormalised log-mels of `per_emotion` samples per emotion drawn with `setting`
+    (guidance, DDIM steps, eta), their labels, the prior's seconds. `reencode` > 0 sends the
+    decoded samples that many times more through the encoder's mean and the decoder."""
     model = loaded.model
     prior = model.prior
-    prior.guidance, prior.sample_steps = guidance, steps
+    prior.guidance, prior.sample_steps, prior.eta = setting
     labels = torch.arange(model.n_classes).repeat(per_emotion)
     start = time.perf_counter()
     with torch.no_grad():
         z = model.sample_latents(len(labels), labels, torch.Generator().manual_seed(seed))
         prior_seconds = time.perf_counter() - start
-        decoded = torch.cat(
-            [model.decode(z[i : i + 25], labels[i : i + 25]) for i in range(0, len(z), 25)]
-        )
+        decoded = _decode(model, z, labels)
+        for _ in range(reencode):
+            means = torch.cat([model.encode(decoded[i : i + 25])[0] for i in range(0, len(z), 25)])
+            decoded = _decode(model, means, labels)
     return loaded.normalizer.denormalize(decoded[:, 0].numpy()), labels.numpy(), prior_seconds
 
 
-def judged(
-    judges: AudioJudges, vocoder: Vocoder, log_mels: np.ndarray, labels: np.ndarray, length: int
-) -> WavSet:
-    """The samples as WAV-level clips (HiFi-GAN, peak-limited as exported) seen by both judges."""
-    clips = []
-    for i in range(0, len(log_mels), 20):
-        audio = vocoder(log_mels[i : i + 20], length=length)
-        clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
-    return clip_set(judges, "gen", clips, labels)
+def _decode(model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.cat(
+        [model.decode(z[i : i + 25], labels[i : i + 25]) for i in range(0, len(z), 25)]
+    )
+
+
+def add_judging_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `SampleJudging.load` and of the samples it scores."""
+    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--per-emotion", type=int, default=10)
+    parser.add_argument("--data", default="../shared/data/emodb/wav")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+@dataclasses.dataclass
+class SampleJudging:
+    """EmoDB's split, both judges and the real test clips: what scoring samples needs."""
+
+    data: PreparedData
+    judges: AudioJudges
+    real: WavSet
+
+    @classmethod
+    def load(cls, args: argparse.Namespace) -> SampleJudging:
+        torch.set_num_threads(args.threads)
+        spec = load_space("emodb_cpu", [f"data.path={args.data}"])
+        data = prepare_data(spec.experiment.data, spec.experiment.features)
+        cache = spec.experiment.data.cache_dir
+        judges = prepare_audio_judges(data, final_judge(data, spec.judge, cache, "cpu"), cache)
+        labels = data.test.labels.numpy()
+        return cls(data, judges, wav_set(judges, "real", data.test.paths, labels, Path(cache)))
+
+    def score(
+        self,
+        loaded: LoadedModel,
+        setting: tuple[float, int, float],
+        seed: int,
+        per_emotion: int,
+        reencode: int = 0,
+    ) -> tuple[dict[str, float], float]:
+        """`draw`'s samples as WAV-level clips (HiFi-GAN, peak-limited as exported), judged
+        against the real test clips; and the prior's seconds."""
+        log_mels, labels, prior_seconds = draw(loaded, setting, seed, per_emotion, reencode)
+        vocoder = load_vocoder("hifigan", loaded.features)
+        length = round(loaded.features.duration * loaded.features.sample_rate)
+        clips = []
+        for i in range(0, len(log_mels), 20):
+            audio = vocoder(log_mels[i : i + 20], length=length)
+            clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
+        samples = clip_set(self.judges, "gen", clips, labels)
+        return score_set(self.judges, samples, self.real), prior_seconds
+
+
+def shown(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k[8:]} {metrics[k]:.3f}" for k in SHOWN if k in metrics)
 
 
 def main() -> None:
@@ -87,62 +141,70 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[40])
-    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--per-emotion", type=int, default=10)
-    parser.add_argument("--data", default="../shared/data/emodb/wav")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--eta", type=float, nargs="+", default=[0.0], help="0: deterministic DDIM, 1: ancestral"
+    )
+    parser.add_argument(
+        "--reencode", type=int, default=0, help="decode(encode(.)) passes after sampling"
+    )
+    add_judging_arguments(parser)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    spec = load_space("emodb_cpu", [f"data.path={args.data}"])
-    data = prepare_data(spec.experiment.data, spec.experiment.features)
-    cache = spec.experiment.data.cache_dir
-    judges = prepare_audio_judges(data, final_judge(data, spec.judge, cache, "cpu"), cache)
     loaded = load_model(args.checkpoint)
     loaded.model.eval()
     if loaded.model.prior is None:
         parser.error(f"--checkpoint {args.checkpoint}: the model has no learned prior to sample")
-    vocoder = load_vocoder("hifigan", loaded.features)
-    length = round(loaded.features.duration * loaded.features.sample_rate)
-    labels = data.test.labels.numpy()
-    real = wav_set(judges, "real", data.test.paths, labels, Path(cache))
+    judging = SampleJudging.load(args)
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    for guidance, steps, seed in itertools.product(args.guidance, args.steps, args.sample_seeds):
-        key = f"g{guidance:g}_steps{steps}_seed{seed}"
+    settings = itertools.product(args.guidance, args.steps, args.eta, args.sample_seeds)
+    for guidance, steps, eta, seed in settings:
+        key = f"g{guidance:g}_steps{steps}" + (f"_eta{eta:g}" if eta else "")
+        key += (f"_reencode{args.reencode}" if args.reencode else "") + f"_seed{seed}"
         if key in results:
             continue
-        log_mels, asked, prior_seconds = draw(loaded, guidance, steps, seed, args.per_emotion)
-        metrics = score_set(judges, judged(judges, vocoder, log_mels, asked, length), real)
+        setting = (guidance, steps, eta)
+        metrics, prior_seconds = judging.score(
+            loaded, setting, seed, args.per_emotion, args.reencode
+        )
         results[key] = {
             "guidance": guidance,
             "steps": steps,
+            "eta": eta,
+            "reencode": args.reencode,
             "seed": seed,
-            "n": len(asked),
+            "n": args.per_emotion * loaded.model.n_classes,
             "prior_seconds": prior_seconds,
             "checkpoint": str(args.checkpoint),
             "metrics": metrics,
         }
         path.write_text(json.dumps(results, indent=1) + "\n")
-        shown = " ".join(f"{k[8:]} {metrics[k]:.3f}" for k in SHOWN if k in metrics)
-        print(f"{key}: prior {prior_seconds:.1f} s; {shown}", flush=True)
+        print(f"{key}: prior {prior_seconds:.1f} s; {shown(metrics)}", flush=True)
     print(table(results))
 
 
 def table(results: dict[str, Any]) -> str:
-    """Markdown: mean over sample seeds per (guidance, steps)."""
-    groups: dict[tuple[float, int], list[dict[str, Any]]] = {}
+    """Markdown: mean over sample seeds per (guidance, steps, eta, re-encoding)."""
+    groups: dict[tuple[float, int, float, int], list[dict[str, Any]]] = {}
     for entry in results.values():
-        groups.setdefault((entry["guidance"], entry["steps"]), []).append(entry)
-    head = "| guidance | DDIM steps | seeds | prior s | " + " | ".join(k[8:] for k in SHOWN) + " |"
-    lines = [head, "|" + "---|" * (4 + len(SHOWN))]
-    for (guidance, steps), entries in sorted(groups.items()):
+        setting = (
+            entry["guidance"],
+            entry["steps"],
+            entry.get("eta", 0.0),
+            entry.get("reencode", 0),
+        )
+        groups.setdefault(setting, []).append(entry)
+    head = "| guidance | DDIM steps | eta | re-encode | seeds | prior s | "
+    lines = [head + " | ".join(k[8:] for k in SHOWN) + " |", "|" + "---|" * (6 + len(SHOWN))]
+    for (guidance, steps, eta, reencode), entries in sorted(groups.items()):
         means = [np.mean([e["metrics"][k] for e in entries]) for k in SHOWN]
         seconds = np.mean([e["prior_seconds"] for e in entries])
         cells = " | ".join(f"{m:.3f}" for m in means)
-        lines.append(f"| {guidance:g} | {steps} | {len(entries)} | {seconds:.1f} | {cells} |")
+        lines.append(
+            f"| {guidance:g} | {steps} | {eta:g} | {reencode} | {len(entries)} | {seconds:.1f}"
+            f" | {cells} |"
+        )
     return "\n".join(lines)
 
 

@@ -245,6 +245,8 @@ class TrainConfig:
     prior_channels: int = 128  # width of the diffusion prior's denoiser
     prior_steps: int = 40  # DDIM steps per sample
     guidance: float = 2.0  # classifier-free guidance for a conditional prior (1 = none)
+    # Fresh noise per DDIM step: 0 deterministic DDIM, 1 ancestral sampling (as in DDPM).
+    prior_eta: float = 0.0
     # After training: steps of the prior alone on the best epoch's frozen latents (0: none).
     # Sweep trials skip it (their objective is already reported); the finaliser runs it.
     prior_finetune_steps: int = 0
@@ -305,6 +307,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "prior_channels": Range(8, multiple_of=8, note="the prior's GroupNorm has 8 groups"),
     "prior_steps": Range(1),
     "guidance": Range(1.0, note="1: no guidance"),
+    "prior_eta": Range(0.0, 1.0, note="0: deterministic DDIM, 1: ancestral"),
     "prior_finetune_steps": Range(0, note="0: none"),
     "prior_ema": Range(0.0, 1.0, high_inclusive=False, note="0: none"),
     "max_epochs": Range(1),

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(result)
         if args.no_finalise:
             return 0
+        if not result.finalise_enabled:
+            print("\nNot finalising: the space sets finalise.enabled to false.")
+            return 0
         from sweeps.finalise import print_final  # torch-heavy imports only when needed
         from sweeps.finaliser import finalise, is_finalised
 

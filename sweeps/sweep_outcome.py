@@ -65,6 +65,8 @@ class SweepResult:
     experiment_id: str = ""
     # sweep.constraints: `best` is the best trial that meets them (None: none does).
     constraints: tuple[Constraint, ...] = ()
+    # finalise.enabled: whether `sweeps/run.py` retrains the best config after the sweep.
+    finalise_enabled: bool = True
 
 
 def sweep_result(
@@ -89,6 +91,7 @@ def sweep_result(
         already_complete,
         state.experiment_id,
         constraints,
+        spec.finalise.enabled,
     )
 
 

@@ -100,6 +100,7 @@ def test_a_time_resolved_latent_is_summarised_per_clip() -> None:
         ({"arch": "transformer"}, "train.arch: expected one of seed, temporal"),
         ({"label_dropout": 1.0}, r"train.label_dropout: expected a number in \[0, 1\)"),
         ({"guidance": 0.5}, r"train.guidance: expected a number >= 1 \(1: no guidance\)"),
+        ({"prior_eta": 1.5}, r"train.prior_eta: expected a number in \[0, 1\] \(0: determ"),
         ({"label_dropout": 0.0}, "classifier-free guidance needs train.label_dropout > 0"),
     ],
 )
@@ -154,6 +155,31 @@ def test_prior_statistics_move_only_in_training_and_sampling_is_seeded() -> None
     other = prior.sample(4, 8, labels[:4], torch.Generator().manual_seed(6))
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, other)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_stochastic_sampling_keeps_the_data_distribution_and_is_seeded(eta: float) -> None:
+    # For data ~ N(0, I) the exact v-prediction is 0, which is what an untrained denoiser
+    # (zeroed output layer) predicts: with many steps every eta must give back unit variance.
+    # Fresh noise that did not shrink the predicted noise's share would overshoot it.
+    prior = LatentDiffusionPrior(4, channels=16, sample_steps=200, eta=eta).eval()
+    samples = prior.sample(1000, 16, generator=torch.Generator().manual_seed(0))
+    assert samples.var().item() == pytest.approx(1.0, abs=0.04)
+    assert samples.mean().item() == pytest.approx(0.0, abs=0.02)
+    prior.sample_steps = 4
+    first = prior.sample(3, 8, generator=torch.Generator().manual_seed(1))
+    again = prior.sample(3, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(first, again)
+    deterministic = LatentDiffusionPrior(4, channels=16, sample_steps=4).eval()
+    same_start = deterministic.sample(3, 8, generator=torch.Generator().manual_seed(1))
+    # The starting noise is the same draw; only eta's fresh noise tells the two apart.
+    assert torch.allclose(first, same_start) == (eta == 0.0)
+
+
+def test_the_model_builder_gives_the_prior_its_sampling_settings() -> None:
+    config = dataclasses.replace(TEMPORAL, prior_steps=7, guidance=2.5, prior_eta=0.3)
+    prior = build_model(config, FEATURES, 3).prior
+    assert (prior.sample_steps, prior.guidance, prior.eta) == (7, 2.5, 0.3)
 
 
 def test_conversion_strength_is_checked_and_a_light_touch_keeps_the_latent() -> None:

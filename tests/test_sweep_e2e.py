@@ -617,11 +617,13 @@ def test_nan_trial_fails_alone_and_all_failed_exits_nonzero(
             "params.lr={choice: [1.0e+30, 1.0e-3]}",
             "sweep.seed=3",
             "train.max_epochs=2",
+            "finalise.enabled=false",  # the space's setting, as --no-finalise is the flag's
             *NO_EMOTION,
         )
-        + ["--no-finalise"]
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "Not finalising: the space sets finalise.enabled to false." in result.stdout
+    assert not (out / "final").exists()
     client, runs = mlflow_runs(out)
     trials = by_role(runs, "trial")
     failed = [r for r in trials if r.data.tags[TAG_TRIAL_STATUS] == "FAILED"]

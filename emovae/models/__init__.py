@@ -48,6 +48,7 @@ def build_model(train: TrainConfig, features: FeatureConfig, n_classes: int) -> 
             label_dropout=train.label_dropout if classes else 0.0,
             sample_steps=train.prior_steps,
             guidance=train.guidance,
+            eta=train.prior_eta,
         )
     return TemporalVAE(
         n_mels=features.n_mels,

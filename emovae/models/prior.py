@@ -105,12 +105,14 @@ class LatentDiffusionPrior(nn.Module):
         label_dropout: float = 0.0,
         sample_steps: int = 40,
         guidance: float = 1.0,
+        eta: float = 0.0,
     ):
         super().__init__()
         self.n_classes = n_classes
         self.label_dropout = label_dropout
         self.sample_steps = sample_steps
         self.guidance = guidance
+        self.eta = eta
         self.denoiser = Denoiser(latent_channels, channels, n_classes)
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
@@ -169,7 +171,16 @@ class LatentDiffusionPrior(nn.Module):
         return unconditional + self.guidance * (conditional - unconditional)
 
     @torch.no_grad()
-    def _ddim(self, x: torch.Tensor, labels: torch.Tensor, start: float) -> torch.Tensor:
+    def _ddim(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        start: float,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoise `x` from time `start` to 0. With `eta` > 0 each step swaps a share of the
+        predicted noise for fresh noise drawn on the CPU from `generator` (Song et al., 2021,
+        eq. 16, alpha-bar = alpha^2; eta 1 is ancestral sampling, as in DDPM)."""
         times = torch.linspace(start, 0.0, self.sample_steps + 1, device=x.device)
         x0 = x
         for t_now, t_next in zip(times[:-1], times[1:], strict=True):
@@ -179,7 +190,19 @@ class LatentDiffusionPrior(nn.Module):
             x0 = alpha * x - sigma * v
             noise = sigma * x + alpha * v
             alpha_next, sigma_next = _noise_levels(t_next.expand(x.shape[0]))
-            x = alpha_next * x0 + sigma_next * noise
+            if self.eta == 0:
+                x = alpha_next * x0 + sigma_next * noise
+                continue
+            # The fresh noise's scale (sigma_t of the paper's eq. 16).
+            fresh = (
+                self.eta * sigma_next / sigma * (1 - (alpha / alpha_next) ** 2).clamp_min(0).sqrt()
+            )
+            fresh_noise = torch.randn(x.shape, generator=generator).to(x.device)
+            x = (
+                alpha_next * x0
+                + (sigma_next**2 - fresh**2).clamp_min(0).sqrt() * noise
+                + fresh * fresh_noise
+            )
         return x0
 
     @torch.no_grad()
@@ -196,7 +219,7 @@ class LatentDiffusionPrior(nn.Module):
         device = self.latent_mean.device
         shape = (n, self.latent_mean.shape[0], length)
         x = torch.randn(shape, generator=generator).to(device)
-        return self._denormalise(self._ddim(x, self._labels(labels, n, device), 1.0))
+        return self._denormalise(self._ddim(x, self._labels(labels, n, device), 1.0, generator))
 
     @torch.no_grad()
     def convert(
@@ -214,4 +237,4 @@ class LatentDiffusionPrior(nn.Module):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         alpha, sigma = _noise_levels(torch.full((x0.shape[0],), strength, device=x0.device))
         x = alpha * x0 + sigma * noise
-        return self._denormalise(self._ddim(x, labels.to(x0.device), strength))
+        return self._denormalise(self._ddim(x, labels.to(x0.device), strength, generator))
