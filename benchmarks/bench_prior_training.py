@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from bench_sampling import SampleJudging, add_judging_arguments, shown
 
-from emovae.checkpoint import load_model, read_checkpoint, save_checkpoint
-from emovae.config import TrainConfig, from_dict
+from emovae.checkpoint import LoadedModel, load_model, read_checkpoint, save_checkpoint
+from emovae.config import TrainConfig
 from emovae.models import build_model
+from emovae.runtime import seed_everything
 from emovae.train import finetune_prior
 
 PRIOR_BUFFERS = ("prior.latent_mean", "prior.latent_std", "prior.stats_seen")
@@ -49,14 +50,16 @@ def prior_config(args: argparse.Namespace, train: TrainConfig) -> TrainConfig:
     )
 
 
-def start_checkpoint(args: argparse.Namespace, config: TrainConfig, path: Path) -> None:
-    """Copy the checkpoint to `path` with `config`; a fresh prior when asked or resized."""
+def start_checkpoint(
+    args: argparse.Namespace, original: LoadedModel, config: TrainConfig, path: Path
+) -> None:
+    """Copy the checkpoint (`original`, as loaded) to `path` with `config`; a fresh prior when
+    asked or resized."""
     state = read_checkpoint(args.checkpoint)
-    old = from_dict(TrainConfig, state["train_config"], f"{args.checkpoint}: train_config")
-    if args.fresh or config.prior_channels != old.prior_channels:
+    if args.fresh or config.prior_channels != original.train.prior_channels:
         torch.manual_seed(config.seed)
-        features = load_model(args.checkpoint).features
-        fresh = build_model(config, features, len(state["label_names"])).state_dict()
+        n_classes = len(original.label_names)
+        fresh = build_model(config, original.features, n_classes).state_dict()
         vae = {k: v for k, v in state["model"].items() if not k.startswith("prior.")}
         # The latent statistics are the data's, not weights: they carry over.
         statistics = {k: state["model"][k] for k in PRIOR_BUFFERS}
@@ -82,10 +85,14 @@ def main() -> None:
     args = parser.parse_args()
     judging = SampleJudging.load(args)
 
-    config = prior_config(args, load_model(args.checkpoint).train)
+    original = load_model(args.checkpoint)
+    config = prior_config(args, original.train)
     retrained = args.work / f"{args.name}.pt"
     retrained.parent.mkdir(parents=True, exist_ok=True)
-    start_checkpoint(args, config, retrained)
+    start_checkpoint(args, original, config, retrained)
+    # The prior's loss draws its noise from torch's global generator: seeded here, the run does
+    # not depend on how much of it the judges' preparation used.
+    seed_everything(config.seed)
     started = time.perf_counter()
     train = judging.data.train
     loss = finetune_prior(

@@ -33,14 +33,13 @@ GROUPS = (  # first match wins: (group, substrings of the name or command line)
     ("MLflow", ("mlflow",)),
 )
 
-RANK = {
-    group: rank for rank, group in enumerate(["driver (sweeps/run.py)", *dict(GROUPS), "other"])
-}
+DRIVER = "driver (sweeps/run.py)"
+RANK = {group: rank for rank, group in enumerate([DRIVER, *dict(GROUPS), "other"])}
 
 
 def group_of(process: psutil.Process, driver: int) -> str:
     if process.pid == driver:
-        return "driver (sweeps/run.py)"
+        return DRIVER
     try:
         text = process.name() + " " + " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
