@@ -5,9 +5,11 @@ the frozen encoder's latents of the training clips, with the finaliser's own
 `emovae.train.finetune_prior`, varying what the finaliser fixes: the prior's width
 (`--channels`; a new width starts from fresh weights), whether it starts fresh (`--fresh`) or
 continues from the checkpoint's prior, the batch size, the steps, the learning rate and the
-moving average. Then draw `--per-emotion` samples of every emotion per sample seed and judge
-them as `bench_sampling.py` does (HiFi-GAN, CNN and eGeMAPS judges, DNSMOS, Frechet
-distances to the real test clips).
+moving average, and whether the validation clips' latents join the training clips'
+(`--with-validation`: more data for the prior; the VAE never sees them). Then draw
+`--per-emotion` samples of every emotion per sample seed and judge them as
+`bench_sampling.py` does (HiFi-GAN, CNN and eGeMAPS judges, DNSMOS, Frechet distances to the
+real test clips).
 
     python benchmarks/bench_prior_training.py --checkpoint runs/.../best.pt \
         --out benchmarks/results/quality/prior_training --name batch64 --batch 64 --steps 3000
@@ -81,6 +83,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, help="default: the checkpoint's learning rate")
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument(
+        "--with-validation", action="store_true", help="the validation clips' latents too"
+    )
     add_judging_arguments(parser)
     args = parser.parse_args()
     judging = SampleJudging.load(args)
@@ -94,15 +99,16 @@ def main() -> None:
     # not depend on how much of it the judges' preparation used.
     seed_everything(config.seed)
     started = time.perf_counter()
-    train = judging.data.train
-    loss = finetune_prior(
-        retrained, train.features, train.labels, config, torch.device("cpu"), True
-    )
+    splits = [judging.data.train] + ([judging.data.val] if args.with_validation else [])
+    features = torch.cat([split.features for split in splits])
+    labels = torch.cat([split.labels for split in splits])
+    loss = finetune_prior(retrained, features, labels, config, torch.device("cpu"), True)
     seconds = time.perf_counter() - started
 
     loaded = load_model(retrained)
     loaded.model.eval()
-    setting = (loaded.train.guidance, loaded.train.prior_steps, loaded.train.prior_eta)
+    prior = loaded.model.prior
+    setting = (prior.guidance, prior.sample_steps, prior.eta, prior.temperature)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
@@ -112,7 +118,8 @@ def main() -> None:
             "name": args.name,
             "seed": seed,
             "prior": {k: getattr(config, k) for k in ("prior_channels", "batch_size", "lr")}
-            | {"steps": args.steps, "ema": args.ema, "fresh": args.fresh},
+            | {"steps": args.steps, "ema": args.ema, "fresh": args.fresh}
+            | {"clips": len(features)},
             "train_seconds": seconds,
             "final_loss": loss,
             "checkpoint": str(args.checkpoint),

@@ -1,7 +1,8 @@
 """How the latent diffusion prior's sampling settings change the exported samples.
 
 From one finished checkpoint (a final model with `prior: diffusion`), for each classifier-free
-guidance scale, DDIM step count and DDIM eta (0: deterministic; 1: ancestral) asked for, and
+guidance scale, DDIM step count, DDIM eta (0: deterministic; 1: ancestral) and starting-noise
+temperature (1: as trained) asked for, and
 each sample seed: `--per-emotion` samples of every emotion, decoded (and, with `--reencode N`,
 sent N times more through the encoder's mean and the decoder), vocoded with HiFi-GAN and
 judged as the finaliser judges its exported WAVs (CNN judge and eGeMAPS judge accuracy, DNSMOS, Frechet distances to the real
@@ -55,17 +56,17 @@ SHOWN = (
 
 def draw(
     loaded: LoadedModel,
-    setting: tuple[float, int, float],
+    setting: tuple[float, int, float, float],
     seed: int,
     per_emotion: int,
     reencode: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Denormalised log-mels of `per_emotion` samples per emotion drawn with `setting`
-    (guidance, DDIM steps, eta), their labels, the prior's seconds. `reencode` > 0 sends the
+    (guidance, DDIM steps, eta, temperature), their labels, the prior's seconds. `reencode` > 0 sends the
     decoded samples that many times more through the encoder's mean and the decoder."""
     model = loaded.model
     prior = model.prior
-    prior.guidance, prior.sample_steps, prior.eta = setting
+    prior.guidance, prior.sample_steps, prior.eta, prior.temperature = setting
     labels = torch.arange(model.n_classes).repeat(per_emotion)
     start = time.perf_counter()
     with torch.no_grad():
@@ -113,7 +114,7 @@ class SampleJudging:
     def score(
         self,
         loaded: LoadedModel,
-        setting: tuple[float, int, float],
+        setting: tuple[float, int, float, float],
         seed: int,
         per_emotion: int,
         reencode: int = 0,
@@ -145,6 +146,9 @@ def main() -> None:
         "--eta", type=float, nargs="+", default=[0.0], help="0: deterministic DDIM, 1: ancestral"
     )
     parser.add_argument(
+        "--temperature", type=float, nargs="+", default=[1.0], help="scale of the start noise"
+    )
+    parser.add_argument(
         "--reencode", type=int, default=0, help="decode(encode(.)) passes after sampling"
     )
     add_judging_arguments(parser)
@@ -158,13 +162,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    settings = itertools.product(args.guidance, args.steps, args.eta, args.sample_seeds)
-    for guidance, steps, eta, seed in settings:
+    settings = itertools.product(
+        args.guidance, args.steps, args.eta, args.temperature, args.sample_seeds
+    )
+    for guidance, steps, eta, temperature, seed in settings:
         key = f"g{guidance:g}_steps{steps}" + (f"_eta{eta:g}" if eta else "")
+        key += f"_temp{temperature:g}" if temperature != 1.0 else ""
         key += (f"_reencode{args.reencode}" if args.reencode else "") + f"_seed{seed}"
         if key in results:
             continue
-        setting = (guidance, steps, eta)
+        setting = (guidance, steps, eta, temperature)
         metrics, prior_seconds = judging.score(
             loaded, setting, seed, args.per_emotion, args.reencode
         )
@@ -172,6 +179,7 @@ def main() -> None:
             "guidance": guidance,
             "steps": steps,
             "eta": eta,
+            "temperature": temperature,
             "reencode": args.reencode,
             "seed": seed,
             "n": args.per_emotion * loaded.model.n_classes,
@@ -185,24 +193,26 @@ def main() -> None:
 
 
 def table(results: dict[str, Any]) -> str:
-    """Markdown: mean over sample seeds per (guidance, steps, eta, re-encoding)."""
-    groups: dict[tuple[float, int, float, int], list[dict[str, Any]]] = {}
+    """Markdown: mean over sample seeds per (guidance, steps, eta, temperature, re-encoding)."""
+    groups: dict[tuple[float, int, float, float, int], list[dict[str, Any]]] = {}
     for entry in results.values():
         setting = (
             entry["guidance"],
             entry["steps"],
             entry.get("eta", 0.0),
+            entry.get("temperature", 1.0),
             entry.get("reencode", 0),
         )
         groups.setdefault(setting, []).append(entry)
-    head = "| guidance | DDIM steps | eta | re-encode | seeds | prior s | "
-    lines = [head + " | ".join(k[8:] for k in SHOWN) + " |", "|" + "---|" * (6 + len(SHOWN))]
-    for (guidance, steps, eta, reencode), entries in sorted(groups.items()):
+    head = "| guidance | DDIM steps | eta | temperature | re-encode | seeds | prior s | "
+    lines = [head + " | ".join(k[8:] for k in SHOWN) + " |", "|" + "---|" * (7 + len(SHOWN))]
+    for (guidance, steps, eta, temperature, reencode), entries in sorted(groups.items()):
         means = [np.mean([e["metrics"][k] for e in entries]) for k in SHOWN]
         seconds = np.mean([e["prior_seconds"] for e in entries])
         cells = " | ".join(f"{m:.3f}" for m in means)
         lines.append(
-            f"| {guidance:g} | {steps} | {eta:g} | {reencode} | {len(entries)} | {seconds:.1f}"
+            f"| {guidance:g} | {steps} | {eta:g} | {temperature:g} | {reencode} | {len(entries)}"
+            f" | {seconds:.1f}"
             f" | {cells} |"
         )
     return "\n".join(lines)

@@ -176,6 +176,17 @@ def test_stochastic_sampling_keeps_the_data_distribution_and_is_seeded(eta: floa
     assert torch.allclose(first, same_start) == (eta == 0.0)
 
 
+def test_a_lower_temperature_shrinks_the_starting_noise_only() -> None:
+    # With the untrained denoiser (v = 0) deterministic DDIM is linear in its starting noise,
+    # so the same draw at temperature 0.5 must give exactly half of each latent.
+    prior = LatentDiffusionPrior(4, channels=16, sample_steps=5).eval()
+    full = prior.sample(3, 8, generator=torch.Generator().manual_seed(2))
+    prior.temperature = 0.5
+    half = prior.sample(3, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(half, 0.5 * full)
+    assert full.abs().mean() > 0.1
+
+
 def test_the_model_builder_gives_the_prior_its_sampling_settings() -> None:
     config = dataclasses.replace(TEMPORAL, prior_steps=7, guidance=2.5, prior_eta=0.3)
     prior = build_model(config, FEATURES, 3).prior

@@ -106,6 +106,7 @@ class LatentDiffusionPrior(nn.Module):
         sample_steps: int = 40,
         guidance: float = 1.0,
         eta: float = 0.0,
+        temperature: float = 1.0,
     ):
         super().__init__()
         self.n_classes = n_classes
@@ -113,6 +114,7 @@ class LatentDiffusionPrior(nn.Module):
         self.sample_steps = sample_steps
         self.guidance = guidance
         self.eta = eta
+        self.temperature = temperature
         self.denoiser = Denoiser(latent_channels, channels, n_classes)
         self.register_buffer("latent_mean", torch.zeros(latent_channels))
         self.register_buffer("latent_std", torch.ones(latent_channels))
@@ -215,10 +217,11 @@ class LatentDiffusionPrior(nn.Module):
     ) -> torch.Tensor:
         """`n` latents (n, C, length) for the given emotions (None: emotion withheld). The
         starting noise is drawn on the CPU, so a seeded generator gives the same latents on
-        any device."""
+        any device. `temperature` < 1 shrinks that noise towards the prior's modes
+        (reduced-temperature sampling, as in Kingma & Dhariwal's Glow)."""
         device = self.latent_mean.device
         shape = (n, self.latent_mean.shape[0], length)
-        x = torch.randn(shape, generator=generator).to(device)
+        x = self.temperature * torch.randn(shape, generator=generator).to(device)
         return self._denormalise(self._ddim(x, self._labels(labels, n, device), 1.0, generator))
 
     @torch.no_grad()
