@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_sampling import SampleJudging, add_judging_arguments, shown
+from bench_sampling import SampleJudging, Sampler, add_judging_arguments, shown
 
 from emovae.checkpoint import LoadedModel, load_model, read_checkpoint, save_checkpoint
 from emovae.config import TrainConfig
@@ -107,8 +107,7 @@ def main() -> None:
 
     loaded = load_model(retrained)
     loaded.model.eval()
-    prior = loaded.model.prior
-    setting = (prior.guidance, prior.sample_steps, prior.eta, prior.temperature)
+    setting = Sampler.of(loaded.model.prior)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}

@@ -2,8 +2,7 @@
 
 From one finished checkpoint (a final model with `prior: diffusion`), for each classifier-free
 guidance scale, DDIM step count, DDIM eta (0: deterministic; 1: ancestral) and starting-noise
-temperature (1: as trained) asked for, and
-each sample seed: `--per-emotion` samples of every emotion, decoded (and, with `--reencode N`,
+temperature (1: as trained) asked for, and each sample seed: `--per-emotion` samples of every emotion, decoded (and, with `--reencode N`,
 sent N times more through the encoder's mean and the decoder), vocoded with HiFi-GAN and
 judged as the finaliser judges its exported WAVs (CNN judge and eGeMAPS judge accuracy, DNSMOS, Frechet distances to the real
 test clips), plus the seconds the prior took to draw them (the cost a trial's sample metric
@@ -25,7 +24,7 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -54,19 +53,32 @@ SHOWN = (
 )
 
 
+class Sampler(NamedTuple):
+    """How the prior draws: the `LatentDiffusionPrior` attributes of the same names."""
+
+    guidance: float
+    sample_steps: int
+    eta: float = 0.0
+    temperature: float = 1.0
+
+    @classmethod
+    def of(cls, prior: torch.nn.Module) -> Sampler:
+        return cls(*(getattr(prior, name) for name in cls._fields))
+
+
 def draw(
     loaded: LoadedModel,
-    setting: tuple[float, int, float, float],
+    setting: Sampler,
     seed: int,
     per_emotion: int,
     reencode: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Denormalised log-mels of `per_emotion` samples per emotion drawn with `setting`
-    (guidance, DDIM steps, eta, temperature), their labels, the prior's seconds. `reencode` > 0 sends the
-    decoded samples that many times more through the encoder's mean and the decoder."""
+    """Denormalised log-mels of `per_emotion` samples per emotion drawn with `setting`, their
+    labels, the prior's seconds. `reencode` > 0 sends the decoded samples that many times more
+    through the encoder's mean and the decoder."""
     model = loaded.model
-    prior = model.prior
-    prior.guidance, prior.sample_steps, prior.eta, prior.temperature = setting
+    for name, value in setting._asdict().items():
+        setattr(model.prior, name, value)
     labels = torch.arange(model.n_classes).repeat(per_emotion)
     start = time.perf_counter()
     with torch.no_grad():
@@ -114,7 +126,7 @@ class SampleJudging:
     def score(
         self,
         loaded: LoadedModel,
-        setting: tuple[float, int, float, float],
+        setting: Sampler,
         seed: int,
         per_emotion: int,
         reencode: int = 0,
@@ -171,7 +183,7 @@ def main() -> None:
         key += (f"_reencode{args.reencode}" if args.reencode else "") + f"_seed{seed}"
         if key in results:
             continue
-        setting = (guidance, steps, eta, temperature)
+        setting = Sampler(guidance, steps, eta, temperature)
         metrics, prior_seconds = judging.score(
             loaded, setting, seed, args.per_emotion, args.reencode
         )
