@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_sampling import exported_clips
 
-from emovae.audio.export import limit_peak
-from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import load_model
 from emovae.dataset import prepare_data
 from emovae.evaluate import honest_label_mode, reconstruct
@@ -63,9 +62,6 @@ cnn = final_judge(data, spec.judge, cache, "cpu")
 judges = prepare_audio_judges(data, cnn, cache)
 loaded = load_model(CKPT)
 model = loaded.model.eval()
-features = loaded.features
-vocoder = load_vocoder("hifigan", features)
-length = round(features.duration * features.sample_rate)
 results: dict[str, dict] = {}
 res_path = OUT / "results.json"
 if res_path.exists():
@@ -73,11 +69,7 @@ if res_path.exists():
 
 
 def as_set(name: str, log_mels: np.ndarray, labels: np.ndarray | None) -> WavSet:
-    clips = []
-    for i in range(0, len(log_mels), 20):
-        audio = vocoder(log_mels[i : i + 20], length=length)
-        clips.extend(limit_peak(np.asarray(a, np.float32)) for a in audio)
-    return clip_set(judges, name, clips, labels)
+    return clip_set(judges, name, exported_clips(loaded, log_mels), labels)
 
 
 def train_gv() -> np.ndarray:

@@ -20,38 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_sampling import exported_clips
 
-from emovae.audio.export import limit_peak
-from emovae.audio.vocoder import load_vocoder
-from emovae.checkpoint import LoadedModel, load_model
-from emovae.dataset import Split, prepare_data
+from emovae.checkpoint import load_model
+from emovae.dataset import prepare_data
+from emovae.evaluate import reconstruct
 from emovae.evaluation.audio_quality import DnsMos
 from emovae.evaluation.exported_audio import read_clips
 from sweeps.space import load_space
-
-
-def vocoded(loaded: LoadedModel, log_mels: np.ndarray) -> list[np.ndarray]:
-    """Denormalised log-mels (N, n_mels, frames) -> peak-limited clips, as exported."""
-    vocoder = load_vocoder("hifigan", loaded.features)
-    length = round(loaded.features.duration * loaded.features.sample_rate)
-    clips = []
-    for i in range(0, len(log_mels), 20):
-        clips += [
-            limit_peak(np.asarray(a, np.float32))
-            for a in vocoder(log_mels[i : i + 20], length=length)
-        ]
-    return clips
-
-
-def reconstructions(loaded: LoadedModel, split: Split) -> np.ndarray:
-    """The posterior means decoded with each clip's own emotion, denormalised."""
-    model = loaded.model
-    decoded = []
-    with torch.no_grad():
-        for i in range(0, len(split.labels), 25):
-            x, y = split.features[i : i + 25], split.labels[i : i + 25]
-            decoded.append(model.decode(model.encode(x)[0], y if model.n_classes else None))
-    return loaded.normalizer.denormalize(torch.cat(decoded)[:, 0].numpy())
 
 
 def scores(dnsmos: DnsMos, clips: list[np.ndarray], rate: int) -> dict[str, float]:
@@ -74,11 +50,14 @@ def main() -> None:
     rate = loaded.features.sample_rate
     dnsmos = DnsMos(num_threads=args.threads)
 
+    denormalize = loaded.normalizer.denormalize
     results = {"checkpoint": str(args.checkpoint)}
     for name, split in (("train", data.train), ("test", data.test)):
         real = read_clips(split.paths, loaded.features)
-        copies = vocoded(loaded, loaded.normalizer.denormalize(split.features[:, 0].numpy()))
-        recons = vocoded(loaded, reconstructions(loaded, split))
+        # Decoded with each clip's own emotion, as a sample is decoded with the one asked for.
+        decoded, _ = reconstruct(loaded.model, split, label_mode="true")
+        copies = exported_clips(loaded, denormalize(split.features[:, 0].numpy()))
+        recons = exported_clips(loaded, denormalize(decoded[:, 0].numpy()))
         results[name] = {
             "n": len(real),
             "real": scores(dnsmos, real, rate),

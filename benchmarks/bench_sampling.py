@@ -134,14 +134,20 @@ class SampleJudging:
         """`draw`'s samples as WAV-level clips (HiFi-GAN, peak-limited as exported), judged
         against the real test clips; and the prior's seconds."""
         log_mels, labels, prior_seconds = draw(loaded, setting, seed, per_emotion, reencode)
-        vocoder = load_vocoder("hifigan", loaded.features)
-        length = round(loaded.features.duration * loaded.features.sample_rate)
-        clips = []
-        for i in range(0, len(log_mels), 20):
-            audio = vocoder(log_mels[i : i + 20], length=length)
-            clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
-        samples = clip_set(self.judges, "gen", clips, labels)
+        samples = clip_set(self.judges, "gen", exported_clips(loaded, log_mels), labels)
         return score_set(self.judges, samples, self.real), prior_seconds
+
+
+def exported_clips(loaded: LoadedModel, log_mels: np.ndarray) -> list[np.ndarray]:
+    """Denormalised log-mels (N, n_mels, frames) -> clips as the finaliser exports them
+    (HiFi-GAN, the features' duration, peak-limited), kept in memory as float."""
+    vocoder = load_vocoder("hifigan", loaded.features)
+    length = round(loaded.features.duration * loaded.features.sample_rate)
+    clips = []
+    for i in range(0, len(log_mels), 20):
+        audio = vocoder(log_mels[i : i + 20], length=length)
+        clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
+    return clips
 
 
 def shown(metrics: dict[str, float]) -> str:
