@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from emovae import __version__
 from emovae.config import ConfigError, apply_overrides
@@ -24,6 +24,23 @@ USER_ERRORS = (CorpusError, LabelError, ConfigError, OSError, ValueError)
 EXIT_USER_ERROR = 2  # same code argparse uses for bad arguments
 # emovae.audio.vocoder.VOCODERS, written out so --help does not import torch (a test checks).
 VOCODER_CHOICES = ("griffinlim", "hifigan")
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    run: Command,
+    summary: str,
+    description: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand that runs `run`: `summary` in the list of commands, `description` (or
+    the summary) in its own --help."""
+    parser = commands.add_parser(name, help=summary, description=description or None)
+    parser.set_defaults(func=run)
+    return parser
 
 
 def _cmd_data_summary(args: argparse.Namespace) -> int:
@@ -41,10 +58,12 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="inspect corpora")
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 
-    summary = data_commands.add_parser(
+    summary = _command(
+        data_commands,
         "summary",
-        help="emotions, speakers, audio formats, durations and unreadable files of a corpus",
-        description="Summarise a corpus folder (EmoDB or RAVDESS names) or a CSV manifest "
+        _cmd_data_summary,
+        "emotions, speakers, audio formats, durations and unreadable files of a corpus",
+        "Summarise a corpus folder (EmoDB or RAVDESS names) or a CSV manifest "
         "(path,emotion,speaker), using the corpus's native emotion labels.",
     )
     summary.add_argument("path", help="corpus folder or CSV manifest")
@@ -57,7 +76,6 @@ def _add_data_commands(commands: argparse._SubParsersAction) -> None:
     summary.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
     )
-    summary.set_defaults(func=_cmd_data_summary)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -127,10 +145,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _add_model_commands(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(
+    train = _command(
+        commands,
         "train",
-        help="train one VAE, evaluate it on the held-out test speakers",
-        description="Train one VAE. Writes checkpoints/, evaluation/ (metrics.json, plots), "
+        _cmd_train,
+        "train one VAE, evaluate it on the held-out test speakers",
+        "Train one VAE. Writes checkpoints/, evaluation/ (metrics.json, plots), "
         "history.json and config.yaml into --out.",
     )
     train.add_argument("--data", help="corpus folder, CSV manifest, or 'synthetic'")
@@ -149,12 +169,12 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip unreadable WAVs (listed in bad_files.json) instead of stopping",
     )
-    train.set_defaults(func=_cmd_train)
 
-    gen = commands.add_parser(
+    gen = _command(
+        commands,
         "generate",
-        help="sample latents -> mel -> vocoder (Griffin-Lim or HiFi-GAN) -> WAV files plus "
-        "manifest.csv",
+        _cmd_generate,
+        "sample latents -> mel -> vocoder (Griffin-Lim or HiFi-GAN) -> WAV files plus manifest.csv",
     )
     gen.add_argument("--checkpoint", required=True, help="a best.pt or last.pt")
     gen.add_argument("--n", type=int, default=100, help="number of clips (default 100)")
@@ -166,7 +186,6 @@ def _add_model_commands(commands: argparse._SubParsersAction) -> None:
         default="griffinlim",
         vocoder_help="griffinlim (any features) or hifigan (features made with the hifigan preset)",
     )
-    gen.set_defaults(func=_cmd_generate)
 
 
 def _add_vocoder_arguments(
@@ -206,10 +225,12 @@ def _cmd_resynth(args: argparse.Namespace) -> int:
 
 
 def _add_audio_commands(commands: argparse._SubParsersAction) -> None:
-    resynth = commands.add_parser(
+    resynth = _command(
+        commands,
         "resynth",
-        help="copy synthesis: audio -> log-mel -> vocoder -> audio, for a folder of files",
-        description="Resynthesise every .wav/.flac/.ogg under IN_DIR through the features and a "
+        _cmd_resynth,
+        "copy synthesis: audio -> log-mel -> vocoder -> audio, for a folder of files",
+        "Resynthesise every .wav/.flac/.ogg under IN_DIR through the features and a "
         "vocoder (what a perfect VAE would sound like). Writes 22,050 Hz mono 16-bit WAVs of the "
         "inputs' durations under --out, same relative paths. Exits 1 if any file failed.",
     )
@@ -222,7 +243,6 @@ def _add_audio_commands(commands: argparse._SubParsersAction) -> None:
         "default 128-mel features (default: hifigan)",
     )
     resynth.add_argument("--batch-size", type=int, default=8, help="clips per vocoder call")
-    resynth.set_defaults(func=_cmd_resynth)
 
 
 def build_parser() -> argparse.ArgumentParser:

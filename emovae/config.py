@@ -218,6 +218,21 @@ def check_time_downsample(value: int, features: FeatureConfig, where: str) -> No
 ARCHS = ("seed", "temporal")
 PRIORS = ("gaussian", "diffusion")
 PRECISIONS = ("fp32", "bf16")
+RECON_LOSSES = ("mse", "l1")  # the reconstruction term that trains (emovae.loss)
+# The TrainConfig fields that hold one of a few names; a search space's params are checked
+# against them too (sweeps.space_checks).
+TRAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "arch": ARCHS,
+    "prior": PRIORS,
+    "precision": PRECISIONS,
+    "recon_loss": RECON_LOSSES,
+}
+
+
+def check_choice(value: object, field_name: str, where: str) -> None:
+    allowed = TRAIN_CHOICES[field_name]
+    if value not in allowed:
+        raise ConfigError(f"{where}: expected one of {', '.join(allowed)}, got {value!r}")
 
 
 @dataclass
@@ -233,6 +248,8 @@ class TrainConfig:
     grad_clip: float = 0.5  # max global gradient norm; 0 disables clipping
     batch_size: int = 16
     spectral_weight: float = 0.5  # weight of frequency-profile + temporal-envelope MSE
+    # The reconstruction term that trains: mse, or l1 (blurs less); val_recon stays the MSE.
+    recon_loss: str = "mse"
     base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
     conditional: bool = False  # condition on the emotion (seed: encoder and decoder; temporal:
     # decoder and prior only, so the latent has to carry the emotion itself)
@@ -270,12 +287,8 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("arch", ARCHS), ("prior", PRIORS), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"train.{name}: expected one of {', '.join(allowed)}, "
-                    f"got {getattr(self, name)!r}"
-                )
+        for name in TRAIN_CHOICES:
+            check_choice(getattr(self, name), name, f"train.{name}")
         if self.prior == "diffusion" and self.arch != "temporal":
             raise ConfigError(
                 "train.prior: diffusion needs train.arch: temporal (a latent over time); "

@@ -135,6 +135,7 @@ def reconstruction_metrics(
     features: FeatureConfig,
     prefix: str = "test",
     batch_size: int = EVAL_BATCH,
+    recon_loss: str = "mse",
 ) -> dict[str, float]:
     """Loss terms and spectral metrics of `model` on `split`, decoding posterior means.
 
@@ -145,7 +146,7 @@ def reconstruction_metrics(
     """
     recon, mu, logvar = _posterior(model, split, batch_size)
     return _metrics_of(
-        recon, mu, logvar, split, beta, spectral_weight, normalizer, features, prefix
+        recon, mu, logvar, split, beta, spectral_weight, normalizer, features, prefix, recon_loss
     )
 
 
@@ -159,10 +160,11 @@ def _metrics_of(
     normalizer: Normalizer,
     features: FeatureConfig,
     prefix: str,
+    recon_loss: str,
 ) -> dict[str, float]:
     # Whole-split means equal the trainer's batch-size-weighted ones: every term is a mean over
     # clips (or over clips x cells, equal in number per clip).
-    terms = vae_loss(recon, split.features, mu, logvar, beta, spectral_weight)
+    terms = vae_loss(recon, split.features, mu, logvar, beta, spectral_weight, recon_loss)
     metrics = {f"{prefix}_{name}": float(terms[name]) for name in TERMS}
     spectral = spectral_metrics(
         _denormalize(split.features, normalizer), _denormalize(recon, normalizer), features
@@ -418,6 +420,7 @@ def evaluate_checkpoint(
         loaded.normalizer,
         loaded.features,
         "test",
+        loaded.train.recon_loss,
     )
     metrics["test_latent_silhouette"] = latent_silhouette(mu, test.labels)
 

@@ -1,5 +1,9 @@
 """VAE loss: reconstruction MSE + spectral_weight x spectral + beta x KL, each term reported.
 
+The reconstruction term that trains can be L1 instead (`recon_loss: l1`, a Laplace rather than
+Gaussian likelihood, which penalises small errors more and so blurs less); the reported "recon"
+is the MSE either way, so a sweep's `val_recon` compares every option on one scale.
+
 KL reduction (defined once, here): summed over latent dimensions, averaged over the batch.
 The reference code averaged over latent dimensions instead, so its beta shrank as latent_dim
 grew; its beta maps to ours as beta_ours = beta_reference / latent_dim (the reference's 0.1 at
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from emovae.config import RECON_LOSSES
 
 TERMS = ("loss", "recon", "spectral", "kl")
 # A latent unit whose mean KL over a split exceeds this carries information about the input;
@@ -54,12 +60,17 @@ def vae_loss(
     logvar: torch.Tensor,
     beta: float,
     spectral_weight: float = 0.5,
+    recon_loss: str = "mse",
 ) -> dict[str, torch.Tensor]:
-    """Named terms; 'loss' is their weighted sum and the only one to backpropagate."""
+    """Named terms; 'loss' is their weighted sum and the only one to backpropagate. With
+    `recon_loss` "l1" the sum holds the L1 error where it would hold "recon" (the MSE)."""
     terms = {
         "recon": F.mse_loss(recon, target),
         "spectral": spectral_loss(recon, target),
         "kl": kl_divergence(mu, logvar),
     }
-    terms["loss"] = terms["recon"] + spectral_weight * terms["spectral"] + beta * terms["kl"]
+    if recon_loss not in RECON_LOSSES:
+        raise ValueError(f"recon_loss: expected one of {RECON_LOSSES}, got {recon_loss!r}")
+    trained_recon = terms["recon"] if recon_loss == "mse" else F.l1_loss(recon, target)
+    terms["loss"] = trained_recon + spectral_weight * terms["spectral"] + beta * terms["kl"]
     return terms

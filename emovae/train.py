@@ -115,7 +115,13 @@ def _train_epoch(
             decoder_labels = _decoder_labels(model, labels[index], config.label_dropout)
             recon, mu, logvar = model(x, decoder_labels)
             terms = vae_loss(
-                recon.float(), x, mu.float(), logvar.float(), beta, config.spectral_weight
+                recon.float(),
+                x,
+                mu.float(),
+                logvar.float(),
+                beta,
+                config.spectral_weight,
+                config.recon_loss,
             )
             prior_loss = model.prior_loss(mu.float(), labels[index] if model.n_classes else None)
         objective = terms["loss"]
@@ -144,6 +150,7 @@ def evaluate_loss(
     labels: torch.Tensor,
     beta: float,
     spectral_weight: float,
+    recon_loss: str = "mse",
 ) -> dict[str, torch.Tensor]:
     """Loss terms over a whole split, decoding the posterior mean (deterministic); a
     conditional model with a "withheld" label decodes without the label, so the reconstruction
@@ -162,7 +169,7 @@ def evaluate_loss(
         if model.withheld_label is not None:
             y = None
         recon, mu, logvar = model(x, y, sample=False)
-        terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight)
+        terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight, recon_loss)
         for name in TERMS:
             sums[name] += terms[name] * x.shape[0]
         unit_kl = unit_kl + kl_per_unit(mu.float(), logvar.float()) * x.shape[0]
@@ -298,7 +305,9 @@ def _epoch_losses(
     started = time.perf_counter()
     beta = effective_beta(config, epoch)
     train_terms = _train_epoch(model, optimizer, *train_xy, config, beta, generator)
-    val_terms = evaluate_loss(model, *val_xy, config.beta, config.spectral_weight)
+    val_terms = evaluate_loss(
+        model, *val_xy, config.beta, config.spectral_weight, config.recon_loss
+    )
     metrics = {f"train_{k}": float(v) for k, v in train_terms.items()}
     metrics |= {f"val_{k}": float(v) for k, v in val_terms.items()}
     _check_finite(metrics, epoch)

@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,31 +46,27 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+@dataclass(frozen=True)
+class ConsoleLayout:
+    """What the console shows (the objective now and its running best, the searched parameters)
+    and the budget it counts against."""
+
+    metric: str
+    best_metric: str
+    params: tuple[str, ...]
+    max_epochs: int
+    num_samples: int
+    max_concurrent: int
+
+
 class SweepConsole(ProgressReporter):
     """Trial id, status, epoch/max, objective now and best, the searched parameters; under it
     a line of totals with epochs trained of the budget, time spent and an upper bound on what
     is left (every trial not yet ended running to its budget)."""
 
-    def __init__(
-        self,
-        stream: TextIO,
-        metric: str,
-        best_metric: str,
-        mode: str,
-        params: list[str],
-        max_epochs: int,
-        num_samples: int,
-        max_concurrent: int,
-        terminal: bool | None = None,
-    ):
+    def __init__(self, stream: TextIO, layout: ConsoleLayout, terminal: bool | None = None):
         self.stream = stream
-        self.metric = metric
-        self.best_metric = best_metric
-        self.mode = mode
-        self.params = params
-        self.max_epochs = max_epochs
-        self.num_samples = num_samples
-        self.max_concurrent = max_concurrent
+        self.layout = layout
         self.terminal = stream.isatty() if terminal is None else terminal
         self._started = time.monotonic()
         self._last_draw = 0.0
@@ -130,14 +127,14 @@ class SweepConsole(ProgressReporter):
 
     def _values(self, trial: Any) -> tuple[str, str]:
         result = trial.last_result or {}
-        now, best = result.get(self.metric), result.get(self.best_metric)
+        now, best = result.get(self.layout.metric), result.get(self.layout.best_metric)
         return (
             _number(now) if now is not None else "-",
             _number(best) if best is not None else "-",
         )
 
     def _params(self, trial: Any) -> str:
-        return " ".join(f"{k}={_number(trial.config.get(k))}" for k in self.params)
+        return " ".join(f"{k}={_number(trial.config.get(k))}" for k in self.layout.params)
 
     def _event(self, trial: Any, trials: list) -> str:
         status = self._status(trial)
@@ -147,13 +144,13 @@ class SweepConsole(ProgressReporter):
         if self._seen.get(trial.trial_id) in (None, "PENDING"):  # ended between two reports
             head += f" ({self._params(trial)})"
         now, best = self._values(trial)
-        return (
-            f"{head} after {self._epochs(trial)}/{self.max_epochs} epochs, {self.metric} "
-            f"{now} (best {best}) | {self._totals(trials)}"
+        epochs = f"{self._epochs(trial)}/{self.layout.max_epochs} epochs"
+        return f"{head} after {epochs}, {self.layout.metric} {now} (best {best}) | " + (
+            self._totals(trials)
         )
 
     def _table(self, trials: list) -> list[str]:
-        header = ["trial", "status", "epoch", self.metric, "best", *self.params]
+        header = ["trial", "status", "epoch", self.layout.metric, "best", *self.layout.params]
         rows = [header]
         for trial in trials:
             now, best = self._values(trial)
@@ -162,10 +159,10 @@ class SweepConsole(ProgressReporter):
                 [
                     trial.trial_id,
                     SHOWN.get(status, status.lower()),
-                    f"{self._epochs(trial)}/{self.max_epochs}",
+                    f"{self._epochs(trial)}/{self.layout.max_epochs}",
                     now,
                     best,
-                    *(_number(trial.config.get(k)) for k in self.params),
+                    *(_number(trial.config.get(k)) for k in self.layout.params),
                 ]
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -184,21 +181,23 @@ class SweepConsole(ProgressReporter):
         parts = [f"{counts[s]} {SHOWN[s]}" for s in order if counts.get(s)]
         trained = sum(self._epochs(t) for t in trials)
         elapsed = time.monotonic() - self._started
+        budget = self.layout.num_samples * self.layout.max_epochs
         return (
-            f"{len(trials)}/{self.num_samples} trials: {', '.join(parts) or 'none yet'}; "
-            f"{trained}/{self.num_samples * self.max_epochs} epochs; {_duration(elapsed)}"
+            f"{len(trials)}/{self.layout.num_samples} trials: {', '.join(parts) or 'none yet'}; "
+            f"{trained}/{budget} epochs; {_duration(elapsed)}"
             f"{self._left(trials, trained, elapsed)}"
         )
 
     def _left(self, trials: list, trained: int, elapsed: float) -> str:
         if not trained:
             return ""
+        layout = self.layout
         ended = ("TERMINATED", "ERROR")
-        budget = sum(self.max_epochs - self._epochs(t) for t in trials if t.status not in ended)
-        budget += (self.num_samples - len(trials)) * self.max_epochs
+        budget = sum(layout.max_epochs - self._epochs(t) for t in trials if t.status not in ended)
+        budget += (layout.num_samples - len(trials)) * layout.max_epochs
         running = max(1, sum(t.status == "RUNNING" for t in trials))
         # Epochs so far ran `running` at a time: seconds per epoch and lane, times what is left.
-        left = elapsed * running / trained * budget / min(running, self.max_concurrent)
+        left = elapsed * running / trained * budget / min(running, layout.max_concurrent)
         return f", at most ~{_duration(left)} left" if budget else ""
 
     def _new_errors(self, trials: list) -> list[str]:

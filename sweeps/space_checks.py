@@ -17,11 +17,13 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from emovae.config import (
+    TRAIN_CHOICES,
     TRAIN_RANGES,
     ConfigError,
     ExperimentConfig,
     FeatureConfig,
     TrainConfig,
+    check_choice,
     check_range,
     check_time_downsample,
     check_value,
@@ -141,6 +143,8 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
             checked[key] = check_value(spec, hints[key], f"{where}.{key}")
             if key in TRAIN_RANGES:
                 check_range(checked[key], TRAIN_RANGES[key], f"{where}.{key}")
+            if key in TRAIN_CHOICES:
+                check_choice(checked[key], key, f"{where}.{key}")
     return checked
 
 
@@ -166,9 +170,11 @@ def _check_distribution(
         if not isinstance(args, list) or not args:
             raise ConfigError(f"{at}: expected a non-empty list of values")
         values = [check_value(value, annotation, at) for value in args]
-        if key in TRAIN_RANGES:
-            for value in values:
+        for value in values:
+            if key in TRAIN_RANGES:
                 check_range(value, TRAIN_RANGES[key], at)
+            if key in TRAIN_CHOICES:
+                check_choice(value, key, at)
         return {kind: values}
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{at}: expected [low, high], got {args!r}")

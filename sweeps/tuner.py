@@ -11,7 +11,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from sweeps.console import SweepConsole
+from sweeps.console import ConsoleLayout, SweepConsole
 from sweeps.space import SweepSettings, SweepSpec, to_tune_space
 from sweeps.study import StudyLocation, SweepSearch
 from sweeps.sweep_folder import TUNE_DIR
@@ -91,16 +91,15 @@ def _tpe(sweep: SweepSettings) -> Any:
 
 
 def sweep_console(spec: SweepSpec, stream: TextIO) -> SweepConsole:
-    return SweepConsole(
-        stream,
+    layout = ConsoleLayout(
         metric=spec.sweep.metric,
         best_metric=best_key(spec.sweep.metric),
-        mode=spec.sweep.mode,
-        params=[k for k, v in spec.params.items() if isinstance(v, dict)],
+        params=tuple(k for k, v in spec.params.items() if isinstance(v, dict)),
         max_epochs=spec.experiment.train.max_epochs,
         num_samples=spec.sweep.num_samples,
         max_concurrent=spec.sweep.max_concurrent,
     )
+    return SweepConsole(stream, layout)
 
 
 def fit_without_restore_hint(tuner: tune.Tuner) -> None:

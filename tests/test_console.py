@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from sweeps.console import RayLogFile, SweepConsole
+from sweeps.console import ConsoleLayout, RayLogFile, SweepConsole
 
 
 def _trial(trial_id: str, status: str, epoch: int = 0, **result: float) -> SimpleNamespace:
@@ -26,17 +26,15 @@ def _trial(trial_id: str, status: str, epoch: int = 0, **result: float) -> Simpl
 
 
 def _console(stream: io.StringIO, terminal: bool) -> SweepConsole:
-    return SweepConsole(
-        stream,
+    layout = ConsoleLayout(
         metric="val_recon",
         best_metric="best_val_recon",
-        mode="min",
-        params=["latent_dim", "lr"],
+        params=("latent_dim", "lr"),
         max_epochs=8,
         num_samples=3,
         max_concurrent=2,
-        terminal=terminal,
     )
+    return SweepConsole(stream, layout, terminal=terminal)
 
 
 def test_without_a_terminal_a_plain_line_per_start_and_end() -> None:
@@ -97,7 +95,7 @@ def test_on_a_terminal_one_table_redrawn_in_place() -> None:
 def test_restored_from_tunes_snapshot_reports_to_this_process() -> None:
     console = _console(io.StringIO(), terminal=False)
     restored = pickle.loads(pickle.dumps(console))  # as Tune stores its run config
-    assert restored.stream is sys.stdout and restored.params == ["latent_dim", "lr"]
+    assert restored.stream is sys.stdout and restored.layout == console.layout
 
 
 def test_ray_logs_wait_for_the_folder_then_go_to_the_file(tmp_path: Path) -> None:

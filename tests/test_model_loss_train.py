@@ -234,6 +234,27 @@ def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
     assert recon.grad is not None and recon.grad.abs().sum() > 0
 
 
+def test_an_l1_reconstruction_trains_on_l1_and_still_reports_the_mse() -> None:
+    g = torch.Generator().manual_seed(6)
+    recon = torch.randn(4, 1, 8, 12, generator=g, requires_grad=True)
+    target = torch.randn(4, 1, 8, 12, generator=g)
+    mu, logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    mse = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7)
+    l1 = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7, recon_loss="l1")
+    # The reported terms are the same: a sweep's val_recon compares both on the MSE.
+    for name in ("recon", "spectral", "kl"):
+        torch.testing.assert_close(l1[name], mse[name])
+    torch.testing.assert_close(
+        l1["loss"], F.l1_loss(recon, target) + 0.7 * l1["spectral"] + 0.3 * l1["kl"]
+    )
+    assert not torch.isclose(l1["loss"], mse["loss"])
+    # What trains is the L1: its gradient on recon is sign(error) / N, not 2 error / N.
+    (l1["loss"] - 0.7 * l1["spectral"]).backward()
+    torch.testing.assert_close(recon.grad, torch.sign(recon - target).detach() / recon.numel())
+    with pytest.raises(ValueError, match="recon_loss: expected one of"):
+        vae_loss(recon, target, mu, logvar, beta=0.3, recon_loss="huber")
+
+
 # --- train ------------------------------------------------------------------------------------
 
 
@@ -434,7 +455,7 @@ class ScriptedValidation:
         self.values = values
         self.calls = 0
 
-    def __call__(self, model, features, labels, beta, spectral_weight):
+    def __call__(self, model, features, labels, beta, spectral_weight, recon_loss):
         values = self.values[self.calls]
         self.calls += 1
         return {name: torch.tensor(values.get(name, 1.0)) for name in TERMS}

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from emovae.checkpoint import load_model
 from emovae.config import ConfigError, DataConfig, FeatureConfig, TrainConfig
 from emovae.data.synthetic import generate_synthetic_corpus
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import condition_labels, honest_label_mode, latent_summary
+from emovae.loss import kl_divergence, spectral_loss
 from emovae.models import LatentDiffusionPrior, TemporalVAE, build_model
 from emovae.train import _decoder_labels, train
 
@@ -304,3 +306,23 @@ def test_bf16_training_runs_under_autocast_and_evaluates_in_fp32(
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
     with pytest.raises(ConfigError, match="train.precision: expected one of fp32, bf16"):
         dataclasses.replace(TEMPORAL, precision="fp16")
+
+
+def test_an_l1_model_trains_on_l1_reports_the_mse_and_keeps_its_setting(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    result = train(dataclasses.replace(TEMPORAL, recon_loss="l1"), data, tmp_path)
+    loaded = load_model(result.best_checkpoint)
+    assert loaded.train.recon_loss == "l1"
+    # Validation decodes the posterior means with the label withheld (emovae.train).
+    with torch.no_grad():
+        recon, mu, logvar = loaded.model(data.val.features, None, sample=False)
+    x = data.val.features
+    best = result.best_metrics
+    assert best["val_recon"] == pytest.approx(float(F.mse_loss(recon, x)), rel=1e-4)
+    trained = F.l1_loss(recon, x) + TEMPORAL.spectral_weight * spectral_loss(recon, x)
+    assert best["val_loss"] == pytest.approx(
+        float(trained + TEMPORAL.beta * kl_divergence(mu, logvar)), rel=1e-4
+    )
+    with pytest.raises(ConfigError, match="train.recon_loss: expected one of mse, l1"):
+        dataclasses.replace(TEMPORAL, recon_loss="l2")

@@ -360,6 +360,12 @@ PARAMS_OUT_OF_RANGE = [
         r"params.time_downsample.int: expected an integer in \[0, 9\]",
     ),
     ("time_downsample: 10", r"params.time_downsample: expected an integer in \[0, 9\]"),
+    # Fields that hold one of a few names: refused at load, not in every trial.
+    (
+        "recon_loss: {choice: [mse, huber]}",
+        r"params.recon_loss.choice: expected one of mse, l1, got 'huber'",
+    ),
+    ("arch: seeds", r"params.arch: expected one of seed, temporal, got 'seeds'"),
 ]
 
 
