@@ -136,9 +136,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         args.out,
         emotion=args.emotion,
         seed=args.seed,
-        n_iter=args.iters,
-        device=args.device,
-        vocoder=args.vocoder,
+        **_vocoder_options(args),
     )
     print(f"wrote {args.n} WAV files; manifest: {manifest}")
     return 0
@@ -197,6 +195,11 @@ def _add_vocoder_arguments(
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
+def _vocoder_options(args: argparse.Namespace) -> dict[str, object]:
+    """What `_add_vocoder_arguments` parsed, as the keywords generate and resynthesize take."""
+    return {"vocoder": args.vocoder, "n_iter": args.iters, "device": args.device}
+
+
 def _cmd_resynth(args: argparse.Namespace) -> int:
     from emovae.audio.hifigan import VocoderUnavailableError
     from emovae.audio.resynth import resynthesize
@@ -205,10 +208,8 @@ def _cmd_resynth(args: argparse.Namespace) -> int:
         result = resynthesize(
             args.in_dir,
             args.out,
-            vocoder=args.vocoder,
-            device=args.device,
-            n_iter=args.iters,
             batch_size=args.batch_size,
+            **_vocoder_options(args),
             progress=sys.stderr.isatty(),
         )
     except VocoderUnavailableError as exc:  # an ImportError: a missing extra, not a bug

@@ -214,11 +214,16 @@ def test_kl_is_summed_over_latent_dims_and_averaged_over_the_batch() -> None:
     assert kl_divergence(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
 
 
-def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
-    g = torch.Generator().manual_seed(5)
+def _loss_inputs(seed: int) -> tuple[torch.Tensor, ...]:
+    """A reconstruction (requiring grad), its target, and a posterior's mu and logvar."""
+    g = torch.Generator().manual_seed(seed)
     recon = torch.randn(4, 1, 8, 12, generator=g, requires_grad=True)
     target = torch.randn(4, 1, 8, 12, generator=g)
-    mu, logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    return recon, target, torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+
+
+def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
+    recon, target, mu, logvar = _loss_inputs(5)
     terms = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7)
     assert set(terms) == set(TERMS)
     torch.testing.assert_close(terms["recon"], F.mse_loss(recon, target))
@@ -235,10 +240,7 @@ def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
 
 
 def test_an_l1_reconstruction_trains_on_l1_and_still_reports_the_mse() -> None:
-    g = torch.Generator().manual_seed(6)
-    recon = torch.randn(4, 1, 8, 12, generator=g, requires_grad=True)
-    target = torch.randn(4, 1, 8, 12, generator=g)
-    mu, logvar = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    recon, target, mu, logvar = _loss_inputs(6)
     mse = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7)
     l1 = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7, recon_loss="l1")
     # The reported terms are the same: a sweep's val_recon compares both on the MSE.
