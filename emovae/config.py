@@ -248,7 +248,7 @@ class TrainConfig:
     grad_clip: float = 0.5  # max global gradient norm; 0 disables clipping
     batch_size: int = 16
     spectral_weight: float = 0.5  # weight of frequency-profile + temporal-envelope MSE
-    # The reconstruction term that trains: mse, or l1 (blurs less); val_recon stays the MSE.
+    # The reconstruction term that trains: mse or l1 (emovae.loss); val_recon stays the MSE.
     recon_loss: str = "mse"
     base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
     conditional: bool = False  # condition on the emotion (seed: encoder and decoder; temporal:

@@ -1,8 +1,9 @@
 """VAE loss: reconstruction MSE + spectral_weight x spectral + beta x KL, each term reported.
 
 The reconstruction term that trains can be L1 instead (`recon_loss: l1`, a Laplace rather than
-Gaussian likelihood, which penalises small errors more and so blurs less); the reported "recon"
-is the MSE either way, so a sweep's `val_recon` compares every option on one scale.
+Gaussian likelihood: small errors weigh more than under the MSE); the reported "recon" is the
+MSE either way, so a sweep's `val_recon` compares every option on one scale. On EmoDB, L1 did
+not make the exported audio better (benchmarks/RESULTS_quality.md, "An L1 reconstruction term").
 
 KL reduction (defined once, here): summed over latent dimensions, averaged over the batch.
 The reference code averaged over latent dimensions instead, so its beta shrank as latent_dim

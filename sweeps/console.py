@@ -145,9 +145,8 @@ class SweepConsole(ProgressReporter):
             head += f" ({self._params(trial)})"
         now, best = self._values(trial)
         epochs = f"{self._epochs(trial)}/{self.layout.max_epochs} epochs"
-        return f"{head} after {epochs}, {self.layout.metric} {now} (best {best}) | " + (
-            self._totals(trials)
-        )
+        totals = self._totals(trials)
+        return f"{head} after {epochs}, {self.layout.metric} {now} (best {best}) | {totals}"
 
     def _table(self, trials: list) -> list[str]:
         header = ["trial", "status", "epoch", self.layout.metric, "best", *self.layout.params]
