@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from emovae.config import RECON_LOSSES
+from emovae.config import check_choice
 
 TERMS = ("loss", "recon", "spectral", "kl")
 # A latent unit whose mean KL over a split exceeds this carries information about the input;
@@ -70,8 +70,7 @@ def vae_loss(
         "spectral": spectral_loss(recon, target),
         "kl": kl_divergence(mu, logvar),
     }
-    if recon_loss not in RECON_LOSSES:
-        raise ValueError(f"recon_loss: expected one of {RECON_LOSSES}, got {recon_loss!r}")
+    check_choice(recon_loss, "recon_loss", "recon_loss")
     trained_recon = terms["recon"] if recon_loss == "mse" else F.l1_loss(recon, target)
     terms["loss"] = trained_recon + spectral_weight * terms["spectral"] + beta * terms["kl"]
     return terms

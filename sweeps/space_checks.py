@@ -141,11 +141,16 @@ def validate_params(params: Any, where: str = "params") -> dict[str, Any]:
             checked[key] = _check_distribution(key, spec, hints[key], where)
         else:
             checked[key] = check_value(spec, hints[key], f"{where}.{key}")
-            if key in TRAIN_RANGES:
-                check_range(checked[key], TRAIN_RANGES[key], f"{where}.{key}")
-            if key in TRAIN_CHOICES:
-                check_choice(checked[key], key, f"{where}.{key}")
+            _check_allowed(key, checked[key], f"{where}.{key}")
     return checked
+
+
+def _check_allowed(key: str, value: Any, where: str) -> None:
+    """A constant or searched value of train.<key> inside the field's range or names."""
+    if key in TRAIN_RANGES:
+        check_range(value, TRAIN_RANGES[key], where)
+    if key in TRAIN_CHOICES:
+        check_choice(value, key, where)
 
 
 def _check_distribution(
@@ -171,10 +176,7 @@ def _check_distribution(
             raise ConfigError(f"{at}: expected a non-empty list of values")
         values = [check_value(value, annotation, at) for value in args]
         for value in values:
-            if key in TRAIN_RANGES:
-                check_range(value, TRAIN_RANGES[key], at)
-            if key in TRAIN_CHOICES:
-                check_choice(value, key, at)
+            _check_allowed(key, value, at)
         return {kind: values}
     if not isinstance(args, list) or len(args) != 2:
         raise ConfigError(f"{at}: expected [low, high], got {args!r}")
