@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from ray.tune import ProgressReporter
 
 from sweeps.results import trial_error_text, trial_status
-from sweeps.trials import TrialStatus
+from sweeps.trials import TrialStatus, best_key
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_FILE = "sweep.log"  # in the sweep folder: Ray's and Tune's driver-side logs
@@ -52,11 +52,14 @@ class ConsoleLayout:
     and the budget it counts against."""
 
     metric: str
-    best_metric: str
     params: tuple[str, ...]
     max_epochs: int
     num_samples: int
     max_concurrent: int
+
+    @property
+    def best_metric(self) -> str:
+        return best_key(self.metric)
 
 
 class SweepConsole(ProgressReporter):

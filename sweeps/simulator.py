@@ -28,7 +28,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.curves import EPOCH_SECONDS, METRICS_SECONDS, Curve, CurveLookup
 from sweeps.space import EMOTION_METRICS, GENERATION_METRICS, SweepSpec, to_tune_space
-from sweeps.trainable import best_key, emotion_metrics_due
+from sweeps.trainable import emotion_metrics_due
+from sweeps.trials import best_key
 
 SCHEDULERS = ("asha", "hyperband", "fifo")
 SEARCHERS = ("tpe", "random")

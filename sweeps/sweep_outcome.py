@@ -29,6 +29,7 @@ from sweeps.trials import (
     TrialRecord,
     TrialStatus,
     at_best_key,
+    best_key,
     best_value,
     epochs_run,
     feasible,
@@ -139,7 +140,7 @@ def write_trials_csv(sweep_dir: Path, trials: list[TrialRecord], spec: SweepSpec
             "trial_id": t.trial_id,
             "status": t.status,
             "epochs": epochs_run(t),
-            f"best_{metric}": best_value(t, metric, mode),
+            best_key(metric): best_value(t, metric, mode),
         }
         values = values_at_best(t, metric, mode, at_best) if at_best else {}
         row |= {at_best_key(name): value for name, value in values.items()}
@@ -261,7 +262,7 @@ def _log_outcome(
         client.set_tag(state.parent_run_id, "emovae.error", reason[:5000])
         client.set_terminated(state.parent_run_id, RunStatus.to_string(RunStatus.FAILED))
         return
-    client.log_metric(state.parent_run_id, f"best_{spec.sweep.metric}", best_score)
+    client.log_metric(state.parent_run_id, best_key(spec.sweep.metric), best_score)
     # Tags, not params: a resumed sweep may find a new best, and MLflow params are write-once.
     for key, value in flatten("best", best.params | {"trial_id": best.trial_id}).items():
         client.set_tag(state.parent_run_id, key, value)

@@ -38,7 +38,7 @@ from emovae.models import SpeechVAE
 from emovae.train import EpochMetrics, train
 from sweeps.space import GENERATION_METRICS, parse_constraint, trial_train_config
 from sweeps.system_metrics import system_metrics
-from sweeps.trials import Constraint, at_best_key, finite_number
+from sweeps.trials import Constraint, at_best_key, best_key, finite_number
 
 CHECKPOINT_FILES = ("last.pt", "best.pt")
 
@@ -138,11 +138,6 @@ def emotion_epoch_metrics(
 
 # In each result of a sweep with constraints: 1.0 when the trial's best epoch so far meets them.
 FEASIBLE_KEY = "feasible"
-
-
-def best_key(metric: str) -> str:
-    """The running best of `metric` that trials report and ASHA and Optuna compare."""
-    return f"best_{metric}"
 
 
 def objective_tracker(

@@ -80,6 +80,11 @@ class Constraint:
         return max(excess, math.ulp(0.0))
 
 
+def best_key(metric: str) -> str:
+    """The running best of `metric` that trials report and ASHA and Optuna compare."""
+    return f"best_{metric}"
+
+
 def at_best_key(metric: str) -> str:
     """A constrained metric's value at the epoch where the trial's objective is best so far,
     as trials report it (sweeps.trainable) and the Optuna study stores it."""

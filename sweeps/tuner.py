@@ -15,8 +15,7 @@ from sweeps.console import ConsoleLayout, SweepConsole
 from sweeps.space import SweepSettings, SweepSpec, to_tune_space
 from sweeps.study import StudyLocation, SweepSearch
 from sweeps.sweep_folder import TUNE_DIR
-from sweeps.trainable import best_key
-from sweeps.trials import at_best_key
+from sweeps.trials import at_best_key, best_key
 
 
 def build_tuner(
@@ -93,7 +92,6 @@ def _tpe(sweep: SweepSettings) -> Any:
 def sweep_console(spec: SweepSpec, stream: TextIO) -> SweepConsole:
     layout = ConsoleLayout(
         metric=spec.sweep.metric,
-        best_metric=best_key(spec.sweep.metric),
         params=tuple(k for k, v in spec.params.items() if isinstance(v, dict)),
         max_epochs=spec.experiment.train.max_epochs,
         num_samples=spec.sweep.num_samples,

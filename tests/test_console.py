@@ -28,7 +28,6 @@ def _trial(trial_id: str, status: str, epoch: int = 0, **result: float) -> Simpl
 def _console(stream: io.StringIO, terminal: bool) -> SweepConsole:
     layout = ConsoleLayout(
         metric="val_recon",
-        best_metric="best_val_recon",
         params=("latent_dim", "lr"),
         max_epochs=8,
         num_samples=3,

@@ -6,7 +6,8 @@ import math
 from pathlib import Path
 
 from emovae.checkpoint import FORMAT_VERSION, save_checkpoint
-from sweeps.trainable import best_key, emotion_metrics_due, objective_tracker
+from sweeps.trainable import emotion_metrics_due, objective_tracker
+from sweeps.trials import best_key
 
 
 def test_the_running_best_ignores_an_epoch_that_spikes():
