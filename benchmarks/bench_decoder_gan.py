@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_sampling import exported_clips
+from bench_sampling import decode_batches, exported_clips
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from emovae.checkpoint import LoadedModel, load_model, read_checkpoint, save_checkpoint
-from emovae.dataset import prepare_data
+from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import reconstruct
 from emovae.evaluation.audio_quality import DnsMos
 from emovae.loss import spectral_loss
@@ -66,6 +66,7 @@ class PatchDiscriminator(nn.Module):
 
 
 def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """A TemporalVAE's decoding half: latent projection, emotion embedding, decoder, output."""
     parts = [model.from_latent, model.decoder, model.to_output]
     if model.emotion is not None:
         parts.append(model.emotion)
@@ -73,6 +74,7 @@ def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def posterior(model: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's (mu, logvar) of every clip."""
     with torch.no_grad():
         pairs = [model.encode(features[i : i + 64]) for i in range(0, len(features), 64)]
     return torch.cat([m for m, _ in pairs]), torch.cat([v for _, v in pairs])
@@ -107,7 +109,11 @@ def averaged_weights(
                 w.copy_(kept)
 
 
-def evaluate(loaded, data, dnsmos: DnsMos, samples_per_emotion: int, seed: int) -> dict:
+def evaluate(
+    loaded: LoadedModel, data: PreparedData, dnsmos: DnsMos, samples_per_emotion: int, seed: int
+) -> dict[str, float]:
+    """Test MSE, and DNSMOS (overall, sig, bak) of the test reconstructions and of
+    `samples_per_emotion` prior samples per emotion, through HiFi-GAN as exported."""
     model = loaded.model
     model.eval()
     decoded, _ = reconstruct(model, data.test)  # label withheld, as the finaliser scores them
@@ -116,9 +122,7 @@ def evaluate(loaded, data, dnsmos: DnsMos, samples_per_emotion: int, seed: int) 
     labels = torch.arange(model.n_classes).repeat(samples_per_emotion)
     with torch.no_grad():
         z = model.sample_latents(len(labels), labels, torch.Generator().manual_seed(seed))
-        sampled = torch.cat(
-            [model.decode(z[i : i + 30], labels[i : i + 30]) for i in range(0, len(z), 30)]
-        )
+        sampled = decode_batches(model, z, labels)
     samples = exported_clips(loaded, loaded.normalizer.denormalize(sampled[:, 0].numpy()))
     rate = loaded.features.sample_rate
     out = {"test_mse": test_mse}

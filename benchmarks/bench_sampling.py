@@ -84,14 +84,15 @@ def draw(
     with torch.no_grad():
         z = model.sample_latents(len(labels), labels, torch.Generator().manual_seed(seed))
         prior_seconds = time.perf_counter() - start
-        decoded = _decode(model, z, labels)
+        decoded = decode_batches(model, z, labels)
         for _ in range(reencode):
             means = torch.cat([model.encode(decoded[i : i + 25])[0] for i in range(0, len(z), 25)])
-            decoded = _decode(model, means, labels)
+            decoded = decode_batches(model, means, labels)
     return loaded.normalizer.denormalize(decoded[:, 0].numpy()), labels.numpy(), prior_seconds
 
 
-def _decode(model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def decode_batches(model: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Latents -> z-scored log-mels (N, 1, n_mels, frames), 25 at a time, each with its label."""
     return torch.cat(
         [model.decode(z[i : i + 25], labels[i : i + 25]) for i in range(0, len(z), 25)]
     )
