@@ -11,7 +11,8 @@ HiFi-GAN with DNSMOS (epoch 0: the checkpoint as it came), and writes the fine-t
 checkpoint, which `bench_quality.py run --checkpoint` evaluates as the finaliser would.
 `--prior-pool N` also has the discriminator judge decodings of N latents drawn once from the
 prior (aimed at the samples' gap); `--adv-weight 0 --fm-weight 0` is the control: the same
-fine-tuning with the recon loss alone; `--ema D` evaluates and saves a moving average of the
+fine-tuning with the recon loss alone; `--delta-weight W` adds a loss on the log-mel's local
+contrast instead of a discriminator; `--ema D` evaluates and saves a moving average of the
 decoder's weights instead of the last step's.
 
     python benchmarks/bench_decoder_gan.py --checkpoint CK --out runs/exp/gan --epochs 80
@@ -63,6 +64,13 @@ class PatchDiscriminator(nn.Module):
             x = F.leaky_relu(layer(x), 0.2)
             features.append(x)
         return self.out(x), features
+
+
+def local_contrast_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the steps between neighbouring mel bins plus that of the steps between frames:
+    a harmonic's peak and valley is a large step along frequency that the plain MSE, averaging
+    over plausible outputs, flattens."""
+    return sum(F.mse_loss(recon.diff(dim=axis), target.diff(dim=axis)) for axis in (-2, -1))
 
 
 def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -145,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--disc-channels", type=int, default=16)
     parser.add_argument("--prior-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--delta-weight",
+        type=float,
+        default=0.0,
+        help="weight of local_contrast_loss (a pointwise loss on the log-mel's steps along "
+        "frequency and time, which is where harmonics show)",
+    )
     parser.add_argument("--samples-per-emotion", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -219,6 +234,7 @@ class FineTuning:
             "fm": sum(F.l1_loss(f, r) for f, r in zip(fake_features, real_features, strict=True)),
             "mse": F.mse_loss(fake, x),
             "prior_adv": torch.zeros(()),
+            "delta": local_contrast_loss(fake, x),
         }
         if sampled is not None:
             terms["prior_adv"] = (self.disc(sampled)[0] - 1).pow(2).mean()
@@ -228,6 +244,7 @@ class FineTuning:
             + args.adv_weight * terms["adv"]
             + args.fm_weight * terms["fm"] / len(fake_features)
             + args.prior_weight * terms["prior_adv"]
+            + args.delta_weight * terms["delta"]
         )
         self.g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
