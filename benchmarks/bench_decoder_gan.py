@@ -163,21 +163,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples-per-emotion", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    for name, kind, help_text in (
-        (
-            "--prior-pool",
-            int,
-            "prior latents drawn once (generator seed + 1) whose decodings the discriminator "
-            "also judges, so the decoder learns to make them real; 0: none",
-        ),
-        (
-            "--ema",
-            float,
-            "decay of a moving average of the decoder's weights, evaluated and saved in place "
-            "of the last step's; 0: none",
-        ),
-    ):
-        parser.add_argument(name, type=kind, default=kind(0), help=help_text)
+    parser.add_argument(
+        "--prior-pool",
+        type=int,
+        default=0,
+        help="prior latents drawn once (generator seed + 1) whose decodings the discriminator "
+        "also judges, so the decoder learns to make them real; 0: none",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="decay of a moving average of the decoder's weights, evaluated and saved in place "
+        "of the last step's; 0: none",
+    )
     return parser
 
 
