@@ -40,7 +40,7 @@ from emovae.checkpoint import LoadedModel, load_model, read_checkpoint, save_che
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import reconstruct
 from emovae.evaluation.audio_quality import DnsMos
-from emovae.loss import spectral_loss
+from emovae.loss import local_contrast_loss, spectral_loss
 from sweeps.space import load_space
 
 
@@ -64,13 +64,6 @@ class PatchDiscriminator(nn.Module):
             x = F.leaky_relu(layer(x), 0.2)
             features.append(x)
         return self.out(x), features
-
-
-def local_contrast_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE of the steps between neighbouring mel bins plus that of the steps between frames:
-    a harmonic's peak and valley is a large step along frequency that the plain MSE, averaging
-    over plausible outputs, flattens."""
-    return sum(F.mse_loss(recon.diff(dim=axis), target.diff(dim=axis)) for axis in (-2, -1))
 
 
 def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:

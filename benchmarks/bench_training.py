@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from emovae.config import DataConfig, FeatureConfig, TrainConfig  # noqa: E402
 from emovae.dataset import PreparedData, Split, prepare_data  # noqa: E402
 from emovae.features import n_frames  # noqa: E402
-from emovae.loss import vae_loss  # noqa: E402
+from emovae.loss import LossWeights, vae_loss  # noqa: E402
 from emovae.models import VAE  # noqa: E402
 from emovae.train import evaluate_loss, train  # noqa: E402
 
@@ -151,7 +151,7 @@ def step_flops(frames: int, batch: int, n_mels: int, latent: int, channels: int)
     x = torch.randn(batch, 1, n_mels, frames)
     with FlopCounterMode(display=False) as counter:
         recon, mu, logvar = model(x)
-        vae_loss(recon, x, mu, logvar, 0.003125)["loss"].backward()
+        vae_loss(recon, x, mu, logvar, LossWeights(0.003125))["loss"].backward()
     return counter.get_total_flops()
 
 
@@ -179,7 +179,7 @@ class BareLoop:
     def step(self) -> None:
         self.model.train()
         recon, mu, logvar = self.forward(self.x)
-        loss = vae_loss(recon, self.x, mu, logvar, 0.003125, 0.5)["loss"]
+        loss = vae_loss(recon, self.x, mu, logvar, LossWeights(0.003125))["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
@@ -227,7 +227,10 @@ def val_seconds(data: PreparedData, frames: int, args: argparse.Namespace) -> fl
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        {k: float(v) for k, v in evaluate_loss(model, x, data.val.labels, 0.003, 0.5).items()}
+        {
+            k: float(v)
+            for k, v in evaluate_loss(model, x, data.val.labels, LossWeights(0.003)).items()
+        }
         times.append(time.perf_counter() - start)
     return min(times)
 

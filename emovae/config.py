@@ -250,6 +250,9 @@ class TrainConfig:
     spectral_weight: float = 0.5  # weight of frequency-profile + temporal-envelope MSE
     # The reconstruction term that trains: mse or l1 (emovae.loss); val_recon stays the MSE.
     recon_loss: str = "mse"
+    # Weight of the local-contrast term (steps along frequency and time, emovae.loss) in the
+    # loss that trains; 0 leaves the spec's loss. val_recon stays the MSE.
+    contrast_weight: float = 0.0
     base_channels: int = 32  # encoder widths are base * (1, 2, 4, 8): 32..256 as in the spec
     conditional: bool = False  # condition on the emotion (seed: encoder and decoder; temporal:
     # decoder and prior only, so the latent has to carry the emotion itself)
@@ -313,6 +316,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "grad_clip": Range(0.0, note="0: no clipping"),
     "batch_size": Range(1),
     "spectral_weight": Range(0.0),
+    "contrast_weight": Range(0.0, note="0: none"),
     "base_channels": Range(1),
     "hidden_channels": Range(1),
     "time_downsample": Range(0),  # and at most max_time_downsample(features): ExperimentConfig

@@ -24,7 +24,7 @@ from emovae.checkpoint import load_model
 from emovae.config import FeatureConfig
 from emovae.dataset import PreparedData, Split
 from emovae.features import Normalizer
-from emovae.loss import TERMS, vae_loss
+from emovae.loss import TERMS, LossWeights, vae_loss
 from emovae.models import SpeechVAE
 from emovae.runtime import atomic_write_text, save_figure, select_device
 
@@ -129,13 +129,11 @@ def _denormalize(z: torch.Tensor, normalizer: Normalizer) -> np.ndarray:
 def reconstruction_metrics(
     model: SpeechVAE,
     split: Split,
-    beta: float,
-    spectral_weight: float,
+    weights: LossWeights,
     normalizer: Normalizer,
     features: FeatureConfig,
     prefix: str = "test",
     batch_size: int = EVAL_BATCH,
-    recon_loss: str = "mse",
 ) -> dict[str, float]:
     """Loss terms and spectral metrics of `model` on `split`, decoding posterior means.
 
@@ -145,9 +143,7 @@ def reconstruction_metrics(
     `normalizer` (the one `split` was z-scored with) de-normalises, read as `features` made them.
     """
     recon, mu, logvar = _posterior(model, split, batch_size)
-    return _metrics_of(
-        recon, mu, logvar, split, beta, spectral_weight, normalizer, features, prefix, recon_loss
-    )
+    return _metrics_of(recon, mu, logvar, split, weights, normalizer, features, prefix)
 
 
 def _metrics_of(
@@ -155,16 +151,14 @@ def _metrics_of(
     mu: torch.Tensor,
     logvar: torch.Tensor,
     split: Split,
-    beta: float,
-    spectral_weight: float,
+    weights: LossWeights,
     normalizer: Normalizer,
     features: FeatureConfig,
     prefix: str,
-    recon_loss: str,
 ) -> dict[str, float]:
     # Whole-split means equal the trainer's batch-size-weighted ones: every term is a mean over
     # clips (or over clips x cells, equal in number per clip).
-    terms = vae_loss(recon, split.features, mu, logvar, beta, spectral_weight, recon_loss)
+    terms = vae_loss(recon, split.features, mu, logvar, weights)
     metrics = {f"{prefix}_{name}": float(terms[name]) for name in TERMS}
     spectral = spectral_metrics(
         _denormalize(split.features, normalizer), _denormalize(recon, normalizer), features
@@ -415,12 +409,10 @@ def evaluate_checkpoint(
         mu,
         logvar,
         test,
-        loaded.train.beta,
-        loaded.train.spectral_weight,
+        LossWeights.of(loaded.train),
         loaded.normalizer,
         loaded.features,
         "test",
-        loaded.train.recon_loss,
     )
     metrics["test_latent_silhouette"] = latent_silhouette(mu, test.labels)
 

@@ -4,6 +4,8 @@ The reconstruction term that trains can be L1 instead (`recon_loss: l1`, a Lapla
 Gaussian likelihood: small errors weigh more than under the MSE); the reported "recon" is the
 MSE either way, so a sweep's `val_recon` compares every option on one scale. On EmoDB, L1 did
 not make the exported audio better (benchmarks/RESULTS_quality.md, "An L1 reconstruction term").
+`contrast_weight` adds the local-contrast term (`local_contrast_loss`) to the sum; it is not
+reported on its own, and "recon" stays the MSE.
 
 KL reduction (defined once, here): summed over latent dimensions, averaged over the batch.
 The reference code averaged over latent dimensions instead, so its beta shrank as latent_dim
@@ -14,10 +16,12 @@ so a sweep over both compares like with like.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from emovae.config import check_choice
+from emovae.config import TrainConfig, check_choice
 
 TERMS = ("loss", "recon", "spectral", "kl")
 # A latent unit whose mean KL over a split exceeds this carries information about the input;
@@ -54,23 +58,55 @@ def spectral_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return frequency_profile + temporal_envelope
 
 
+def local_contrast_loss(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of the steps between neighbouring mel bins plus that of the steps between frames.
+
+    A harmonic's peak and valley is a large step along frequency that the plain MSE, averaging
+    over plausible outputs, flattens; this term pays for the flattening directly."""
+    return sum(F.mse_loss(recon.diff(dim=axis), target.diff(dim=axis)) for axis in (-2, -1))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """How `vae_loss` sums its terms: the TrainConfig fields of that name, beta as of an epoch
+    (KL warm-up changes it while training; validation uses the configured one)."""
+
+    beta: float
+    spectral_weight: float = 0.5
+    recon_loss: str = "mse"
+    contrast_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice(self.recon_loss, "recon_loss", "recon_loss")
+
+    @classmethod
+    def of(cls, train: TrainConfig, beta: float | None = None) -> LossWeights:
+        return cls(
+            train.beta if beta is None else beta,
+            train.spectral_weight,
+            train.recon_loss,
+            train.contrast_weight,
+        )
+
+
 def vae_loss(
     recon: torch.Tensor,
     target: torch.Tensor,
     mu: torch.Tensor,
     logvar: torch.Tensor,
-    beta: float,
-    spectral_weight: float = 0.5,
-    recon_loss: str = "mse",
+    weights: LossWeights,
 ) -> dict[str, torch.Tensor]:
-    """Named terms; 'loss' is their weighted sum and the only one to backpropagate. With
-    `recon_loss` "l1" the sum holds the L1 error where it would hold "recon" (the MSE)."""
+    """Named terms (TERMS); 'loss' is their weighted sum and the only one to backpropagate.
+    With `recon_loss` "l1" the sum holds the L1 error where it would hold "recon" (the MSE);
+    with a `contrast_weight` it also holds that multiple of `local_contrast_loss`."""
     terms = {
         "recon": F.mse_loss(recon, target),
         "spectral": spectral_loss(recon, target),
         "kl": kl_divergence(mu, logvar),
     }
-    check_choice(recon_loss, "recon_loss", "recon_loss")
-    trained_recon = terms["recon"] if recon_loss == "mse" else F.l1_loss(recon, target)
-    terms["loss"] = trained_recon + spectral_weight * terms["spectral"] + beta * terms["kl"]
+    trained_recon = terms["recon"] if weights.recon_loss == "mse" else F.l1_loss(recon, target)
+    loss = trained_recon + weights.spectral_weight * terms["spectral"] + weights.beta * terms["kl"]
+    if weights.contrast_weight > 0:
+        loss = loss + weights.contrast_weight * local_contrast_loss(recon, target)
+    terms["loss"] = loss
     return terms

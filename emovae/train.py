@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from emovae.checkpoint import model_state, read_checkpoint, save_checkpoint
 from emovae.config import FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, Split
-from emovae.loss import ACTIVE_UNIT_NATS, TERMS, kl_per_unit, vae_loss
+from emovae.loss import ACTIVE_UNIT_NATS, TERMS, LossWeights, kl_per_unit, vae_loss
 from emovae.models import SpeechVAE, build_model
 
 # Also reachable as emovae.train.select_device etc., where they lived before emovae.runtime.
@@ -106,6 +106,7 @@ def _train_epoch(
     # BatchNorm cannot train on a batch of one: a trailing singleton batch is dropped.
     usable = n - 1 if n % config.batch_size == 1 and n > 1 else n
     names = (*TERMS, "prior") if model.prior is not None else TERMS
+    weights = LossWeights.of(config, beta)
     parameter_groups = _parameter_groups(model)
     sums = {name: torch.zeros((), device=features.device) for name in names}
     for start in range(0, usable, config.batch_size):
@@ -114,15 +115,7 @@ def _train_epoch(
         with torch.autocast(x.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
             decoder_labels = _decoder_labels(model, labels[index], config.label_dropout)
             recon, mu, logvar = model(x, decoder_labels)
-            terms = vae_loss(
-                recon.float(),
-                x,
-                mu.float(),
-                logvar.float(),
-                beta,
-                config.spectral_weight,
-                config.recon_loss,
-            )
+            terms = vae_loss(recon.float(), x, mu.float(), logvar.float(), weights)
             prior_loss = model.prior_loss(mu.float(), labels[index] if model.n_classes else None)
         objective = terms["loss"]
         if prior_loss is not None:
@@ -148,9 +141,7 @@ def evaluate_loss(
     model: SpeechVAE,
     features: torch.Tensor,
     labels: torch.Tensor,
-    beta: float,
-    spectral_weight: float,
-    recon_loss: str = "mse",
+    weights: LossWeights,
 ) -> dict[str, torch.Tensor]:
     """Loss terms over a whole split, decoding the posterior mean (deterministic); a
     conditional model with a "withheld" label decodes without the label, so the reconstruction
@@ -169,7 +160,7 @@ def evaluate_loss(
         if model.withheld_label is not None:
             y = None
         recon, mu, logvar = model(x, y, sample=False)
-        terms = vae_loss(recon, x, mu, logvar, beta, spectral_weight, recon_loss)
+        terms = vae_loss(recon, x, mu, logvar, weights)
         for name in TERMS:
             sums[name] += terms[name] * x.shape[0]
         unit_kl = unit_kl + kl_per_unit(mu.float(), logvar.float()) * x.shape[0]
@@ -305,9 +296,7 @@ def _epoch_losses(
     started = time.perf_counter()
     beta = effective_beta(config, epoch)
     train_terms = _train_epoch(model, optimizer, *train_xy, config, beta, generator)
-    val_terms = evaluate_loss(
-        model, *val_xy, config.beta, config.spectral_weight, config.recon_loss
-    )
+    val_terms = evaluate_loss(model, *val_xy, LossWeights.of(config))
     metrics = {f"train_{k}": float(v) for k, v in train_terms.items()}
     metrics |= {f"val_{k}": float(v) for k, v in val_terms.items()}
     _check_finite(metrics, epoch)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from emovae.config import ConfigError
-from emovae.loss import kl_per_unit
+from emovae.loss import LossWeights, kl_per_unit
 from emovae.train import evaluate_loss
 from sweeps.driver import SweepResult, _no_best_reason, _write_trials_csv
 from sweeps.report import analyse_sweep, write_report
@@ -154,7 +154,7 @@ def test_active_units_count_the_units_above_a_hundredth_of_a_nat() -> None:
     # unit whose variance alone departs from the prior: 0.5 * (e - 1 - 1) = 0.36 (active).
     model = CraftedPosterior([1.0, 0.0, 0.1, 0.0], [0.0, 0.0, 0.0, 1.0])
     features = torch.zeros(70, 1, 4, 4)  # two evaluation batches (64 + 6 clips)
-    terms = evaluate_loss(model, features, torch.zeros(70, dtype=torch.long), 1.0, 0.5)
+    terms = evaluate_loss(model, features, torch.zeros(70, dtype=torch.long), LossWeights(1.0))
     assert terms["active_units"].item() == 2.0
     assert terms["kl"].item() == pytest.approx(0.5 + 0.005 + 0.5 * (math.e - 2), rel=1e-5)
 

@@ -31,7 +31,7 @@ from emovae.evaluate import (
 )
 from emovae.features import Normalizer, n_frames
 from emovae.griffinlim import spectral_convergence as griffinlim_spectral_convergence
-from emovae.loss import TERMS
+from emovae.loss import TERMS, LossWeights
 from emovae.train import evaluate_loss, train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -239,14 +239,14 @@ def test_reconstruction_metrics_are_finite_and_match_the_trainer(trained) -> Non
     data, checkpoint, _ = trained
     loaded = load_model(checkpoint)
     metrics = reconstruction_metrics(
-        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer, data.features
+        loaded.model, data.test, LossWeights.of(TRAIN), data.normalizer, data.features
     )
     assert set(metrics) == METRIC_KEYS
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["test_lsd_db"] > 0 and metrics["test_spectral_convergence"] > 0
     # Same loss terms as the trainer's validation pass, evaluated on the test split.
     expected = evaluate_loss(
-        loaded.model, data.test.features, data.test.labels, TRAIN.beta, TRAIN.spectral_weight
+        loaded.model, data.test.features, data.test.labels, LossWeights.of(TRAIN)
     )
     for term in TERMS:  # evaluate_loss also counts active units, which are not a loss term
         assert metrics[f"test_{term}"] == pytest.approx(float(expected[term]), rel=1e-4)
@@ -259,8 +259,7 @@ def test_reconstruction_metrics_are_finite_and_match_the_trainer(trained) -> Non
     val = reconstruction_metrics(
         loaded.model,
         data.val,
-        TRAIN.beta,
-        TRAIN.spectral_weight,
+        LossWeights.of(TRAIN),
         data.normalizer,
         data.features,
         prefix="val",
@@ -312,7 +311,7 @@ def test_evaluate_checkpoint_writes_metrics_and_plots(trained, evaluated) -> Non
     assert written == pytest.approx(metrics)
     loaded = load_model(checkpoint)
     direct = reconstruction_metrics(
-        loaded.model, data.test, TRAIN.beta, TRAIN.spectral_weight, data.normalizer, data.features
+        loaded.model, data.test, LossWeights.of(TRAIN), data.normalizer, data.features
     )
     assert direct == pytest.approx({k: metrics[k] for k in METRIC_KEYS})
 

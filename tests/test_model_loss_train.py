@@ -17,7 +17,14 @@ from emovae.checkpoint import load_model, read_checkpoint
 from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.data.synthetic import generate_synthetic_corpus
 from emovae.dataset import PreparedData, prepare_data
-from emovae.loss import TERMS, kl_divergence, spectral_loss, vae_loss
+from emovae.loss import (
+    TERMS,
+    LossWeights,
+    kl_divergence,
+    local_contrast_loss,
+    spectral_loss,
+    vae_loss,
+)
 from emovae.models import LOGVAR_LIMIT, VAE
 from emovae.train import TrainingDivergedError, evaluate_loss, train
 
@@ -224,7 +231,7 @@ def _loss_inputs(seed: int) -> tuple[torch.Tensor, ...]:
 
 def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
     recon, target, mu, logvar = _loss_inputs(5)
-    terms = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7)
+    terms = vae_loss(recon, target, mu, logvar, LossWeights(beta=0.3, spectral_weight=0.7))
     assert set(terms) == set(TERMS)
     torch.testing.assert_close(terms["recon"], F.mse_loss(recon, target))
     torch.testing.assert_close(terms["spectral"], spectral_loss(recon, target))
@@ -232,17 +239,17 @@ def test_total_loss_is_recon_plus_weighted_spectral_plus_beta_kl() -> None:
     torch.testing.assert_close(
         terms["loss"], terms["recon"] + 0.7 * terms["spectral"] + 0.3 * terms["kl"]
     )
-    assert vae_loss(recon, target, mu, logvar, beta=0.0)["loss"].item() == pytest.approx(
-        (terms["recon"] + 0.5 * terms["spectral"]).item(), rel=1e-6
-    )
+    assert vae_loss(recon, target, mu, logvar, LossWeights(beta=0.0))[
+        "loss"
+    ].item() == pytest.approx((terms["recon"] + 0.5 * terms["spectral"]).item(), rel=1e-6)
     terms["loss"].backward()
     assert recon.grad is not None and recon.grad.abs().sum() > 0
 
 
 def test_an_l1_reconstruction_trains_on_l1_and_still_reports_the_mse() -> None:
     recon, target, mu, logvar = _loss_inputs(6)
-    mse = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7)
-    l1 = vae_loss(recon, target, mu, logvar, beta=0.3, spectral_weight=0.7, recon_loss="l1")
+    mse = vae_loss(recon, target, mu, logvar, LossWeights(beta=0.3, spectral_weight=0.7))
+    l1 = vae_loss(recon, target, mu, logvar, LossWeights(0.3, 0.7, recon_loss="l1"))
     # The reported terms are the same: a sweep's val_recon compares both on the MSE.
     for name in ("recon", "spectral", "kl"):
         torch.testing.assert_close(l1[name], mse[name])
@@ -254,7 +261,25 @@ def test_an_l1_reconstruction_trains_on_l1_and_still_reports_the_mse() -> None:
     (l1["loss"] - 0.7 * l1["spectral"]).backward()
     torch.testing.assert_close(recon.grad, torch.sign(recon - target).detach() / recon.numel())
     with pytest.raises(ValueError, match="recon_loss: expected one of"):
-        vae_loss(recon, target, mu, logvar, beta=0.3, recon_loss="huber")
+        LossWeights(beta=0.3, recon_loss="huber")
+
+
+def test_a_contrast_weight_adds_that_multiple_of_the_local_contrast_term() -> None:
+    recon, target, mu, logvar = _loss_inputs(7)
+    plain = vae_loss(recon, target, mu, logvar, LossWeights(beta=0.3))
+    contrast = vae_loss(recon, target, mu, logvar, LossWeights(beta=0.3, contrast_weight=4.0))
+    for name in ("recon", "spectral", "kl"):
+        torch.testing.assert_close(contrast[name], plain[name])
+    steps = [F.mse_loss(recon.diff(dim=a), target.diff(dim=a)) for a in (-2, -1)]
+    torch.testing.assert_close(contrast["loss"], plain["loss"] + 4.0 * sum(steps))
+    # A flattened peak and the peak off by a level are equally far by the MSE; local contrast
+    # ignores the level and pays for the flattening.
+    peak = torch.zeros(1, 1, 5, 2)
+    peak[0, 0, 2] = 1.0
+    flat, shifted = torch.full_like(peak, 0.2), peak + 0.4
+    torch.testing.assert_close(F.mse_loss(flat, peak), F.mse_loss(shifted, peak))
+    assert local_contrast_loss(shifted, peak).item() == pytest.approx(0.0, abs=1e-7)
+    assert local_contrast_loss(flat, peak).item() > 0.1
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -340,9 +365,13 @@ def test_best_and_last_checkpoints_follow_the_validation_loss(
     assert best.epoch == result.best_epoch
     assert best.metrics["val_loss"] == min(val_losses)
     # The monitored value is the loss on the validation split, decoding the posterior mean.
-    recomputed = evaluate_loss(best.model, data.val.features, data.val.labels, BASE.beta, 0.5)
+    recomputed = evaluate_loss(
+        best.model, data.val.features, data.val.labels, LossWeights(BASE.beta)
+    )
     assert recomputed["loss"].item() == pytest.approx(best.metrics["val_loss"], rel=1e-5)
-    train_loss = evaluate_loss(best.model, data.train.features, data.train.labels, BASE.beta, 0.5)
+    train_loss = evaluate_loss(
+        best.model, data.train.features, data.train.labels, LossWeights(BASE.beta)
+    )
     assert train_loss["loss"].item() != pytest.approx(best.metrics["val_loss"], rel=1e-3)
 
     last = read_checkpoint(result.last_checkpoint)
@@ -457,7 +486,7 @@ class ScriptedValidation:
         self.values = values
         self.calls = 0
 
-    def __call__(self, model, features, labels, beta, spectral_weight, recon_loss):
+    def __call__(self, model, features, labels, weights):
         values = self.values[self.calls]
         self.calls += 1
         return {name: torch.tensor(values.get(name, 1.0)) for name in TERMS}

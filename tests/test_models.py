@@ -14,7 +14,7 @@ from emovae.config import ConfigError, DataConfig, FeatureConfig, TrainConfig
 from emovae.data.synthetic import generate_synthetic_corpus
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import condition_labels, honest_label_mode, latent_summary
-from emovae.loss import kl_divergence, spectral_loss
+from emovae.loss import kl_divergence, local_contrast_loss, spectral_loss
 from emovae.models import LatentDiffusionPrior, TemporalVAE, build_model
 from emovae.train import _decoder_labels, train
 
@@ -308,19 +308,24 @@ def test_bf16_training_runs_under_autocast_and_evaluates_in_fp32(
         dataclasses.replace(TEMPORAL, precision="fp16")
 
 
-def test_an_l1_model_trains_on_l1_reports_the_mse_and_keeps_its_setting(
+def test_an_l1_contrast_model_trains_on_both_reports_the_mse_and_keeps_its_settings(
     data: PreparedData, tmp_path: Path
 ) -> None:
-    result = train(dataclasses.replace(TEMPORAL, recon_loss="l1"), data, tmp_path)
+    config = dataclasses.replace(TEMPORAL, recon_loss="l1", contrast_weight=2.0)
+    result = train(config, data, tmp_path)
     loaded = load_model(result.best_checkpoint)
-    assert loaded.train.recon_loss == "l1"
+    assert (loaded.train.recon_loss, loaded.train.contrast_weight) == ("l1", 2.0)
     # Validation decodes the posterior means with the label withheld (emovae.train).
     with torch.no_grad():
         recon, mu, logvar = loaded.model(data.val.features, None, sample=False)
     x = data.val.features
     best = result.best_metrics
     assert best["val_recon"] == pytest.approx(float(F.mse_loss(recon, x)), rel=1e-4)
-    trained = F.l1_loss(recon, x) + TEMPORAL.spectral_weight * spectral_loss(recon, x)
+    trained = (
+        F.l1_loss(recon, x)
+        + TEMPORAL.spectral_weight * spectral_loss(recon, x)
+        + 2.0 * local_contrast_loss(recon, x)
+    )
     assert best["val_loss"] == pytest.approx(
         float(trained + TEMPORAL.beta * kl_divergence(mu, logvar)), rel=1e-4
     )
