@@ -18,6 +18,8 @@ import time
 
 import ray
 
+from sweeps.cluster import RAY_INIT_OPTIONS
+
 
 @ray.remote(num_cpus=1)
 def _nothing() -> int:
@@ -27,8 +29,7 @@ def _nothing() -> int:
 def main() -> None:
     options = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     started = time.perf_counter()
-    # The options sweeps.cluster passes for a local cluster.
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, **options)
+    ray.init(log_to_driver=False, **(RAY_INIT_OPTIONS | options))
     up = time.perf_counter()
     ray.get([_nothing.remote(), _nothing.remote()])
     ran = time.perf_counter()

@@ -20,6 +20,11 @@ class ClusterError(RuntimeError):
     """Ray cannot be reached, or no node of it can ever run one trial."""
 
 
+# Ray's dashboard is not needed (Tune's console and MLflow show the sweep), and the project's
+# logging stays the project's. benchmarks/ray_startup.py times ray.init with these.
+RAY_INIT_OPTIONS = {"include_dashboard": False, "configure_logging": False}
+
+
 def connect_ray(address: str | None, log_to_driver: bool = True) -> bool:
     """Join the cluster at `address`, or start a local Ray: first, so that an unreachable
     cluster leaves nothing written. True when this call started (and must stop) Ray."""
@@ -27,12 +32,7 @@ def connect_ray(address: str | None, log_to_driver: bool = True) -> bool:
         return False
     _probe_address(address)
     try:
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=log_to_driver,
-        )
+        ray.init(address=address, log_to_driver=log_to_driver, **RAY_INIT_OPTIONS)
     except ConnectionError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _unreachable(address, reason) from exc

@@ -331,3 +331,5 @@ def test_an_l1_contrast_model_trains_on_both_reports_the_mse_and_keeps_its_setti
     )
     with pytest.raises(ConfigError, match="train.recon_loss: expected one of mse, l1"):
         dataclasses.replace(TEMPORAL, recon_loss="l2")
+    with pytest.raises(ConfigError, match="train.contrast_weight: expected"):
+        dataclasses.replace(TEMPORAL, contrast_weight=-1.0)

@@ -263,6 +263,7 @@ def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
     spec = load_space("emodb_cpu", ["data.path=/data/emodb/wav"])
     assert (spec.sweep.metric, spec.sweep.mode) == ("val_gen_fd", "min")
     assert (spec.experiment.train.arch, spec.experiment.train.prior) == ("temporal", "diffusion")
+    assert spec.experiment.train.contrast_weight == 5.0  # trials and the finaliser alike
     assert spec.finalise.vocoder == "hifigan"
 
 
