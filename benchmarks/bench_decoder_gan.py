@@ -41,6 +41,7 @@ from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import reconstruct
 from emovae.evaluation.audio_quality import DnsMos
 from emovae.loss import local_contrast_loss, spectral_loss
+from emovae.train import encode_batches
 from sweeps.space import load_space
 
 
@@ -72,13 +73,6 @@ def decoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     if model.emotion is not None:
         parts.append(model.emotion)
     return [p for part in parts for p in part.parameters()]
-
-
-def posterior(model: nn.Module, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen encoder's (mu, logvar) of every clip."""
-    with torch.no_grad():
-        pairs = [model.encode(features[i : i + 64]) for i in range(0, len(features), 64)]
-    return torch.cat([m for m, _ in pairs]), torch.cat([v for _, v in pairs])
 
 
 def prior_pool(model: nn.Module, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,7 +174,7 @@ class FineTuning:
         self.model, self.config, self.args = loaded.model, loaded.train, args
         self.model.eval()
         self.x, self.y = x, y
-        self.mu, self.logvar = posterior(self.model, x)
+        self.mu, self.logvar = encode_batches(self.model, x)
         self.disc = PatchDiscriminator(args.disc_channels)
         self.weights = decoder_parameters(self.model)
         self.g_opt = torch.optim.Adam(self.weights, lr=args.lr, betas=(0.8, 0.99))

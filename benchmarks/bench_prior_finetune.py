@@ -41,6 +41,7 @@ from emovae.evaluation.exported_audio import (
     score_set,
     wav_set,
 )
+from emovae.train import encode_batches
 from sweeps.final_evaluation import final_judge
 from sweeps.space import load_space
 
@@ -175,10 +176,7 @@ sample_set(model, "gen_asis", pf=(0.0, 1.0) if SEED == 0 else (0.0,))
 print("as-is done", time.time() - t0, flush=True)
 
 # latents for continued prior training
-with torch.no_grad():
-    latents = torch.cat(
-        [model.encode(data.train.features[i : i + 64])[0] for i in range(0, len(data.train), 64)]
-    )
+latents = encode_batches(model, data.train.features)[0]
 train_labels = data.train.labels
 
 

@@ -41,6 +41,7 @@ from emovae.evaluation.exported_audio import (
     score_set,
     wav_set,
 )
+from emovae.train import encode_batches
 from sweeps.final_evaluation import final_judge
 from sweeps.space import load_space
 
@@ -86,7 +87,7 @@ def draw(
         prior_seconds = time.perf_counter() - start
         decoded = decode_batches(model, z, labels)
         for _ in range(reencode):
-            means = torch.cat([model.encode(decoded[i : i + 25])[0] for i in range(0, len(z), 25)])
+            means = encode_batches(model, decoded, batch_size=25)[0]
             decoded = decode_batches(model, means, labels)
     return loaded.normalizer.denormalize(decoded[:, 0].numpy()), labels.numpy(), prior_seconds
 

@@ -169,6 +169,18 @@ def evaluate_loss(
     return means | {"active_units": active.float()}
 
 
+@torch.no_grad()
+def encode_batches(
+    model: SpeechVAE, features: torch.Tensor, batch_size: int = EVAL_BATCH
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's (mu, logvar) of every clip, `batch_size` clips at a time; the caller
+    chooses the model's mode (eval for BatchNorm's running statistics)."""
+    pairs = [
+        model.encode(features[i : i + batch_size]) for i in range(0, len(features), batch_size)
+    ]
+    return torch.cat([mu for mu, _ in pairs]), torch.cat([logvar for _, logvar in pairs])
+
+
 def _check_finite(metrics: dict[str, float], epoch: int) -> None:
     bad = [name for name, value in metrics.items() if not math.isfinite(value)]
     if bad:
@@ -408,13 +420,7 @@ def finetune_prior(
     model = build_model(config, _features_config(state), len(state["label_names"])).to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    with torch.no_grad():
-        latents = torch.cat(
-            [
-                model.encode(features[i : i + EVAL_BATCH])[0]
-                for i in range(0, len(features), EVAL_BATCH)
-            ]
-        )
+    latents = encode_batches(model, features)[0]
     prior = model.prior
     prior.train()
     average = (
