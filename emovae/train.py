@@ -435,7 +435,7 @@ def finetune_prior(
     for _ in tqdm(steps, desc="prior", unit="step", disable=not progress):
         index = torch.randint(len(latents), (config.batch_size,), generator=generator).to(device)
         y = labels[index] if model.n_classes else None
-        loss = prior.loss(latents[index], y)
+        loss = prior.loss(latents[index], y, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

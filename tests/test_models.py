@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import condition_labels, honest_label_mode, latent_summary
 from emovae.loss import kl_divergence, local_contrast_loss, spectral_loss
 from emovae.models import LatentDiffusionPrior, TemporalVAE, build_model
-from emovae.train import _decoder_labels, train
+from emovae.train import _decoder_labels, finetune_prior, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -262,6 +263,28 @@ def test_the_prior_is_fine_tuned_alone_on_the_finished_encoder(
         if not torch.equal(after.model.prior.denoiser.state_dict()[name], value)
     ]
     assert moved
+
+
+def test_fine_tuning_the_prior_draws_only_from_its_own_seeded_generator(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    plain = train(TEMPORAL, data, tmp_path / "plain")
+    config = dataclasses.replace(TEMPORAL, prior_finetune_steps=10)
+    priors = []
+    for global_seed in (1, 2):
+        checkpoint = tmp_path / f"global{global_seed}.pt"
+        shutil.copy(plain.best_checkpoint, checkpoint)
+        torch.manual_seed(global_seed)
+        finetune_prior(
+            checkpoint, data.train.features, data.train.labels, config, torch.device("cpu")
+        )
+        priors.append(load_model(checkpoint).model.prior.state_dict())
+    assert not torch.equal(
+        priors[0]["denoiser.out.2.weight"],
+        load_model(plain.best_checkpoint).model.prior.state_dict()["denoiser.out.2.weight"],
+    )
+    for name, value in priors[0].items():
+        torch.testing.assert_close(priors[1][name], value, msg=name)
 
 
 def test_the_fine_tuned_prior_is_saved_as_its_weights_moving_average(

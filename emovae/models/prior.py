@@ -38,6 +38,15 @@ def _noise_levels(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha[:, None, None], sigma[:, None, None]
 
 
+def _uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """U(0, 1) from `generator` drawn on the CPU, or from the global generator on `device`."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator).to(device)
+
+
 def _time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """(B,) in [0, 1] -> (B, dim) sinusoidal features (as in Vaswani et al. for positions)."""
     half = dim // 2
@@ -147,9 +156,16 @@ class LatentDiffusionPrior(nn.Module):
     def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.latent_std[:, None] + self.latent_mean[:, None]
 
-    def loss(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def loss(
+        self,
+        z: torch.Tensor,
+        labels: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Diffusion loss on latents `z` (detached here: the prior follows the encoder, it does
-        not shape it). In training mode it also updates the latent statistics."""
+        not shape it). In training mode it also updates the latent statistics. Label dropout,
+        noise levels and noise are drawn from `generator` (on the CPU) when one is given, else
+        from torch's global generator on z's device (as the VAE's own sampling is)."""
         z = z.detach()
         if self.training:
             self._track_statistics(z)
@@ -157,11 +173,15 @@ class LatentDiffusionPrior(nn.Module):
         n = x0.shape[0]
         labels = self._labels(labels, n, x0.device)
         if self.training and self.label_dropout > 0:
-            dropped = torch.rand(n, device=x0.device) < self.label_dropout
+            dropped = _uniform((n,), generator, x0.device) < self.label_dropout
             labels = labels.masked_fill(dropped, self.withheld)
-        t = torch.rand(n, device=x0.device)
+        t = _uniform((n,), generator, x0.device)
         alpha, sigma = _noise_levels(t)
-        noise = torch.randn_like(x0)
+        noise = (
+            torch.randn_like(x0)
+            if generator is None
+            else torch.randn(x0.shape, generator=generator).to(x0.device)
+        )
         target = alpha * noise - sigma * x0
         return F.mse_loss(self.denoiser(alpha * x0 + sigma * noise, t, labels), target)
 
