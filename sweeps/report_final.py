@@ -145,6 +145,7 @@ def audio_section(audio: dict[str, Any]) -> list[str]:
     ]
     rows = _audio_rows(metrics)
     lines += table(_audio_header(), rows) if rows else ["No exported-audio metrics recorded.", ""]
+    lines += _dnsmos_by_emotion(metrics)
     gains = [[k, v] for k, v in metrics.items() if k.startswith("wav_aug_")]
     if gains:
         lines += [
@@ -156,6 +157,29 @@ def audio_section(audio: dict[str, Any]) -> list[str]:
         ]
         lines += table(["metric", "value"], gains)
     return lines
+
+
+# wav_<set>_dnsmos_<suffix> keys that are not an emotion's score.
+DNSMOS_PARTS = ("n", "sig", "bak")
+
+
+def _dnsmos_by_emotion(metrics: dict[str, Any]) -> list[str]:
+    """DNSMOS overall per set and emotion (the emotion asked for, for samples): where the
+    quality is lost."""
+    emotions: list[str] = []
+    for name, _ in AUDIO_SETS:
+        for key in metrics:
+            emotion = key.removeprefix(f"wav_{name}_dnsmos_")
+            if key != emotion and emotion not in DNSMOS_PARTS and emotion not in emotions:
+                emotions.append(emotion)
+    if not emotions:
+        return []
+    rows = [
+        [label] + [metrics.get(f"wav_{name}_dnsmos_{e}", MISSING) for e in emotions]
+        for name, label in AUDIO_SETS
+        if any(f"wav_{name}_dnsmos_{e}" in metrics for e in emotions)
+    ]
+    return ["#### DNSMOS overall by emotion", ""] + table(["set"] + emotions, rows)
 
 
 def _audio_header() -> list[str]:

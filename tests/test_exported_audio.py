@@ -64,6 +64,27 @@ def test_real_clips_score_as_the_ceiling_and_their_copies_match_them(
     assert recon["wav_recon_stoi"] > 0.99
 
 
+def test_dnsmos_per_emotion_is_each_emotions_mean(
+    setup: tuple[PreparedData, AudioJudges, Path],
+) -> None:
+    data, judges, cache = setup
+    labels = data.test.labels.numpy()
+    real = wav_set(judges, "real", data.test.paths, labels, cache)
+    metrics = score_set(judges, real)
+    overall = judges.dnsmos.score(real.clips, FEATURES.sample_rate)["ovrl"]
+    present = sorted(set(labels.tolist()))
+    assert len(present) > 1
+    for index in present:
+        expected = float(np.mean(overall[labels == index]))
+        name = data.label_names[index]
+        assert metrics[f"wav_real_dnsmos_{name}"] == pytest.approx(expected, abs=1e-6)
+    absent = set(range(len(data.label_names))) - set(present)
+    assert not any(f"wav_real_dnsmos_{data.label_names[i]}" in metrics for i in absent)
+    # Unlabelled samples have no emotion to group by: the set's DNSMOS only.
+    unlabelled = score_set(judges, wav_set(judges, "gen", data.test.paths[:3], None))
+    assert set(unlabelled) == {f"wav_gen_dnsmos{k}" for k in ("", "_n", "_sig", "_bak")}
+
+
 def test_noise_scores_worse_than_speech_on_every_measure(
     setup: tuple[PreparedData, AudioJudges, Path], tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution
 
 from sweeps.report import analyse_sweep, asha_rungs, build_study, rung_survival, write_report
 from sweeps.report_analysis import search_space
+from sweeps.report_final import audio_section
 from sweeps.space import SPACES_DIR, validate_params
 from sweeps.study import search_distributions
 from sweeps.trials import TrialRecord, best_value
@@ -383,3 +384,25 @@ def test_emotion_section_of_an_unconditional_vae_and_without_one(tmp_path: Path)
         analyse_sweep(records, METRIC, "min", SPEC, ASHA), tmp_path / "c", final=_final_with(None)
     ).read_text()
     assert "Emotion preservation" not in text
+
+
+def test_audio_section_tables_dnsmos_by_set_and_emotion() -> None:
+    metrics = {
+        "wav_real_dnsmos": 2.5,
+        "wav_real_dnsmos_sig": 3.0,
+        "wav_real_dnsmos_n": 4.0,
+        "wav_real_dnsmos_anger": 2.25,
+        "wav_real_dnsmos_neutral": 2.75,
+        "wav_gen_dnsmos": 2.0,
+        "wav_gen_dnsmos_bak": 3.1,
+        "wav_gen_dnsmos_neutral": 2.875,
+        "wav_gen_dnsmos_anger": 1.125,
+    }
+    text = "\n".join(audio_section({"metrics": metrics, "vocoder": "hifigan"}))
+    by_emotion = text.split("#### DNSMOS overall by emotion")[1]
+    assert "| set | anger | neutral |" in by_emotion  # no sig / bak / n columns
+    assert "| real test clips (ceiling) | 2.25 | 2.75 |" in by_emotion
+    assert "| generated samples (per emotion asked for) | 1.125 | 2.875 |" in by_emotion
+    assert "reconstructions" not in by_emotion
+    without = "\n".join(audio_section({"metrics": {"wav_real_dnsmos": 2.5}}))
+    assert "by emotion" not in without

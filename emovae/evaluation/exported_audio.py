@@ -10,6 +10,8 @@ For each set (`real` test clips, `recon`structions, `gen`erated samples, `conv`e
   forgive, it does not;
 - `wav_<set>_dnsmos` (overall), `_dnsmos_sig`, `_dnsmos_bak`: DNSMOS P.835, on every clip or
   on `dnsmos_clips` of them spread evenly over the set (`_dnsmos_n` says how many);
+  `wav_<set>_dnsmos_<emotion>`: the overall score of the scored clips of each emotion (on
+  EmoDB the samples' gap to the target lies in some emotions, not all);
 - `wav_<set>_fd_cnn` / `_fd_smile`: Frechet distance to the real test clips in each judge's
   space (compare only between sets of equal size, see `frechet_distance`);
 - `wav_recon_stoi`: STOI of each reconstruction against its original.
@@ -204,6 +206,10 @@ def score_set(
         f"{prefix}_dnsmos_sig": float(np.mean(quality["sig"])),
         f"{prefix}_dnsmos_bak": float(np.mean(quality["bak"])),
     }
+    if clips.labels is not None:
+        metrics |= _dnsmos_by_emotion(
+            prefix, np.asarray(quality["ovrl"]), clips.labels[scored], judges.label_names
+        )
     if real is not None and clips is not real:
         if clips.cnn is not None and real.cnn is not None:
             metrics[f"{prefix}_fd_cnn"] = frechet_distance(clips.cnn.emb, real.cnn.emb)
@@ -216,6 +222,17 @@ def score_set(
             float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
         )
     return metrics
+
+
+def _dnsmos_by_emotion(
+    prefix: str, overall: np.ndarray, labels: np.ndarray, label_names: list[str]
+) -> dict[str, float]:
+    """`<prefix>_dnsmos_<emotion>`: mean overall score of each emotion's scored clips."""
+    return {
+        f"{prefix}_dnsmos_{name}": float(overall[labels == index].mean())
+        for index, name in enumerate(label_names)
+        if (labels == index).any()
+    }
 
 
 def augmentation_gain(
