@@ -273,6 +273,10 @@ class TrainConfig:
     # Decay of the exponential moving average of the prior's weights over those steps, saved in
     # place of the last step's weights (0: the last step's).
     prior_ema: float = 0.0
+    # The share of the prior's loss gradient the encoder receives while they train together:
+    # 0, the prior follows the encoder without shaping it; > 0, the encoder is also pulled
+    # towards latents the prior can model (as LSGM trains its encoder; Vahdat et al., 2021).
+    prior_encoder_weight: float = 0.0
     max_epochs: int = 50
     monitor: str = "val_loss"  # metric for early stopping, LR schedule and best checkpoint
     patience: int = 15  # early-stopping patience in epochs
@@ -298,6 +302,11 @@ class TrainConfig:
                 f"train.arch is {self.arch!r}"
             )
         check_ranges("train", self, TRAIN_RANGES)
+        if self.prior_encoder_weight > 0 and self.prior != "diffusion":
+            raise ConfigError(
+                "train.prior_encoder_weight: needs train.prior: diffusion (a learned prior to "
+                f"shape the encoder); train.prior is {self.prior!r}"
+            )
         if self.guidance > 1.0 and self.conditional and self.label_dropout == 0.0:
             raise ConfigError(
                 "train.guidance: classifier-free guidance needs train.label_dropout > 0 (the "
@@ -327,6 +336,7 @@ TRAIN_RANGES: dict[str, Range] = {
     "prior_eta": Range(0.0, 1.0, note="0: deterministic DDIM, 1: ancestral"),
     "prior_finetune_steps": Range(0, note="0: none"),
     "prior_ema": Range(0.0, 1.0, high_inclusive=False, note="0: none"),
+    "prior_encoder_weight": Range(0.0, note="0: the prior does not shape the encoder"),
     "max_epochs": Range(1),
     "patience": Range(1),
     "lr_factor": Range(0.0, 1.0, low_inclusive=False, high_inclusive=False),

@@ -116,11 +116,15 @@ def _train_epoch(
             decoder_labels = _decoder_labels(model, labels[index], config.label_dropout)
             recon, mu, logvar = model(x, decoder_labels)
             terms = vae_loss(recon.float(), x, mu.float(), logvar.float(), weights)
-            prior_loss = model.prior_loss(mu.float(), labels[index] if model.n_classes else None)
+            prior_loss = model.prior_loss(
+                mu.float(),
+                labels[index] if model.n_classes else None,
+                config.prior_encoder_weight,
+            )
         objective = terms["loss"]
         if prior_loss is not None:
-            # The prior trains on detached latents: it follows the encoder without shaping it,
-            # and the VAE's own loss ("loss") stays the spec's sum.
+            # By default the prior trains on detached latents: it follows the encoder without
+            # shaping it. The VAE's own loss ("loss") stays the spec's sum either way.
             terms["prior"] = prior_loss
             objective = objective + prior_loss
         optimizer.zero_grad(set_to_none=True)

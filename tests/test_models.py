@@ -210,6 +210,35 @@ def test_conversion_strength_is_checked_and_a_light_touch_keeps_the_latent() -> 
     assert (full - z).abs().mean().item() > 0.5
 
 
+def test_the_prior_shapes_the_encoder_only_with_its_encoder_weight() -> None:
+    torch.manual_seed(0)
+    prior = LatentDiffusionPrior(3, channels=16, n_classes=2, sample_steps=4)
+    model = TemporalVAE(32, 65, latent_dim=3, hidden_channels=16, n_classes=2, prior=prior)
+    x, labels = torch.randn(4, 1, 32, 65), torch.tensor([0, 1, 0, 1])
+    # A trained-looking prior: the zero-initialised output layer would give v = 0 and a
+    # gradient that reaches nothing before it.
+    torch.nn.init.normal_(prior.denoiser.out[-1].weight, std=0.1)
+
+    def gradients(weight: float) -> tuple[torch.Tensor | None, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        mu, _ = model.encode(x)
+        loss = model.prior_loss(mu, labels, weight, torch.Generator().manual_seed(1))
+        loss.backward()
+        return model.to_posterior.weight.grad, prior.denoiser.inp.weight.grad.clone()
+
+    detached, prior_grad = gradients(0.0)
+    assert detached is None  # the encoder received nothing
+    full, prior_full = gradients(1.0)
+    part, prior_part = gradients(0.25)
+    assert full is not None and full.abs().sum() > 0
+    torch.testing.assert_close(part, 0.25 * full)
+    # The prior's own gradient does not depend on the weight.
+    torch.testing.assert_close(prior_part, prior_grad)
+    torch.testing.assert_close(prior_full, prior_grad)
+    with pytest.raises(ConfigError, match="train.prior_encoder_weight: needs train.prior"):
+        TrainConfig(prior_encoder_weight=0.1)
+
+
 # --- training and checkpoints -----------------------------------------------------------------
 
 

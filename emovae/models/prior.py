@@ -161,14 +161,16 @@ class LatentDiffusionPrior(nn.Module):
         z: torch.Tensor,
         labels: torch.Tensor | None,
         generator: torch.Generator | None = None,
+        encoder_weight: float = 0.0,
     ) -> torch.Tensor:
-        """Diffusion loss on latents `z` (detached here: the prior follows the encoder, it does
-        not shape it). In training mode it also updates the latent statistics. Label dropout,
-        noise levels and noise are drawn from `generator` (on the CPU) when one is given, else
-        from torch's global generator on z's device (as the VAE's own sampling is)."""
-        z = z.detach()
+        """Diffusion loss on latents `z`. Its gradient reaches `z` scaled by `encoder_weight`
+        (0: detached, the prior follows the encoder without shaping it); the prior's own
+        gradient is unscaled. In training mode it also updates the latent statistics. Label
+        dropout, noise levels and noise are drawn from `generator` (on the CPU) when one is
+        given, else from torch's global generator on z's device (as the VAE's own sampling is)."""
         if self.training:
-            self._track_statistics(z)
+            self._track_statistics(z.detach())
+        z = z.detach() + encoder_weight * (z - z.detach()) if encoder_weight else z.detach()
         x0 = self._normalise(z)
         n = x0.shape[0]
         labels = self._labels(labels, n, x0.device)

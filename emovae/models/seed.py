@@ -94,9 +94,18 @@ class LatentVAE(nn.Module):
         z = self.reparameterize(mu, logvar) if sample else mu
         return self.decode(z, labels), mu, logvar
 
-    def prior_loss(self, mu: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-        """The learned prior's loss on these posterior means (None without a learned prior)."""
-        return None if self.prior is None else self.prior.loss(mu, labels)
+    def prior_loss(
+        self,
+        mu: torch.Tensor,
+        labels: torch.Tensor | None,
+        encoder_weight: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor | None:
+        """The learned prior's loss on these posterior means (None without a learned prior);
+        `encoder_weight` scales the share of its gradient that reaches the encoder."""
+        if self.prior is None:
+            return None
+        return self.prior.loss(mu, labels, generator, encoder_weight)
 
     @torch.no_grad()
     def sample_latents(
