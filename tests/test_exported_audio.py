@@ -15,6 +15,7 @@ from emovae.config import DataConfig, FeatureConfig
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.exported_audio import (
     AudioJudges,
+    WavSet,
     augmentation_gain,
     dnsmos_subset,
     prepare_audio_judges,
@@ -43,12 +44,18 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedData, Audio
     return data, judges, cache
 
 
-def test_real_clips_score_as_the_ceiling_and_their_copies_match_them(
-    setup: tuple[PreparedData, AudioJudges, Path], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def real(setup: tuple[PreparedData, AudioJudges, Path]) -> WavSet:
+    """The real test clips, read and judged once: the ceiling every set is scored against."""
     data, judges, cache = setup
-    labels = data.test.labels.numpy()
-    real = wav_set(judges, "real", data.test.paths, labels, cache)
+    return wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache)
+
+
+def test_real_clips_score_as_the_ceiling_and_their_copies_match_them(
+    setup: tuple[PreparedData, AudioJudges, Path], real: WavSet, tmp_path: Path
+) -> None:
+    data, judges, _ = setup
+    labels = real.labels
     metrics = score_set(judges, real)
     assert {f"wav_real_{k}" for k in PER_CLIP_KEYS} <= set(metrics)
     assert not any("_fd_" in k for k in metrics)  # no distance of the ceiling to itself
@@ -66,10 +73,10 @@ def test_real_clips_score_as_the_ceiling_and_their_copies_match_them(
 
 def test_dnsmos_per_emotion_is_each_emotions_mean(
     setup: tuple[PreparedData, AudioJudges, Path],
+    real: WavSet,
 ) -> None:
-    data, judges, cache = setup
-    labels = data.test.labels.numpy()
-    real = wav_set(judges, "real", data.test.paths, labels, cache)
+    data, judges, _ = setup
+    labels = real.labels
     metrics = score_set(judges, real)
     overall = judges.dnsmos.score(real.clips, FEATURES.sample_rate)["ovrl"]
     present = sorted(set(labels.tolist()))
@@ -86,11 +93,10 @@ def test_dnsmos_per_emotion_is_each_emotions_mean(
 
 
 def test_noise_scores_worse_than_speech_on_every_measure(
-    setup: tuple[PreparedData, AudioJudges, Path], tmp_path: Path
+    setup: tuple[PreparedData, AudioJudges, Path], real: WavSet, tmp_path: Path
 ) -> None:
-    data, judges, cache = setup
-    labels = data.test.labels.numpy()
-    real = wav_set(judges, "real", data.test.paths, labels, cache)
+    data, judges, _ = setup
+    labels = real.labels
     rng = np.random.default_rng(0)
     paths = []
     for i, clip in enumerate(real.clips):
@@ -122,12 +128,12 @@ def test_unlabelled_samples_get_quality_but_no_accuracy(
 
 def test_dnsmos_on_a_capped_subset_spread_over_the_set(
     setup: tuple[PreparedData, AudioJudges, Path],
+    real: WavSet,
 ) -> None:
     assert dnsmos_subset(5, 0).tolist() == [0, 1, 2, 3, 4]
     assert dnsmos_subset(5, 9).tolist() == [0, 1, 2, 3, 4]
     assert dnsmos_subset(100, 4).tolist() == [0, 33, 66, 99]  # first and last emotion too
     data, judges, cache = setup
-    real = wav_set(judges, "real", data.test.paths, data.test.labels.numpy(), cache)
     full = score_set(judges, real)
     capped = score_set(dataclasses.replace(judges, dnsmos_clips=2), real)
     assert full["wav_real_dnsmos_n"] == len(real) > 2 and capped["wav_real_dnsmos_n"] == 2
@@ -140,10 +146,9 @@ def test_dnsmos_on_a_capped_subset_spread_over_the_set(
 
 def test_augmentation_compares_both_judges_with_and_without_extra_clips(
     setup: tuple[PreparedData, AudioJudges, Path],
+    real: WavSet,
 ) -> None:
-    data, judges, cache = setup
-    labels = data.test.labels.numpy()
-    real = wav_set(judges, "real", data.test.paths, labels, cache)
+    data, judges, _ = setup
     # The validation speakers' real clips stand in for generated ones: the mechanics are the
     # same, and the test speakers stay unseen by every judge.
     extra = wav_set(judges, "gen", data.val.paths, data.val.labels.numpy())
