@@ -13,7 +13,11 @@ checkpoint, which `bench_quality.py run --checkpoint` evaluates as the finaliser
 prior (aimed at the samples' gap); `--adv-weight 0 --fm-weight 0` is the control: the same
 fine-tuning with the recon loss alone; `--delta-weight W` adds a loss on the log-mel's local
 contrast instead of a discriminator; `--ema D` evaluates and saves a moving average of the
-decoder's weights instead of the last step's.
+decoder's weights instead of the last step's; `--gta-strengths S ...` also trains the decoder on
+"teacher-forced" latents: each training clip's latent noised to strength S and denoised by the
+prior with the clip's own emotion (as conversions are made), so the decoder learns to turn the
+prior's errors into the clip it started from (as Tacotron 2 fine-tunes its vocoder on the
+acoustic model's ground-truth-aligned predictions).
 
     python benchmarks/bench_decoder_gan.py --checkpoint CK --out runs/exp/gan --epochs 80
 
@@ -82,6 +86,26 @@ def prior_pool(model: nn.Module, n: int, seed: int) -> tuple[torch.Tensor, torch
     with torch.no_grad():
         z = [model.sample_latents(len(y), y, generator) for y in labels.split(64)]
     return (torch.cat(z) if z else torch.empty(0)), labels
+
+
+def teacher_forced_pool(
+    model: nn.Module, mu: torch.Tensor, labels: torch.Tensor, strengths: list[float], seed: int
+) -> torch.Tensor:
+    """(len(strengths), N, C, T): the latents `mu` noised to each strength and denoised by the
+    prior towards their own emotions (SDEdit, the prior's `convert`)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return torch.stack(
+            [
+                torch.cat(
+                    [
+                        model.prior.convert(z, y, strength, generator)
+                        for z, y in zip(mu.split(64), labels.split(64), strict=True)
+                    ]
+                )
+                for strength in strengths
+            ]
+        )
 
 
 @contextlib.contextmanager
@@ -164,6 +188,15 @@ def _parser() -> argparse.ArgumentParser:
         help="decay of a moving average of the decoder's weights, evaluated and saved in place "
         "of the last step's; 0: none",
     )
+    parser.add_argument(
+        "--gta-strengths",
+        type=float,
+        nargs="*",
+        default=[],
+        help="noise strengths in (0, 1] of the teacher-forced latents the decoder also learns "
+        "to decode into their clips (drawn once, generator seed + 2); none: no such term",
+    )
+    parser.add_argument("--gta-weight", type=float, default=1.0)
     return parser
 
 
@@ -182,6 +215,11 @@ class FineTuning:
         self.generator = torch.Generator().manual_seed(args.seed)
         self.pool_z, self.pool_y = prior_pool(self.model, args.prior_pool, args.seed + 1)
         self.average = [w.detach().clone() for w in self.weights] if args.ema > 0 else None
+        self.gta_z = (
+            teacher_forced_pool(self.model, self.mu, y, args.gta_strengths, args.seed + 2)
+            if args.gta_strengths
+            else None
+        )
 
     def epoch(self) -> dict[str, float]:
         """One pass over the training clips: the mean of each loss term."""
@@ -221,12 +259,22 @@ class FineTuning:
             "mse": F.mse_loss(fake, x),
             "prior_adv": torch.zeros(()),
             "delta": local_contrast_loss(fake, x),
+            "gta": torch.zeros(()),
         }
         if sampled is not None:
             terms["prior_adv"] = (self.disc(sampled)[0] - 1).pow(2).mean()
         recon = terms["mse"] + self.config.spectral_weight * spectral_loss(fake, x)
+        if self.gta_z is not None:
+            pick = torch.randint(len(self.gta_z), (len(y),), generator=self.generator)
+            forced = self.model.decode(self.gta_z[pick, index], y)
+            terms["gta"] = (
+                F.mse_loss(forced, x)
+                + self.config.spectral_weight * spectral_loss(forced, x)
+                + args.delta_weight * local_contrast_loss(forced, x)
+            )
         g_loss = (
-            args.recon_weight * recon
+            args.gta_weight * terms["gta"]
+            + args.recon_weight * recon
             + args.adv_weight * terms["adv"]
             + args.fm_weight * terms["fm"] / len(fake_features)
             + args.prior_weight * terms["prior_adv"]
