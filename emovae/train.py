@@ -119,7 +119,7 @@ def _train_epoch(
             prior_loss = model.prior_loss(
                 mu.float(),
                 labels[index] if model.n_classes else None,
-                config.prior_encoder_weight,
+                encoder_weight=config.prior_encoder_weight,
             )
         objective = terms["loss"]
         if prior_loss is not None:

@@ -222,7 +222,7 @@ def test_the_prior_shapes_the_encoder_only_with_its_encoder_weight() -> None:
     def gradients(weight: float) -> tuple[torch.Tensor | None, torch.Tensor]:
         model.zero_grad(set_to_none=True)
         mu, _ = model.encode(x)
-        loss = model.prior_loss(mu, labels, weight, torch.Generator().manual_seed(1))
+        loss = model.prior_loss(mu, labels, torch.Generator().manual_seed(1), weight)
         loss.backward()
         return model.to_posterior.weight.grad, prior.denoiser.inp.weight.grad.clone()
 

@@ -98,8 +98,8 @@ class LatentVAE(nn.Module):
         self,
         mu: torch.Tensor,
         labels: torch.Tensor | None,
-        encoder_weight: float = 0.0,
         generator: torch.Generator | None = None,
+        encoder_weight: float = 0.0,
     ) -> torch.Tensor | None:
         """The learned prior's loss on these posterior means (None without a learned prior);
         `encoder_weight` scales the share of its gradient that reaches the encoder."""
