@@ -44,7 +44,7 @@ from emovae.checkpoint import LoadedModel, load_model, read_checkpoint, save_che
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import reconstruct
 from emovae.evaluation.audio_quality import DnsMos
-from emovae.loss import local_contrast_loss, spectral_loss
+from emovae.loss import LossWeights, local_contrast_loss, spectral_loss, vae_loss
 from emovae.train import encode_batches
 from sweeps.space import load_space
 
@@ -267,11 +267,12 @@ class FineTuning:
         if self.gta_z is not None:
             pick = torch.randint(len(self.gta_z), (len(y),), generator=self.generator)
             forced = self.model.decode(self.gta_z[pick, index], y)
-            terms["gta"] = (
-                F.mse_loss(forced, x)
-                + self.config.spectral_weight * spectral_loss(forced, x)
-                + args.delta_weight * local_contrast_loss(forced, x)
+            # The training loss without its KL term (beta 0), local contrast at --delta-weight.
+            weights = LossWeights(
+                0.0, self.config.spectral_weight, contrast_weight=args.delta_weight
             )
+            mu, logvar = self.mu[index], self.logvar[index]
+            terms["gta"] = vae_loss(forced, x, mu, logvar, weights)["loss"]
         g_loss = (
             args.gta_weight * terms["gta"]
             + args.recon_weight * recon

@@ -145,7 +145,7 @@ def audio_section(audio: dict[str, Any]) -> list[str]:
     ]
     rows = _audio_rows(metrics)
     lines += table(_audio_header(), rows) if rows else ["No exported-audio metrics recorded.", ""]
-    lines += _dnsmos_by_emotion(metrics)
+    lines += _dnsmos_by_emotion_table(metrics)
     gains = [[k, v] for k, v in metrics.items() if k.startswith("wav_aug_")]
     if gains:
         lines += [
@@ -163,7 +163,7 @@ def audio_section(audio: dict[str, Any]) -> list[str]:
 DNSMOS_PARTS = ("n", "sig", "bak")
 
 
-def _dnsmos_by_emotion(metrics: dict[str, Any]) -> list[str]:
+def _dnsmos_by_emotion_table(metrics: dict[str, Any]) -> list[str]:
     """DNSMOS overall per set and emotion (the emotion asked for, for samples): where the
     quality is lost."""
     emotions: list[str] = []

@@ -20,6 +20,7 @@ far from N(0, I); the diffusion model learns the aggregate posterior itself.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +39,17 @@ def _noise_levels(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return alpha[:, None, None], sigma[:, None, None]
 
 
-def _uniform(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+def _draw(
+    sample: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device,
 ) -> torch.Tensor:
-    """U(0, 1) from `generator` drawn on the CPU, or from the global generator on `device`."""
+    """`sample` (torch.rand or torch.randn) from `generator` drawn on the CPU, or from the
+    global generator on `device`."""
     if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator).to(device)
+        return sample(shape, device=device)
+    return sample(shape, generator=generator).to(device)
 
 
 def _time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -175,15 +180,11 @@ class LatentDiffusionPrior(nn.Module):
         n = x0.shape[0]
         labels = self._labels(labels, n, x0.device)
         if self.training and self.label_dropout > 0:
-            dropped = _uniform((n,), generator, x0.device) < self.label_dropout
+            dropped = _draw(torch.rand, (n,), generator, x0.device) < self.label_dropout
             labels = labels.masked_fill(dropped, self.withheld)
-        t = _uniform((n,), generator, x0.device)
+        t = _draw(torch.rand, (n,), generator, x0.device)
         alpha, sigma = _noise_levels(t)
-        noise = (
-            torch.randn_like(x0)
-            if generator is None
-            else torch.randn(x0.shape, generator=generator).to(x0.device)
-        )
+        noise = _draw(torch.randn, x0.shape, generator, x0.device)
         target = alpha * noise - sigma * x0
         return F.mse_loss(self.denoiser(alpha * x0 + sigma * noise, t, labels), target)
 
