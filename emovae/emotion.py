@@ -268,9 +268,26 @@ def generation_emotion_metrics(
     `prefix` goes before every key (a trial reports `val_gen_fd`, ...).
     Raises ValueError for an unconditional VAE.
     """
+    samples, labels = sample_per_emotion(vae, len(label_names), n_per_emotion, seed)
+    return judge_samples(
+        judge, samples, labels, label_names, real_split, batch_size, reference, prefix
+    )
+
+
+def judge_samples(
+    judge: TrainedJudge,
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    label_names: Sequence[str],
+    real_split: Split,
+    batch_size: int = PREDICT_BATCH,
+    reference: Reference | None = None,
+    prefix: str = "",
+) -> GenerationMetrics:
+    """`generation_emotion_metrics` of samples already drawn (`sample_per_emotion`), so a
+    caller that also vocodes them draws them once."""
     names = list(label_names)
     real = _reference_for(judge, real_split, reference, batch_size)
-    samples, labels = sample_per_emotion(vae, len(names), n_per_emotion, seed)
     truth = labels.numpy()
     generated = judge_outputs(judge, samples, batch_size)
     pred, gen_emb = generated.pred, generated.emb

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emovae.audio.export import finish_set, start_set, write_clips
@@ -17,6 +18,7 @@ from emovae.checkpoint import LoadedModel, load_model
 from emovae.dataset import Split
 from emovae.emotion import convert_emotion
 from emovae.evaluate import honest_label_mode, reconstruct
+from emovae.features import Normalizer
 from emovae.runtime import select_device
 
 MANIFEST_COLUMNS = ("file", "emotion", "seed", "index")
@@ -114,12 +116,20 @@ def _vocode_and_write(
     batch_size: int,
 ) -> None:
     """Decoded z-scored log-mels (N, 1, n_mels, frames) -> WAVs `names` under `out_dir`."""
-    features = loaded.features
-    length = round(features.duration * features.sample_rate)
     for start in range(0, len(names), batch_size):
-        log_mels = loaded.normalizer.denormalize(decoded[start : start + batch_size, 0].numpy())
-        audio = synthesize(log_mels, length=length)
-        write_clips(out_dir, names[start : start + batch_size], audio, features.sample_rate)
+        audio = vocode(decoded[start : start + batch_size], loaded.normalizer, synthesize)
+        write_clips(
+            out_dir, names[start : start + batch_size], audio, synthesize.features.sample_rate
+        )
+
+
+def vocode(decoded: torch.Tensor, normalizer: Normalizer, synthesize: Vocoder) -> np.ndarray:
+    """Decoded z-scored log-mels (N, 1, n_mels, frames) -> (N, samples) float audio of the
+    features' clip duration, as the exported WAVs hold it before their peak is limited."""
+    features = synthesize.features
+    length = round(features.duration * features.sample_rate)
+    log_mels = normalizer.denormalize(decoded[:, 0].cpu().numpy())
+    return np.asarray(synthesize(log_mels, length=length))
 
 
 def export_reconstructions(

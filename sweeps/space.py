@@ -65,11 +65,13 @@ from sweeps.space_checks import (
     LOSS_METRICS,
     OBJECTIVES,
     QUALITY_MODULES,
+    audio_metrics_named,
     check_constraints,
     check_emotion,
     check_finalise,
     check_generation_objective,
     check_not_searched,
+    check_sample_audio,
     check_searched_time_downsample,
     check_settings,
     constraint_metrics,
@@ -95,6 +97,7 @@ __all__ = [
     "FinaliseSettings",
     "SweepSettings",
     "SweepSpec",
+    "audio_metrics_named",
     "available_spaces",
     "constraint_metrics",
     "load_space",
@@ -350,6 +353,7 @@ def spec_from_dict(raw: dict[str, Any], name: str, source: str) -> SweepSpec:
     check_generation_objective(sweep, experiment, params, source)
     check_constraints(sweep, experiment, params, source)
     check_finalise(finalise, sweep, experiment.features, source)
+    check_sample_audio(sweep, finalise, experiment.features, source)
     return SweepSpec(name, source, sweep, experiment, params, finalise, raw, judge)
 
 

@@ -52,11 +52,17 @@ OBJECTIVES: dict[str, str] = {
     # (judge accuracy, and Frechet distance to the real validation clips).
     "val_gen_emotion_acc": "max",
     "val_gen_fd": "min",
+    # The same samples vocoded with finalise.vocoder, as the finaliser exports them, and their
+    # Frechet distance to the real validation WAVs in eGeMAPS space: the one that ranked
+    # EmoDB models as the listeners' measures did (benchmarks/RESULTS_quality.md). Computed
+    # only when an objective or constraint names it: seconds per sample on a CPU core.
+    "val_wav_gen_fd_smile": "min",
 }
 EMOTION_OBJECTIVES = frozenset(
     name for name in OBJECTIVES if name not in ("val_recon", "val_spectral")
 )
-GENERATION_OBJECTIVES = frozenset(("val_gen_emotion_acc", "val_gen_fd"))
+AUDIO_OBJECTIVES = frozenset(("val_wav_gen_fd_smile",))
+GENERATION_OBJECTIVES = frozenset(("val_gen_emotion_acc", "val_gen_fd", *AUDIO_OBJECTIVES))
 # What trials report each epoch besides the objectives (emovae.train, sweeps.trainable), and
 # so what sweep.constraints may bound: the loss terms, the active latent units (posterior
 # collapse: units whose mean KL exceeds 0.01 nats), and with emotion_every >= 1 the real clips'
@@ -367,6 +373,46 @@ def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, s
                     f"'{module}', which is not installed: {QUALITY_INSTALL} "
                     "(or set finalise.audio_metrics: false)"
                 )
+
+
+def audio_metrics_named(sweep: SweepSettings) -> list[str]:
+    """The samples' audio metrics that an objective or a constraint of `sweep` names: what
+    switches their (costly) computation on in the trials."""
+    named = [m for m, _ in sweep.objectives] + [str(m) for m in sweep.constraints]
+    return [m for m in named if m in AUDIO_OBJECTIVES]
+
+
+def check_sample_audio(
+    sweep: SweepSettings, finalise: FinaliseSettings, features: FeatureConfig, source: str
+) -> None:
+    """Trials that vocode their samples need the finaliser's vocoder to read these features
+    and openSMILE installed: found now, before Ray starts, not in the first trial."""
+    named = audio_metrics_named(sweep)
+    if not named:
+        return
+    if sweep.emotion_every > sweep.grace_period:
+        raise ConfigError(
+            f"{source}: sweep.emotion_every: {named[0]} is first computed at epoch "
+            f"{sweep.emotion_every}, after ASHA's first rung (sweep.grace_period: "
+            f"{sweep.grace_period}), which would compare trials without it; expected "
+            f"emotion_every <= grace_period"
+        )
+    from emovae.audio.vocoder import VocoderError, check_hifigan_features
+    from emovae.evaluation.audio_quality import QUALITY_INSTALL
+
+    try:
+        if finalise.vocoder == "hifigan":
+            check_hifigan_features(features)
+            from emovae.audio.hifigan import WEIGHTS_FILE, package_file
+
+            package_file(WEIGHTS_FILE)
+    except (VocoderError, ImportError) as exc:
+        raise ConfigError(f"{source}: {named[0]} vocodes with finalise.vocoder: {exc}") from exc
+    if importlib.util.find_spec("opensmile") is None:
+        raise ConfigError(
+            f"{source}: {named[0]} measures samples with eGeMAPS, which needs the package "
+            f"'opensmile', which is not installed: {QUALITY_INSTALL}"
+        )
 
 
 def check_generation_objective(

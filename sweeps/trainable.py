@@ -29,9 +29,16 @@ from emovae.config import DataConfig, FeatureConfig, TrainConfig, from_dict
 from emovae.dataset import PreparedData, prepare_data
 from emovae.emotion import (
     Reference,
-    generation_emotion_metrics,
+    judge_samples,
     real_reference,
     reconstruction_emotion_metrics,
+    sample_per_emotion,
+)
+from emovae.evaluation.sample_audio import (
+    AUDIO_FD_KEY,
+    SampleAudioScorer,
+    prepare_sample_audio,
+    sample_audio_metrics,
 )
 from emovae.judge import JudgeConfig, TrainedJudge, ensure_judge
 from emovae.models import SpeechVAE
@@ -63,9 +70,10 @@ def judge_beside_vae(judge: JudgeConfig, device: str, num_threads: int) -> Judge
     )
 
 
-def emotion_settings(every: int, judge: JudgeConfig) -> dict[str, Any]:
-    """The experiment entry that switches a trial's emotion metrics on (plain data for Ray)."""
-    return {"every": every, "judge": dataclasses.asdict(judge)}
+def emotion_settings(every: int, judge: JudgeConfig, vocoder: str | None = None) -> dict[str, Any]:
+    """The experiment entry that switches a trial's emotion metrics on (plain data for Ray);
+    `vocoder` names the finaliser's vocoder when the sweep needs its samples' audio metric."""
+    return {"every": every, "judge": dataclasses.asdict(judge), "audio_vocoder": vocoder}
 
 
 # Generated clips per emotion for a trial's sample-quality metrics: enough for a stable
@@ -75,33 +83,37 @@ GEN_SEED = 0
 
 
 def validation_emotion_metrics(
-    judge: TrainedJudge, model: SpeechVAE, data: PreparedData, reference: Reference
+    judge: TrainedJudge,
+    model: SpeechVAE,
+    data: PreparedData,
+    reference: Reference,
+    audio: SampleAudioScorer | None = None,
 ) -> dict[str, float]:
     """A trial's emotion metrics on the validation speakers: reconstructions (label withheld
     or swapped, see emovae.emotion) and, for a conditional model, samples from its prior
     (`val_gen_emotion_acc`, `val_gen_fd`, ...: what the sweep must see so that it does not
-    pick a beta whose samples are poor)."""
+    pick a beta whose samples are poor); with `audio`, the same samples vocoded and measured
+    as audio (`val_wav_gen_fd_smile`, emovae.evaluation.sample_audio)."""
     metrics = reconstruction_emotion_metrics(
         judge, model, data.val, prefix="val", reference=reference
     )
     if model.n_classes:
-        generated = generation_emotion_metrics(
-            judge,
-            model,
-            data.label_names,
-            GEN_PER_EMOTION,
-            GEN_SEED,
-            data.val,
-            reference=reference,
-            prefix="val_",
+        samples, labels = sample_per_emotion(
+            model, len(data.label_names), GEN_PER_EMOTION, GEN_SEED
+        )
+        generated = judge_samples(
+            judge, samples, labels, data.label_names, data.val, reference=reference, prefix="val_"
         )
         metrics |= {k: v for k, v in generated.metrics.items() if k in GEN_TRIAL_KEYS}
+        if audio is not None:
+            metrics |= sample_audio_metrics(audio, samples, prefix="val_")
     return metrics
 
 
 # The generation metrics a trial reports (which constraints may bound, see sweeps.space);
 # per-emotion values stay in the finaliser's report.
 GEN_TRIAL_KEYS = frozenset(GENERATION_METRICS)
+AUDIO_KEY = f"val_{AUDIO_FD_KEY}"
 
 
 def emotion_metrics_due(epoch: int, every: int, is_last_epoch: bool) -> bool:
@@ -111,7 +123,11 @@ def emotion_metrics_due(epoch: int, every: int, is_last_epoch: bool) -> bool:
 
 
 def emotion_epoch_metrics(
-    data: PreparedData, every: int, judge_config: JudgeConfig, cache_dir: str | Path
+    data: PreparedData,
+    every: int,
+    judge_config: JudgeConfig,
+    cache_dir: str | Path,
+    audio_vocoder: str | None = None,
 ) -> EpochMetrics:
     """The `epoch_metrics` callback of `emovae.train.train` that adds the validation emotion
     metrics (`validation_emotion_metrics`).
@@ -119,18 +135,26 @@ def emotion_epoch_metrics(
     They are computed on the first epoch the callback sees (epoch 1, or the first after a
     resume), on every epoch divisible by `every` and on the last epoch; other epochs repeat
     the last values. The judge comes from `judge_cache_dir(cache_dir)` (trained there first if
-    missing); its view of the real validation clips is computed once here.
+    missing); its view of the real validation clips is computed once here. With
+    `audio_vocoder`, the samples' audio metric too, but not on a first epoch that is not due:
+    it costs seconds per sample, so it reads NaN until the first due epoch.
     """
     if every < 1:
         raise ValueError(f"every: expected at least 1, got {every}")
     judge = ensure_judge(data, judge_cache_dir(cache_dir), judge_config)
     reference = real_reference(judge, data.val)
+    audio = None
+    if audio_vocoder is not None:
+        audio = prepare_sample_audio(data, audio_vocoder, cache_dir, judge_config.device)
     last: dict[str, float] | None = None
 
     def metrics(model: SpeechVAE, epoch: int, is_last_epoch: bool) -> dict[str, float]:
         nonlocal last
-        if last is None or emotion_metrics_due(epoch, every, is_last_epoch):
-            last = validation_emotion_metrics(judge, model, data, reference)
+        due = emotion_metrics_due(epoch, every, is_last_epoch)
+        if last is None or due:
+            last = validation_emotion_metrics(judge, model, data, reference, audio if due else None)
+            if audio is not None and not due:
+                last[AUDIO_KEY] = math.nan
         return dict(last)
 
     return metrics
@@ -235,7 +259,9 @@ def trial_setup(
             train_config.device,
             train_config.num_threads,
         )
-        epoch_metrics = emotion_epoch_metrics(data, emotion["every"], judge, data_config.cache_dir)
+        epoch_metrics = emotion_epoch_metrics(
+            data, emotion["every"], judge, data_config.cache_dir, emotion.get("audio_vocoder")
+        )
     constraints = [
         parse_constraint(metric, expression, f"sweep.constraints.{metric}")
         for metric, expression in (experiment.get("constraints") or {}).items()

@@ -36,7 +36,7 @@ def test_every_shipped_space_loads_and_converts(name: str) -> None:
     assert {"latent_dim", "beta", "lr", "grad_clip"} <= set(space)
     assert all(hasattr(space[k], "sample") for k in ("latent_dim", "beta", "lr", "grad_clip"))
     # Never a beta-dependent objective: reconstruction, or samples' quality.
-    assert spec.sweep.metric in ("val_recon", "val_gen_fd")
+    assert spec.sweep.metric in ("val_recon", "val_gen_fd", "val_wav_gen_fd_smile")
     assert spec.sweep.grace_period <= spec.experiment.train.max_epochs
 
 
@@ -261,7 +261,9 @@ def test_the_real_corpus_space_asks_for_its_data_and_judges_samples() -> None:
     with pytest.raises(ConfigError, match=r"data.path: this space trains on a real corpus.*--set"):
         load_space("emodb_cpu")
     spec = load_space("emodb_cpu", ["data.path=/data/emodb/wav"])
-    assert (spec.sweep.metric, spec.sweep.mode) == ("val_gen_fd", "min")
+    assert (spec.sweep.metric, spec.sweep.mode) == ("val_wav_gen_fd_smile", "min")
+    # The costly audio metric is computed at each of ASHA's rungs, not after the first.
+    assert spec.sweep.emotion_every == spec.sweep.grace_period
     assert (spec.experiment.train.arch, spec.experiment.train.prior) == ("temporal", "diffusion")
     assert spec.experiment.train.contrast_weight == 5.0  # trials and the finaliser alike
     assert spec.finalise.vocoder == "hifigan"

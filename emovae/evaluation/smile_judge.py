@@ -177,14 +177,25 @@ def _classifier(name: str, params: dict[str, float], seed: int) -> BaseEstimator
     raise ValueError(f"unknown classifier '{name}' (expected logreg or svm_rbf)")
 
 
+def _space_steps() -> list[tuple[str, Any]]:
+    return [
+        ("scale", StandardScaler()),
+        ("clip", FunctionTransformer(np.clip, kw_args={"min": -CLIP_Z, "max": CLIP_Z})),
+    ]
+
+
 def _pipeline(name: str, params: dict[str, float], seed: int) -> Pipeline:
-    return Pipeline(
-        [
-            ("scale", StandardScaler()),
-            ("clip", FunctionTransformer(np.clip, kw_args={"min": -CLIP_Z, "max": CLIP_Z})),
-            ("classify", _classifier(name, params, seed)),
-        ]
-    )
+    return Pipeline([*_space_steps(), ("classify", _classifier(name, params, seed))])
+
+
+def fit_egemaps_space(train_features: np.ndarray) -> Pipeline:
+    """The judge's space without the judge (`SmileJudge.embed`): standardised with the
+    training clips' statistics, clipped to +-CLIP_Z. For a Frechet distance where training a
+    classifier would cost more than the distance itself."""
+    features = _check_features(train_features, "fit_egemaps_space: train_features")
+    if len(features) < 2:
+        raise ValueError(f"fit_egemaps_space: needs at least 2 clips, got {len(features)}")
+    return Pipeline(_space_steps()).fit(features)
 
 
 @dataclass
