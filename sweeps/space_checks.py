@@ -345,7 +345,7 @@ def check_finalise(
 def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, source: str) -> None:
     """The vocoder reads these features, and the packages the exported audio needs are
     installed: found now, before Ray starts, not after an hour of trials."""
-    from emovae.audio.vocoder import VOCODERS, VocoderError, check_hifigan_features
+    from emovae.audio.vocoder import VOCODERS
 
     if finalise.vocoder not in VOCODERS:
         raise ConfigError(
@@ -354,14 +354,7 @@ def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, s
         )
     if not finalise.enabled:
         return
-    try:
-        if finalise.vocoder == "hifigan":
-            check_hifigan_features(features)
-            from emovae.audio.hifigan import WEIGHTS_FILE, package_file
-
-            package_file(WEIGHTS_FILE)
-    except (VocoderError, ImportError) as exc:
-        raise ConfigError(f"{source}: finalise: {exc}") from exc
+    _check_vocoder_reads(finalise.vocoder, features, f"{source}: finalise")
     if finalise.audio_metrics:
         from emovae.evaluation.audio_quality import QUALITY_INSTALL
 
@@ -373,6 +366,21 @@ def _check_finalise_audio(finalise: FinaliseSettings, features: FeatureConfig, s
                     f"'{module}', which is not installed: {QUALITY_INSTALL} "
                     "(or set finalise.audio_metrics: false)"
                 )
+
+
+def _check_vocoder_reads(vocoder: str, features: FeatureConfig, where: str) -> None:
+    """HiFi-GAN's weights are installed and its mel is these features (Griffin-Lim reads any)."""
+    from emovae.audio.vocoder import VocoderError, check_hifigan_features
+
+    if vocoder != "hifigan":
+        return
+    try:
+        check_hifigan_features(features)
+        from emovae.audio.hifigan import WEIGHTS_FILE, package_file
+
+        package_file(WEIGHTS_FILE)
+    except (VocoderError, ImportError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def audio_metrics_named(sweep: SweepSettings) -> list[str]:
@@ -397,17 +405,10 @@ def check_sample_audio(
             f"{sweep.grace_period}), which would compare trials without it; expected "
             f"emotion_every <= grace_period"
         )
-    from emovae.audio.vocoder import VocoderError, check_hifigan_features
     from emovae.evaluation.audio_quality import QUALITY_INSTALL
 
-    try:
-        if finalise.vocoder == "hifigan":
-            check_hifigan_features(features)
-            from emovae.audio.hifigan import WEIGHTS_FILE, package_file
-
-            package_file(WEIGHTS_FILE)
-    except (VocoderError, ImportError) as exc:
-        raise ConfigError(f"{source}: {named[0]} vocodes with finalise.vocoder: {exc}") from exc
+    where = f"{source}: {named[0]} vocodes with finalise.vocoder"
+    _check_vocoder_reads(finalise.vocoder, features, where)
     if importlib.util.find_spec("opensmile") is None:
         raise ConfigError(
             f"{source}: {named[0]} measures samples with eGeMAPS, which needs the package "
