@@ -1,6 +1,6 @@
-"""Cost of the emotion metrics in a quick-space trial: epochs with and without them, interleaved.
+"""Cost of the emotion metrics in a sweep's trial: epochs with and without them, interleaved.
 
-One trial of the shipped quick space, trained as a sweep trains it (the space's model, corpus
+One trial of a shipped space (quick by default), trained as a sweep trains it (the space's model, corpus
 and trainer settings through `trial_train_config`, at the centre of the searched ranges; torch
 threads from `sweep.cpus_per_trial`; the prior's fine-tuning off, as in trials), with the
 space's own judge settings and the trials' own callback, `sweeps.trainable.emotion_epoch_metrics`,
@@ -10,14 +10,17 @@ metrics (ABBA: a drift in speed weighs on both alike). An epoch's wall time runs
 `on_epoch` call to the next: training, validation, the metrics when on, the checkpoints.
 
 Printed: the seconds that an epoch computing the metrics adds (with minus without, per block),
-the metric call's own seconds and its parts (reconstruction, generation); the added cost per
+the metric call's own seconds and its parts (reconstruction; sampling, judging the samples and,
+where the space's objective names it, the samples as audio: vocoded and measured with eGeMAPS,
+`val_wav_gen_fd_smile`, computed on every planned epoch here); the added cost per
 epoch at the space's cadence (`sweep.emotion_every`; a trial's first epoch and its last also
 compute them, as `sweeps.trainable.emotion_metrics_due` says), for a trial that runs the full
 budget and for one that ASHA stops at its first rung; and the one-off costs: the judge (trained
 once per sweep, or loaded from the cache) and a trial's set-up of the callback.
 
-    python benchmarks/bench_emotion.py [--blocks 3] [--cache-dir DIR] [--set KEY=VALUE ...]
-        [--json out.json]
+    python benchmarks/bench_emotion.py [--space quick] [--blocks 3] [--cache-dir DIR]
+        [--set KEY=VALUE ...] [--json out.json]
+    python benchmarks/bench_emotion.py --space emodb_cpu --set data.path=../shared/data/emodb/wav
 
 Run it on a quiet machine; the load average is printed before and after.
 """
@@ -43,9 +46,16 @@ import sweeps.trainable as trainable
 from emovae.dataset import prepare_data
 from emovae.judge import ensure_judge, judge_path
 from emovae.train import train
-from sweeps.space import SweepSpec, load_space, trial_train_config
+from sweeps.space import SweepSpec, audio_metrics_named, load_space, trial_train_config
 
 TARGET = 0.15  # the issue's limit: emotion metrics add at most 15% to a trial's time
+# The parts of a metric call that sweeps.trainable looks up at each call, timed by name.
+PARTS = {
+    "reconstruction_emotion_metrics": "reconstruction",
+    "sample_per_emotion": "sampling",
+    "judge_samples": "judging the samples",
+    "sample_audio_metrics": "the samples as audio",
+}
 WITH, WITHOUT = True, False
 BLOCK = (WITH, WITHOUT, WITHOUT, WITH)  # ABBA
 
@@ -138,7 +148,10 @@ def one_off_costs(spec: SweepSpec, data: Any, config: Any) -> dict[str, Any]:
     judge = trainable.judge_beside_vae(spec.judge, config.device, config.num_threads)
     started = time.perf_counter()
     # every=1: the callback computes the metrics whenever it is called; the plan decides when.
-    metrics = trainable.emotion_epoch_metrics(data, 1, judge, spec.experiment.data.cache_dir)
+    vocoder = spec.finalise.vocoder if audio_metrics_named(spec.sweep) else None
+    metrics = trainable.emotion_epoch_metrics(
+        data, 1, judge, spec.experiment.data.cache_dir, vocoder
+    )
     setup_s = time.perf_counter() - started
     return {"judge_cached": cached, "judge_s": judge_s, "setup_s": setup_s, "callback": metrics}
 
@@ -157,7 +170,7 @@ def run_plan(data: Any, config: Any, plan: list[bool], metrics: Any) -> dict[str
         call_s.append(time.perf_counter() - begun)
         return values
 
-    names = {"reconstruction_emotion_metrics": [], "generation_emotion_metrics": []}
+    names: dict[str, list[float]] = {name: [] for name in PARTS}
     with tempfile.TemporaryDirectory(prefix="bench-emotion-") as work:
         with timed_names(trainable, list(names), names):
             marks.append(time.perf_counter())
@@ -171,7 +184,7 @@ def run_plan(data: Any, config: Any, plan: list[bool], metrics: Any) -> dict[str
     return {
         "walls": [b - a for a, b in zip(marks, marks[1:], strict=False)],
         "call_s": call_s,
-        "parts": {name.split("_")[0]: seconds for name, seconds in names.items()},
+        "parts": {PARTS[name]: seconds for name, seconds in names.items()},
     }
 
 
@@ -247,7 +260,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def show(r: dict[str, Any]) -> None:
     print(
-        f"quick-space trial: params {r['params']}, {r['threads']} torch thread(s), "
+        f"{r['space']} trial: params {r['params']}, {r['threads']} torch thread(s), "
         f"train/val {r['clips']['train']}/{r['clips']['val']} clips, judge epochs "
         f"{r['judge']['epochs']}, {r['gen_per_emotion']} samples per emotion; overrides "
         f"{r['overrides'] or 'none'}"
