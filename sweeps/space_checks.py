@@ -53,9 +53,9 @@ OBJECTIVES: dict[str, str] = {
     "val_gen_emotion_acc": "max",
     "val_gen_fd": "min",
     # The same samples vocoded with finalise.vocoder, as the finaliser exports them, and their
-    # Frechet distance to the real validation WAVs in eGeMAPS space: the one that ranked
-    # EmoDB models as the listeners' measures did (benchmarks/RESULTS_quality.md). Computed
-    # only when an objective or constraint names it: seconds per sample on a CPU core.
+    # Frechet distance to the real validation WAVs in eGeMAPS space: what listeners hear, not
+    # what the CNN judge forgives (emovae.evaluation.sample_audio). Computed only when an
+    # objective or constraint names it: it costs seconds per sample on a CPU core.
     "val_wav_gen_fd_smile": "min",
 }
 EMOTION_OBJECTIVES = frozenset(
@@ -411,8 +411,8 @@ def check_sample_audio(
     _check_vocoder_reads(finalise.vocoder, features, where)
     if importlib.util.find_spec("opensmile") is None:
         raise ConfigError(
-            f"{source}: {named[0]} measures samples with eGeMAPS, which needs the package "
-            f"'opensmile', which is not installed: {QUALITY_INSTALL}"
+            f"{source}: {named[0]} measures samples with eGeMAPS: the package 'opensmile' "
+            f"is not installed; {QUALITY_INSTALL}"
         )
 
 

@@ -154,3 +154,22 @@ def test_egemaps_space_standardises_with_the_training_clips() -> None:
     assert np.abs(embedded).max() <= 5.0
     with pytest.raises(ValueError, match="at least 2 clips"):
         fit_egemaps_space(train[:1])
+
+
+def test_a_missing_opensmile_is_named_with_its_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    raw = _raw(tmp_path / "corpus", tmp_path / "cache")
+    raw["finalise"] = {"vocoder": "griffinlim", "enabled": False}  # only the trials need it
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "opensmile" else real(name, *a),
+    )
+    with pytest.raises(
+        ConfigError, match=r"val_wav_gen_fd_smile measures.*'opensmile'.*emovae-sweeps\[quality\]"
+    ):
+        spec_from_dict(raw, "tiny", "test")

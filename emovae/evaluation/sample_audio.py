@@ -1,11 +1,11 @@
 """A trial's view of the audio it would export: samples vocoded as the finaliser exports them,
 and their Frechet distance to the real validation clips in eGeMAPS space (`wav_gen_fd_smile`).
 
-On EmoDB the distance the sweep chose by before (`val_gen_fd`: the CNN judge on the decoder's
-log-mels) ranked six models against what DNSMOS and the eGeMAPS judge heard in their exported
-samples (rank correlation about 0), and this distance on the exported WAVs ranked them with
-both (benchmarks/RESULTS_quality.md, "Where the samples' gap lies"). It costs a vocoder pass
-and an openSMILE extraction per sample, so a trial computes it only on its emotion epochs.
+The CNN judge's distance on the decoder's log-mels (`gen_fd`) forgives what listeners hear in
+the vocoded audio; on EmoDB this distance on the exported WAVs followed DNSMOS and the eGeMAPS
+judge more closely (benchmarks/RESULTS_quality.md, "Where the samples' gap lies" and "The
+sweep hears its samples", which also says where it did not). It costs a vocoder pass and an
+openSMILE extraction per sample, so a trial computes it only on its emotion epochs.
 """
 
 from __future__ import annotations
