@@ -24,7 +24,8 @@ from emovae.judge import JudgeConfig
 from emovae.models import build_model
 from sweeps.driver import _absolute_cache, _prepare_judge, _trial_experiment
 from sweeps.space import ConfigError, spec_from_dict
-from sweeps.trainable import AUDIO_KEY, emotion_epoch_metrics
+from sweeps.space_checks import AUDIO_OBJECTIVES
+from sweeps.trainable import AUDIO_KEY, emotion_epoch_metrics, trial_setup
 from tests.test_sweep_emotion import mlflow_parent_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -81,6 +82,7 @@ def test_the_trial_callback_computes_the_audio_metric_only_when_due(
     model = build_model(train, data.features, len(data.label_names))
     metrics = emotion_epoch_metrics(data, 2, JUDGE, cache, "griffinlim")
     rows = [metrics(model, epoch, epoch == 4) for epoch in (1, 2, 3, 4)]
+    assert AUDIO_KEY in AUDIO_OBJECTIVES  # the key trials report is the one spaces may name
     assert math.isnan(rows[0][AUDIO_KEY])
     assert math.isfinite(rows[0]["val_gen_fd"])  # the judge's metrics are not held back
     assert all(math.isfinite(row[AUDIO_KEY]) for row in rows[1:])
@@ -101,7 +103,7 @@ def _raw(corpus: Path, cache: Path, **sweep: object) -> dict[str, object]:
     }
 
 
-def test_the_driver_extracts_the_real_clips_once_and_names_the_vocoder(
+def test_the_driver_extracts_the_real_clips_once_and_its_trials_report_the_metric(
     data: PreparedData, tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
@@ -113,6 +115,10 @@ def test_the_driver_extracts_the_real_clips_once_and_names_the_vocoder(
     trial = _trial_experiment(spec, _absolute_cache(spec), state)
     assert trial["emotion"]["audio_vocoder"] == "griffinlim"
     assert trial["objective"] == {"metric": "val_wav_gen_fd_smile", "mode": "min"}
+    # What a trial builds from that entry reports the metric on a due epoch.
+    setup = trial_setup({"lr": 2e-3}, trial, cpus_per_trial=1)
+    model = build_model(setup.train_config, setup.data.features, len(setup.data.label_names))
+    assert math.isfinite(setup.epoch_metrics(model, 2, False)[AUDIO_KEY])
     other = spec_from_dict(_raw(Path(data.corpus_path), cache, metric="val_gen_fd"), "tiny", "test")
     assert (
         _trial_experiment(other, _absolute_cache(other), state)["emotion"]["audio_vocoder"] is None
