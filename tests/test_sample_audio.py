@@ -12,26 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_sweep_emotion import TINY_JUDGE, mlflow_parent_run
 
 from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.dataset import PreparedData, prepare_data
-from emovae.evaluation.sample_audio import (
-    AUDIO_FD_KEY,
-    prepare_sample_audio,
-    sample_audio_metrics,
-)
+from emovae.evaluation.sample_audio import AUDIO_FD_KEY, prepare_sample_audio, sample_audio_metrics
 from emovae.judge import JudgeConfig
 from emovae.models import build_model
 from sweeps.driver import _absolute_cache, _prepare_judge, _trial_experiment
 from sweeps.space import ConfigError, spec_from_dict
 from sweeps.space_checks import AUDIO_OBJECTIVES
 from sweeps.trainable import AUDIO_KEY, emotion_epoch_metrics, trial_setup
-from tests.test_sweep_emotion import mlflow_parent_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FEATURES = FeatureConfig(n_mels=40, duration=1.0)
-JUDGE = JudgeConfig(epochs=2, channels=4, n_blocks=2, embedding_dim=8, num_threads=1, device="cpu")
+FEATURES = FeatureConfig(n_mels=40, duration=1.0)  # 1 s: long enough for openSMILE's functionals
+JUDGE = JudgeConfig(**TINY_JUDGE)
 
 
 @pytest.fixture(scope="module")
