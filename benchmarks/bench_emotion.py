@@ -46,7 +46,7 @@ import sweeps.trainable as trainable
 from emovae.dataset import prepare_data
 from emovae.judge import ensure_judge, judge_path
 from emovae.train import train
-from sweeps.space import SweepSpec, audio_metrics_named, load_space, trial_train_config
+from sweeps.space import SweepSpec, load_space, sample_audio_vocoder, trial_train_config
 
 TARGET = 0.15  # the limit: emotion metrics add at most 15% to a trial's time
 # The parts of a metric call that sweeps.trainable looks up at each call, timed by name.
@@ -148,7 +148,7 @@ def one_off_costs(spec: SweepSpec, data: Any, config: Any) -> dict[str, Any]:
     judge = trainable.judge_beside_vae(spec.judge, config.device, config.num_threads)
     started = time.perf_counter()
     # every=1: the callback computes the metrics whenever it is called; the plan decides when.
-    vocoder = spec.finalise.vocoder if audio_metrics_named(spec.sweep) else None
+    vocoder = sample_audio_vocoder(spec.sweep, spec.finalise)
     metrics = trainable.emotion_epoch_metrics(
         data, 1, judge, spec.experiment.data.cache_dir, vocoder
     )

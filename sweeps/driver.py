@@ -18,7 +18,7 @@ from ray import tune
 
 from emovae.config import DataConfig
 from emovae.dataset import PreparedData, prepare_data
-from emovae.evaluation.smile_judge import egemaps_of_files
+from emovae.evaluation.sample_audio import real_egemaps
 from emovae.judge import ensure_judge
 from sweeps.cluster import (
     ClusterError,
@@ -30,7 +30,7 @@ from sweeps.cluster import (
 from sweeps.console import LOG_FILE, RayLogFile, SweepConsole
 from sweeps.databases import masked
 from sweeps.results import load_trial_records
-from sweeps.space import SweepSpec, audio_metrics_named
+from sweeps.space import SweepSpec, sample_audio_vocoder
 from sweeps.study import StudyLocation, claim_study, search_distributions
 from sweeps.sweep_folder import (
     BACKLOG_FILE,
@@ -197,10 +197,10 @@ def _prepare_judge(
     stage("Emotion judge: training it once for this data, or loading it from the cache")
     data_cache = Path(spec.experiment.data.cache_dir).resolve()
     judge = ensure_judge(data, judge_cache_dir(data_cache), spec.judge)
-    if audio_metrics_named(spec.sweep):
+    if sample_audio_vocoder(spec.sweep, spec.finalise) is not None:
         # Once here, not in each of the first concurrent trials.
         stage("eGeMAPS of the real training and validation clips, for the samples' audio metric")
-        egemaps_of_files([*data.train.paths, *data.val.paths], data_cache / "egemaps")
+        real_egemaps(data, data_cache)
     log_params(client, state.parent_run_id, flatten("judge", dataclasses.asdict(spec.judge)))
     # The judge's accuracy on real test speakers: the ceiling for the VAE's outputs.
     for name, value in (
@@ -225,7 +225,7 @@ def _trial_experiment(
     if spec.sweep.constraints:
         trial |= {"constraints": dict(spec.sweep.constraints)}
     if spec.sweep.emotion_every >= 1:
-        vocoder = spec.finalise.vocoder if audio_metrics_named(spec.sweep) else None
+        vocoder = sample_audio_vocoder(spec.sweep, spec.finalise)
         trial |= {"emotion": emotion_settings(spec.sweep.emotion_every, spec.judge, vocoder)}
     if spec.sweep.system_metrics:
         trial |= {

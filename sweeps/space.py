@@ -65,7 +65,6 @@ from sweeps.space_checks import (
     LOSS_METRICS,
     OBJECTIVES,
     QUALITY_MODULES,
-    audio_metrics_named,
     check_constraints,
     check_emotion,
     check_finalise,
@@ -76,6 +75,7 @@ from sweeps.space_checks import (
     check_settings,
     constraint_metrics,
     parse_constraint,
+    sample_audio_vocoder,
     validate_params,
 )
 from sweeps.trials import Constraint
@@ -97,8 +97,8 @@ __all__ = [
     "FinaliseSettings",
     "SweepSettings",
     "SweepSpec",
-    "audio_metrics_named",
     "available_spaces",
+    "sample_audio_vocoder",
     "constraint_metrics",
     "load_space",
     "parse_constraint",

@@ -390,6 +390,12 @@ def audio_metrics_named(sweep: SweepSettings) -> list[str]:
     return [m for m in named if m in AUDIO_OBJECTIVES]
 
 
+def sample_audio_vocoder(sweep: SweepSettings, finalise: FinaliseSettings) -> str | None:
+    """The vocoder a trial vocodes its samples with (the finaliser's), or None when no
+    objective or constraint of `sweep` needs the samples' audio metric."""
+    return finalise.vocoder if audio_metrics_named(sweep) else None
+
+
 def check_sample_audio(
     sweep: SweepSettings, finalise: FinaliseSettings, features: FeatureConfig, source: str
 ) -> None:

@@ -17,6 +17,7 @@ from test_sweep_emotion import TINY_JUDGE, mlflow_parent_run
 from emovae.config import DataConfig, FeatureConfig, TrainConfig
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.sample_audio import AUDIO_FD_KEY, prepare_sample_audio, sample_audio_metrics
+from emovae.evaluation.smile_judge import egemaps_cache
 from emovae.judge import JudgeConfig
 from emovae.models import build_model
 from sweeps.driver import _absolute_cache, _prepare_judge, _trial_experiment
@@ -106,7 +107,7 @@ def test_the_driver_extracts_the_real_clips_once_and_its_trials_report_the_metri
     spec = spec_from_dict(_raw(Path(data.corpus_path), cache), "tiny", "test")
     client, state = mlflow_parent_run(tmp_path)
     _prepare_judge(client, state, spec, data)
-    extracted = sorted((cache / "egemaps").glob("egemaps-*.npy"))
+    extracted = sorted(egemaps_cache(cache).glob("egemaps-*.npy"))
     assert len(extracted) == len(data.train) + len(data.val)
     trial = _trial_experiment(spec, _absolute_cache(spec), state)
     assert trial["emotion"]["audio_vocoder"] == "griffinlim"

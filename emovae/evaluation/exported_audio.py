@@ -39,6 +39,7 @@ from emovae.evaluation.audio_quality import DnsMos, stoi
 from emovae.evaluation.smile_judge import (
     SmileJudge,
     egemaps,
+    egemaps_cache,
     egemaps_of_files,
     judge_frechet_distance,
     train_smile_judge,
@@ -82,7 +83,7 @@ def prepare_audio_judges(
     """The CNN judge as given, and an eGeMAPS judge trained on `data.train`'s WAVs (their
     eGeMAPS are cached under `cache_dir`/egemaps, keyed by content); DNSMOS runs `workers`
     windows at once."""
-    train_features = egemaps_of_files(data.train.paths, Path(cache_dir) / "egemaps")
+    train_features = egemaps_of_files(data.train.paths, egemaps_cache(cache_dir))
     smile = train_smile_judge(
         train_features,
         data.train.labels.numpy(),
@@ -145,7 +146,7 @@ def wav_set(
     clips = read_clips(paths, judges.features)
     cached = None
     if cache_dir is not None:
-        cached = egemaps_of_files(paths, Path(cache_dir) / "egemaps")
+        cached = egemaps_of_files(paths, egemaps_cache(cache_dir))
     return clip_set(judges, name, clips, labels, cached)
 
 

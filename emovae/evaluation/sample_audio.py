@@ -22,7 +22,12 @@ from emovae.audio.export import limit_peak
 from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.dataset import PreparedData
 from emovae.emotion import frechet_distance
-from emovae.evaluation.smile_judge import egemaps, egemaps_of_files, fit_egemaps_space
+from emovae.evaluation.smile_judge import (
+    egemaps,
+    egemaps_cache,
+    egemaps_of_files,
+    fit_egemaps_space,
+)
 from emovae.features import AudioError, Normalizer
 from emovae.generate import vocode
 
@@ -39,15 +44,21 @@ class SampleAudioScorer:
     real: np.ndarray  # (N, 88) the real validation clips in `space`
 
 
+def real_egemaps(data: PreparedData, cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """eGeMAPS of the real training (for the standardisation) and validation WAVs, extracted
+    into the data cache's eGeMAPS entries (`egemaps_cache`) or read from them. The clips are
+    read whole, as the finaliser reads its test clips."""
+    cache = egemaps_cache(cache_dir)
+    return egemaps_of_files(data.train.paths, cache), egemaps_of_files(data.val.paths, cache)
+
+
 def prepare_sample_audio(
     data: PreparedData, vocoder: str, cache_dir: str | Path, device: str | torch.device = "cpu"
 ) -> SampleAudioScorer:
-    """The `vocoder` the finaliser exports with, and eGeMAPS of the real training (for the
-    standardisation) and validation WAVs, cached under `cache_dir`/egemaps as the finaliser
-    caches them. The validation clips are read whole, as the finaliser reads its test clips."""
-    cache = Path(cache_dir) / "egemaps"
-    space = fit_egemaps_space(egemaps_of_files(data.train.paths, cache))
-    real = space.transform(egemaps_of_files(data.val.paths, cache))
+    """The `vocoder` the finaliser exports with, and the real clips' eGeMAPS (`real_egemaps`)."""
+    train, val = real_egemaps(data, cache_dir)
+    space = fit_egemaps_space(train)
+    real = space.transform(val)
     return SampleAudioScorer(
         load_vocoder(vocoder, data.features, device), data.normalizer, space, real
     )

@@ -110,6 +110,12 @@ def _settings_key() -> str:
     return content_key(settings, 12)
 
 
+def egemaps_cache(cache_dir: str | Path) -> Path:
+    """Where a data cache keeps its clips' eGeMAPS: the finaliser's judges and the trials'
+    sample-audio metric read the same entries."""
+    return Path(cache_dir) / "egemaps"
+
+
 def egemaps_of_files(paths: Sequence[str | Path], cache_dir: str | Path | None) -> np.ndarray:
     """(N, 88) float64 eGeMAPS functionals of audio files, cached per file in `cache_dir`.
 
