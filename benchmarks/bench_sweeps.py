@@ -47,23 +47,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-# As in sweeps/run.py: Tune snapshots its state at every trial checkpoint (num_to_keep set) and
-# warns about it; the warning is noise in a benchmark's output.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+import ray
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
-
-import sweeps.driver as driver  # noqa: E402
-from emovae.config import DataConfig  # noqa: E402
-from emovae.dataset import prepare_data  # noqa: E402
-from emovae.judge import ensure_judge  # noqa: E402
-from sweeps.results import load_trial_records  # noqa: E402
-from sweeps.space import SweepSpec, load_space, to_tune_space  # noqa: E402
-from sweeps.trainable import judge_cache_dir  # noqa: E402
-from sweeps.trial_logger import MlflowTrialLogger  # noqa: E402
-from sweeps.trials import best_value, epochs_run  # noqa: E402
+import sweeps.driver as driver
+from emovae.config import DataConfig
+from emovae.dataset import prepare_data
+from emovae.judge import ensure_judge
+from sweeps.checkpoint_pruner import CheckpointPruner
+from sweeps.results import load_trial_records
+from sweeps.space import SweepSpec, load_space, to_tune_space
+from sweeps.trainable import judge_cache_dir
+from sweeps.trial_logger import MlflowTrialLogger
+from sweeps.trials import best_value, epochs_run
 
 # The small model and corpus of benchmarks 1-3 (the e2e tests shrink `quick` the same way).
 SMALL = [
@@ -250,7 +247,8 @@ def tuner_for(
     max_concurrent: int | None = None,
     reuse_actors: bool = False,
 ) -> tune.Tuner:
-    """A Tuner with the driver's RunConfig (checkpoint num_to_keep=2) and no MLflow callback."""
+    """A Tuner with the driver's RunConfig (every checkpoint kept until the pruner deletes it,
+    sweeps.checkpoint_pruner) and no MLflow callback."""
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -265,7 +263,7 @@ def tuner_for(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[CheckpointPruner()],
             verbose=0,
         ),
     )

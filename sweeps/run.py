@@ -13,9 +13,10 @@ import os
 import signal
 import sys
 
-# With CheckpointConfig(num_to_keep) set, Tune snapshots its state at every trial checkpoint, which
-# is what keeps --resume consistent with the checkpoints; its warning about it is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# How often Tune saves its experiment state (what --resume restores from). Its automatic period
+# (at least 10 s) would make a killed driver rerun up to 10 s of every trial and forget every
+# trial started in those 10 s; the checkpoints a save still names stay (sweeps.checkpoint_pruner).
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # MLflow's client retries a dead server for about two minutes per call by default, and the
 # driver logs from Tune's event loop: fail fast instead and let the logger queue and retry.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

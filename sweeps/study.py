@@ -271,7 +271,9 @@ class SweepSearch(OptunaSearch):
 
     def _close_forgotten(self, known: set[int]) -> None:
         """Trials asked after Tune's last snapshot: Tune reruns their slots as new trials, so
-        they would stay RUNNING in the study for ever."""
+        those still running would stay RUNNING in the study for ever: marked forgotten and
+        failed. Those already told keep their value for TPE, unmarked (Optuna keeps a
+        finished trial as it is); their MLflow runs are tagged forgotten."""
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
                 self._storage.set_trial_user_attr(

@@ -11,6 +11,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from sweeps.checkpoint_pruner import CheckpointPruner
 from sweeps.console import ConsoleLayout, SweepConsole
 from sweeps.space import SweepSettings, SweepSpec, to_tune_space
 from sweeps.study import StudyLocation, SweepSearch
@@ -58,12 +59,10 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=TUNE_DIR,
             storage_path=str(sweep_dir),
-            callbacks=callbacks,
+            # Tune keeps every checkpoint (no num_to_keep); the pruner deletes the superseded
+            # ones once the saved experiment state no longer restores from them.
+            callbacks=[*callbacks, CheckpointPruner()],
             failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures),
-            # Tune deletes a trial's older checkpoints as soon as a new one registers, but
-            # snapshots its experiment state (what --resume reads) a moment later: with only
-            # one kept, a driver killed in between resumes a trial from a deleted checkpoint.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=1,
             progress_reporter=console,
             # With the compact console, each trial's output goes to stdout and stderr files in

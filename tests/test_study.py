@@ -83,9 +83,13 @@ def _restart_from_snapshot(location: StudyLocation, tmp_path: Path) -> None:
             searcher.on_trial_complete(trial_id, {"objective": 1.0 + number})
     snapshot = tmp_path / "searcher.pkl"
     searcher.save(str(snapshot))
-    # After Tune's snapshot, before the kill: "c" finishes, "d" is asked.
+    # After Tune's snapshot, before the kill: "c" finishes, "d" is asked, "x" is asked and
+    # told (a short trial that started and ended between two of Tune's saves).
     searcher.on_trial_complete("c", {"objective": 0.5})
     searcher.suggest("d")
+    searcher.suggest("x")
+    searcher.on_trial_result("x", {"objective": 0.25, "training_iteration": 1})
+    searcher.on_trial_complete("x", {"objective": 0.25})
     # The pickle Tune keeps of the searcher itself (tuner.pkl) holds no storage.
     revived = pickle.loads(pickle.dumps(searcher))
     assert revived._storage is None
@@ -94,13 +98,16 @@ def _restart_from_snapshot(location: StudyLocation, tmp_path: Path) -> None:
     revived._setup_study("min")  # what set_search_properties does for a fresh searcher
     revived.restore(str(snapshot))
     trials = {t.number: t for t in _study(location).trials}
-    assert [trials[n].state for n in range(4)] == [
+    assert [trials[n].state for n in range(5)] == [
         TrialState.COMPLETE,
         TrialState.COMPLETE,
         TrialState.COMPLETE,  # kept as told, though the snapshot had it running
         TrialState.FAIL,  # "d" was not in the snapshot: Tune reruns its slot as a new trial
+        TrialState.COMPLETE,  # "x" neither, but TPE keeps what it was told
     ]
-    assert trials[3].user_attrs[ATTR_FORGOTTEN] is True
+    forgotten = [n for n in range(5) if trials[n].user_attrs.get(ATTR_FORGOTTEN)]
+    assert forgotten == [3]  # "x" stays as told: Optuna keeps a finished trial as it is
+    assert trials[4].value == 0.25
     assert trials[2].value == 0.5
     # Tune runs "c" on from its checkpoint: its results no longer reach the finished trial.
     revived.on_trial_result("c", {"objective": 9.0, "training_iteration": 2})
@@ -109,7 +116,7 @@ def _restart_from_snapshot(location: StudyLocation, tmp_path: Path) -> None:
     revived.suggest("e")
     new = _study(location).trials[-1]
     assert new.user_attrs[ATTR_RAY_TRIAL] == "e"
-    assert new.user_attrs[ATTR_SEEN] == 3  # a, b, c: past the 2 start-up trials
+    assert new.user_attrs[ATTR_SEEN] == 4  # a, b, c, x: past the 2 start-up trials
 
 
 def test_database_storage_reads_its_password_from_the_environment(

@@ -34,9 +34,10 @@ from ray.tune import ExperimentAnalysis
 from emovae.audio.export import read_manifest
 from emovae.checkpoint import read_checkpoint
 from emovae.config import FeatureConfig
+from sweeps.checkpoint_pruner import restore_points
 from sweeps.finaliser import FINISHED_FILE
 from sweeps.results import load_trial_records
-from sweeps.study import ATTR_RAY_TRIAL, ATTR_SEEN, JOURNAL_FILE
+from sweeps.study import ATTR_FORGOTTEN, ATTR_RAY_TRIAL, ATTR_SEEN, JOURNAL_FILE
 from sweeps.sweep_folder import read_state
 from sweeps.tracking import (
     TAG_FORGOTTEN,
@@ -428,8 +429,9 @@ def _wait_for_finished_trials(
 ) -> None:
     """Until the sweep's Optuna study holds `finished` finished trials and another trial is
     mid-training: not finished in the study, past its first checkpoints and far from its last
-    epoch (one that just ran its last epoch has nothing left to continue), and named in Tune's
-    latest state snapshot (a trial the snapshot lacks is forgotten on resume)."""
+    epoch (one that just ran its last epoch has nothing left to continue), and in Tune's
+    latest saved state with a checkpoint to restore from (a trial the state lacks is
+    forgotten on resume)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if driver.poll() is not None:
@@ -440,27 +442,18 @@ def _wait_for_finished_trials(
             except KeyError:  # the study is not created yet
                 trials = []
             done = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in trials if t.state.is_finished()}
-            snapshot = _tune_snapshot_text(sweep_dir)
+            restore_from = restore_points(sweep_dir / "tune")
             training = [
                 trial_id
                 for trial_id, epochs in _epochs_by_trial(sweep_dir).items()
                 if trial_id not in done
                 and 2 <= max(epochs) <= max_epochs - 10
-                and trial_id in snapshot
+                and restore_from.get(trial_id) is not None
             ]
             if len(done) >= finished and training:
                 return
         time.sleep(0.5)
     raise AssertionError(f"no {finished} finished trials and a training one within {timeout} s")
-
-
-def _tune_snapshot_text(sweep_dir: Path) -> str:
-    """The newest experiment_state file Tune wrote (it restores from it), or ''."""
-    snapshots = sorted((sweep_dir / "tune").glob("experiment_state-*.json"))
-    try:
-        return snapshots[-1].read_text() if snapshots else ""
-    except FileNotFoundError:  # replaced between the listing and the read
-        return ""
 
 
 def _epochs_by_trial(sweep_dir: Path) -> dict[str, list[int]]:
@@ -537,6 +530,9 @@ def _sigkill_then_resume(
     finished_before = {n: t for n, t in before.items() if t.state.is_finished()}
     epochs_before = _epochs_by_trial(out)
     assert len(finished_before) >= 2
+    # What the resume restores: Tune's last saved state, each trial's checkpoint in it.
+    restore_from = restore_points(out / "tune")
+    asked_before = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in before.values()}
 
     resumed = run(
         [
@@ -558,46 +554,60 @@ def _sigkill_then_resume(
     assert proposed_after, "every trial was proposed before the kill: nothing to show"
     for trial in proposed_after:
         assert trial.user_attrs[ATTR_SEEN] >= len(finished_before), trial.user_attrs
-    assert not [t for t in after.values() if t.state == TrialState.RUNNING]
+    running = [(t.number, t.user_attrs) for t in after.values() if t.state == TrialState.RUNNING]
+    assert not running, running
 
     known = {t.trial_id for t in ExperimentAnalysis(str(out / "tune")).trials}
-    assert len(known) == 6
+    assert len(known) == 6, known
+    # Exactly the trials Tune's saved state lacked are forgotten (their slots rerun as new
+    # trials): in the study, those still running at the kill are marked forgotten (and
+    # failed); those told before it keep their value, unmarked. Every trial it held is known.
+    assert set(restore_from) <= known, (set(restore_from), known)
+    lacked = asked_before - set(restore_from)
+    told_before = {t.user_attrs.get(ATTR_RAY_TRIAL) for t in finished_before.values()}
+    forgotten_in_study = {
+        t.user_attrs.get(ATTR_RAY_TRIAL) for t in after.values() if t.user_attrs.get(ATTR_FORGOTTEN)
+    }
+    assert forgotten_in_study == lacked - told_before, (forgotten_in_study, lacked, told_before)
     in_study = Counter(
-        t.user_attrs[ATTR_RAY_TRIAL] for t in after.values() if not t.user_attrs.get("forgotten")
+        t.user_attrs[ATTR_RAY_TRIAL] for t in after.values() if not t.user_attrs.get(ATTR_FORGOTTEN)
     )
-    assert set(in_study) == known and set(in_study.values()) == {1}, in_study
-    # Trials Tune's last snapshot did not hold yet are forgotten (their slots rerun as new
-    # trials): at most one per concurrent slot. Every trial that had finished is still known.
-    seen_before = set(epochs_before)
-    assert {t.user_attrs[ATTR_RAY_TRIAL] for t in finished_before.values()} <= known
-    assert len(seen_before - known) <= 2, (seen_before, known)
-    # A trial training at the kill continued from its checkpoint, not from epoch 1.
+    assert set(in_study) == known | (lacked & told_before), (in_study, known, lacked)
+    assert set(in_study.values()) == {1}, in_study
+    assert set(epochs_before) - known <= lacked, (set(epochs_before), known)
+    # A trial training at the kill continued from the checkpoint the state names (one per
+    # epoch: checkpoint_00000k holds epoch k + 1), not from epoch 1.
     epochs_after = _epochs_by_trial(out)
     continued = [
         trial_id
         for trial_id, epochs in epochs_before.items()
-        if trial_id in known and len(epochs_after[trial_id]) > len(epochs)
+        if restore_from.get(trial_id) is not None and len(epochs_after[trial_id]) > len(epochs)
     ]
-    assert continued, (epochs_before, epochs_after)
+    assert continued, (epochs_before, epochs_after, restore_from)
     for trial_id in continued:
-        assert epochs_after[trial_id][len(epochs_before[trial_id])] > 1, epochs_after[trial_id]
+        index = int(restore_from[trial_id].name.removeprefix("checkpoint_"))
+        first_after = epochs_after[trial_id][len(epochs_before[trial_id])]
+        assert first_after == index + 2, (trial_id, index, epochs_after[trial_id])
 
     client, runs = mlflow_runs(out, mlflow_uri)
     assert study_url is None or not (out / JOURNAL_FILE).exists()
     trials = [r for r in by_role(runs, "trial") if r.data.tags[TAG_TRIAL_ID] in known]
     trial_ids = Counter(r.data.tags[TAG_TRIAL_ID] for r in trials)
     assert set(trial_ids) == known and set(trial_ids.values()) == {1}, trial_ids
-    assert not [r for r in runs if r.info.status == "RUNNING"]
+    running_runs = [r.data.tags for r in runs if r.info.status == "RUNNING"]
+    assert not running_runs, running_runs
     forgotten = [r for r in by_role(runs, "trial") if r.data.tags[TAG_TRIAL_ID] not in known]
-    assert len(forgotten) <= 2
+    assert {r.data.tags[TAG_TRIAL_ID] for r in forgotten} <= lacked, [
+        r.data.tags for r in forgotten
+    ]
     for r in forgotten:
         assert r.data.tags[TAG_FORGOTTEN] == "true", r.data.tags
     for r in trials:
         assert TAG_FORGOTTEN not in r.data.tags
         steps = epoch_steps(client, r.info.run_id)
         assert steps == list(range(1, len(steps) + 1)), (r.data.tags[TAG_TRIAL_ID], steps)
-        assert r.data.tags[TAG_TRIAL_STATUS] in ("FINISHED", "KILLED_BY_ASHA")
-    assert len(by_role(runs, "sweep")) == 1
+        assert r.data.tags[TAG_TRIAL_STATUS] in ("FINISHED", "KILLED_BY_ASHA"), r.data.tags
+    assert len(by_role(runs, "sweep")) == 1, [r.data.tags for r in by_role(runs, "sweep")]
     sampled = [r for r in trials if "system/cpu_utilization_percentage" in r.data.metrics]
     assert sampled, "no trial run holds system metrics"
     for r in sampled:
