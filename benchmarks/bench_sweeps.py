@@ -61,6 +61,10 @@ from sweeps.space import SweepSpec, load_space, to_tune_space
 from sweeps.trainable import judge_cache_dir
 from sweeps.trial_logger import MlflowTrialLogger
 from sweeps.trials import best_value, epochs_run
+from sweeps.tuner import TUNE_SAVE_PERIOD_S
+
+# As sweeps/run.py sets it: how often Tune saves its experiment state.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_SAVE_PERIOD_S))
 
 # The small model and corpus of benchmarks 1-3 (the e2e tests shrink `quick` the same way).
 SMALL = [

@@ -13,10 +13,6 @@ import os
 import signal
 import sys
 
-# How often Tune saves its experiment state (what --resume restores from). Its automatic period
-# (at least 10 s) would make a killed driver rerun up to 10 s of every trial and forget every
-# trial started in those 10 s; the checkpoints a save still names stay (sweeps.checkpoint_pruner).
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # MLflow's client retries a dead server for about two minutes per call by default, and the
 # driver logs from Tune's event loop: fail fast instead and let the logger queue and retry.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -43,6 +39,7 @@ from sweeps.space import load_space
 from sweeps.study import StudyError
 from sweeps.tracking import TrackingError
 from sweeps.trials import TrialRecord, best_value, epochs_run, feasible
+from sweeps.tuner import TUNE_SAVE_PERIOD_S
 from sweeps.warm_start import WarmStartRequest
 
 USER_ERRORS = (
@@ -180,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out {sweep_dir}: on a cluster the sweep folder is Ray's storage path and must "
                 "be an absolute path on storage every node shares (NFS, EFS), e.g. /app/runs/quick"
             )
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_SAVE_PERIOD_S))
         # Tune reads it when the sweep starts: its classic engine takes our compact reporter.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
         if not args.verbose:

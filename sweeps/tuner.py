@@ -18,6 +18,12 @@ from sweeps.study import StudyLocation, SweepSearch
 from sweeps.sweep_folder import TUNE_DIR
 from sweeps.trials import at_best_key, best_key
 
+# Seconds between Tune's saves of its experiment state (what --resume restores from); the CLI
+# sets TUNE_GLOBAL_CHECKPOINT_S to it unless the environment does. Tune's automatic period (at
+# least 10 s) would make a killed driver rerun up to 10 s of every trial and forget every trial
+# started in those 10 s; the checkpoints a save names stay (sweeps.checkpoint_pruner).
+TUNE_SAVE_PERIOD_S = 2
+
 
 def build_tuner(
     spec: SweepSpec,
