@@ -56,6 +56,7 @@ PARTS = {
     "judge_samples": "judging the samples",
     "sample_audio_metrics": "the samples as audio",
 }
+AUDIO_PART = PARTS["sample_audio_metrics"]
 WITH, WITHOUT = True, False
 BLOCK = (WITH, WITHOUT, WITHOUT, WITH)  # ABBA
 
@@ -90,14 +91,17 @@ def epoch_plan(blocks: int) -> list[bool]:
     return [WITH, *(BLOCK * blocks)]
 
 
-def metric_epochs(epochs: int, every: int, max_epochs: int) -> int:
-    """How many of a trial's first `epochs` epochs compute the metrics at the shipped cadence:
-    its first, and those that emotion_metrics_due names (the last only at the full budget,
-    since a trial that ASHA stops does not know its epoch is its last)."""
-    return sum(
-        epoch == 1 or trainable.emotion_metrics_due(epoch, every, epoch == max_epochs)
+def metric_epochs(epochs: int, every: int, max_epochs: int) -> tuple[int, int]:
+    """Of a trial's first `epochs` epochs at the shipped cadence: how many compute the metrics
+    because emotion_metrics_due names them (the last only at the full budget, since a trial
+    that ASHA stops does not know its epoch is its last), and how many only because they are
+    the trial's first (0 or 1; such an epoch skips the samples' audio metric)."""
+    due = sum(
+        trainable.emotion_metrics_due(epoch, every, epoch == max_epochs)
         for epoch in range(1, epochs + 1)
     )
+    first_only = int(epochs >= 1 and not trainable.emotion_metrics_due(1, every, max_epochs == 1))
+    return due, first_only
 
 
 @contextlib.contextmanager
@@ -200,17 +204,20 @@ def block_costs(walls: list[float]) -> list[float]:
     return costs
 
 
-def cadence_costs(spec: SweepSpec, added_s: float, epoch_s: float) -> dict[str, dict]:
+def cadence_costs(
+    spec: SweepSpec, added_s: float, epoch_s: float, audio_s: float
+) -> dict[str, dict]:
     """The added cost per epoch at the space's cadence, for a full-budget trial and for a
-    trial stopped at ASHA's first rung."""
+    trial stopped at ASHA's first rung: `added_s` on each due epoch, `added_s - audio_s` on a
+    first epoch that is not due (`audio_s`: the samples' audio metric, 0 when off)."""
     every, max_epochs = spec.sweep.emotion_every, spec.experiment.train.max_epochs
     out = {}
     for name, epochs in (("full budget", max_epochs), ("first rung", spec.sweep.grace_period)):
-        n = metric_epochs(epochs, every, max_epochs)
-        per_epoch = added_s * n / epochs
+        due, first_only = metric_epochs(epochs, every, max_epochs)
+        per_epoch = (added_s * due + (added_s - audio_s) * first_only) / epochs
         out[name] = {
             "epochs": epochs,
-            "metric_epochs": n,
+            "metric_epochs": due + first_only,
             "added_s_per_epoch": per_epoch,
             "share": per_epoch / epoch_s,
         }
@@ -233,6 +240,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     blocks = block_costs(run["walls"])
     added_s = statistics.fmean(blocks)
     epoch_s = statistics.fmean(off)
+    parts_s = {k: statistics.fmean(v[1:] or v) for k, v in run["parts"].items() if v}
     return {
         "space": args.space,
         "overrides": args.overrides,
@@ -252,8 +260,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "added_s": added_s,
         "added_sd": statistics.stdev(blocks) if len(blocks) > 1 else math.nan,
         "call_s": statistics.fmean(run["call_s"][1:] or run["call_s"]),
-        "parts_s": {k: statistics.fmean(v[1:] or v) for k, v in run["parts"].items() if v},
-        "cadence": cadence_costs(spec, added_s, epoch_s),
+        "parts_s": parts_s,
+        "cadence": cadence_costs(spec, added_s, epoch_s, parts_s.get(AUDIO_PART, 0.0)),
         **once,
     }
 
