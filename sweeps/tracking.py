@@ -223,10 +223,10 @@ RUN_STATUS = {
 
 def tag_forgotten_trials(client: MlflowClient, runs: list, trial_ids: set[str]) -> list[str]:
     """Tag the child runs (among `runs`, from `child_runs`) whose trial is not among
-    `trial_ids` (Ray's trials after the sweep); their trial ids. Ray snapshots its experiment state a moment after each result, so a
-    driver killed in between resumes without the trials that result started or ended, and
-    reruns their slots as new trials; the runs keep what those trials did, marked, not
-    deleted."""
+    `trial_ids` (Ray's trials after the sweep); their trial ids. Ray saves its experiment
+    state every few seconds (sweeps.tuner.TUNE_SAVE_PERIOD_S), so a driver killed between two
+    saves resumes without the trials started since the last one, and reruns their slots as new
+    trials; the runs keep what those trials did, marked, not deleted."""
     forgotten = []
     for run in runs:
         trial_id = run.data.tags.get(TAG_TRIAL_ID)
