@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--out {sweep_dir}: on a cluster the sweep folder is Ray's storage path and must "
                 "be an absolute path on storage every node shares (NFS, EFS), e.g. /app/runs/quick"
             )
+        # How often Tune saves what --resume restores from (why: sweeps.tuner).
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(TUNE_SAVE_PERIOD_S))
         # Tune reads it when the sweep starts: its classic engine takes our compact reporter.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
