@@ -35,12 +35,17 @@ class CheckpointPruner(tune.Callback):
         now = time.monotonic()
         if trials and now - self._last_prune >= self.every_s:
             self._last_prune = now
-            prune_superseded_checkpoints(Path(trials[0].storage.experiment_fs_path))
+            _prune(trials)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Tune wrote its final snapshot just before: each trial keeps its last checkpoint.
-        if trials:
-            prune_superseded_checkpoints(Path(trials[0].storage.experiment_fs_path))
+        # After a sweep that ran to its end Tune has just saved its final state, so each trial
+        # keeps only its last checkpoint; after an error, whatever the last save names.
+        _prune(trials)
+
+
+def _prune(trials: list) -> None:
+    if trials:
+        prune_superseded_checkpoints(Path(trials[0].storage.experiment_fs_path))
 
 
 def prune_superseded_checkpoints(experiment_dir: Path) -> int:
