@@ -38,10 +38,18 @@ from typing import Any
 import torch
 
 from emovae.audio.export import read_manifest
+from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import load_model
 from emovae.dataset import prepare_data
 from emovae.evaluate import evaluate_checkpoint
-from emovae.evaluation.exported_audio import augmentation_gain, prepare_audio_judges, wav_set
+from emovae.evaluation.exported_audio import (
+    augmentation_control_rows,
+    augmentation_gain,
+    prepare_audio_judges,
+    wav_set,
+)
+from emovae.generate import export_copy_synthesis
+from emovae.runtime import select_device
 from emovae.train import train
 from sweeps.driver import TUNE_DIR, read_state
 from sweeps.finaliser import (
@@ -92,6 +100,8 @@ SHOWN = (
     "wav_conv_smile_acc",
     "wav_aug_cnn_uar_gain",
     "wav_aug_smile_uar_gain",
+    "wav_aug_cnn_uar_gain_over_control",
+    "wav_aug_smile_uar_gain_over_control",
 )
 
 
@@ -239,11 +249,12 @@ def augment(args: argparse.Namespace) -> None:
     real = wav_set(
         judges, "real", data.test.paths, data.test.labels.numpy(), spec.experiment.data.cache_dir
     )
+    control = _control_set(args, spec, data, judges, record, work, generated.labels)
     draws = []
     for judge_seed in args.judge_seeds:
-        gains = augmentation_gain(judges, data, generated, real, seed=judge_seed)
+        gains = augmentation_gain(judges, data, generated, real, seed=judge_seed, control=control)
         draws.append({"judge_seed": judge_seed} | gains)
-        print(judge_seed, {k: round(v, 4) for k, v in gains.items() if k.endswith("gain")})
+        print(judge_seed, {k: round(v, 4) for k, v in gains.items() if "gain" in k})
     out = RESULTS / args.name / f"augment_seed{args.seed}.json"
     out.write_text(
         json.dumps(
@@ -252,6 +263,36 @@ def augment(args: argparse.Namespace) -> None:
         )
     )
     print(f"wrote {out}")
+
+
+def _control_set(
+    args: argparse.Namespace,
+    spec: Any,
+    data: Any,
+    judges: Any,
+    record: dict[str, Any],
+    work: Path,
+    sample_labels: Any,
+) -> Any:
+    """The augmentation test's control, as the finaliser exports it (vocoded copies of real
+    training clips, as many per emotion as the samples hold); written first for a model
+    exported before the finaliser made it."""
+    manifest = work / "augment_control" / "manifest.csv"
+    if not manifest.exists():
+        loaded = load_model(Path(record["checkpoint"]), select_device(args.device))
+        vocoder = load_vocoder(
+            spec.finalise.vocoder,
+            loaded.features,
+            args.device,
+            n_iter=spec.finalise.griffin_lim_iters,
+            seed=args.seed,
+        )
+        rows = augmentation_control_rows(data.train.labels.numpy(), sample_labels, args.seed)
+        export_copy_synthesis(loaded, data.train, rows, vocoder, manifest.parent)
+    rows = read_manifest(manifest)
+    names = data.label_names
+    paths = [manifest.parent / r["file"] for r in rows]
+    return wav_set(judges, "copy", paths, [names.index(r["emotion"]) for r in rows])
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -293,12 +334,15 @@ def table(args: argparse.Namespace) -> None:
         for augment_file in sorted(arm.glob("augment_seed*.json")):
             draws = json.loads(augment_file.read_text())["draws"]
             for judge in ("cnn", "smile"):
-                gains = [d[f"wav_aug_{judge}_uar_gain"] for d in draws]
-                print(
-                    f"\nAugmentation ({augment_file.stem}, {judge} judge, {len(gains)} judge "
-                    f"seeds): UAR gain {_mean_spread(gains)}; per seed "
-                    + ", ".join(f"{g:+.3f}" for g in gains)
-                )
+                for over in ("", "_over_control"):
+                    gains = [d.get(f"wav_aug_{judge}_uar_gain{over}") for d in draws]
+                    if None in gains:
+                        continue
+                    print(
+                        f"\nAugmentation ({augment_file.stem}, {judge} judge, {len(gains)} judge "
+                        f"seeds): UAR gain{over.replace('_', ' ')} {_mean_spread(gains)}; "
+                        "per seed " + ", ".join(f"{g:+.3f}" for g in gains)
+                    )
         seconds = [r["seconds"] for r in records if r["seconds"]]
         if not seconds:
             continue

@@ -7,6 +7,7 @@ model gave them, limited to a -1 dBFS peak.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,30 @@ def export_reconstructions(
         for name, y, path in zip(names, split.labels, split.paths, strict=True)
     ]
     return finish_set(out_dir, RECON_COLUMNS, rows)
+
+
+def export_copy_synthesis(
+    loaded: LoadedModel,
+    split: Split,
+    rows: Sequence[int],
+    synthesize: Vocoder,
+    out_dir: str | Path,
+    batch_size: int = 25,
+) -> Path:
+    """Clips `rows` of `split` vocoded from their own features, no model (copy synthesis),
+    under the original file's name: the augmentation test's control set. Manifest columns
+    file, emotion (the clip's true one), source."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        raise ValueError("export_copy_synthesis: expected at least one row")
+    out_dir = start_set(out_dir)
+    names = [Path(split.paths[r]).stem + ".wav" for r in rows]
+    _vocode_and_write(split.features[rows], loaded, synthesize, out_dir, names, batch_size)
+    table = [
+        [name, loaded.label_names[int(split.labels[r])], split.paths[r]]
+        for name, r in zip(names, rows, strict=True)
+    ]
+    return finish_set(out_dir, RECON_COLUMNS, table)
 
 
 def export_conversions(

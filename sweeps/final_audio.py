@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from emovae.audio.export import read_manifest
@@ -13,12 +14,18 @@ from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import load_model
 from emovae.dataset import PreparedData
 from emovae.evaluation.exported_audio import (
+    augmentation_control_rows,
     augmentation_gain,
     prepare_audio_judges,
     score_set,
     wav_set,
 )
-from emovae.generate import export_conversions, export_reconstructions, generate
+from emovae.generate import (
+    export_conversions,
+    export_copy_synthesis,
+    export_reconstructions,
+    generate,
+)
 from emovae.judge import TrainedJudge
 from emovae.runtime import select_device
 from sweeps.final_evaluation import write_metrics_json
@@ -34,6 +41,8 @@ class ExportedAudio:
     samples: Path
     reconstructions: Path
     conversions: Path | None
+    # Vocoded copies of real training clips, the augmentation test's control.
+    control: Path | None = None
 
 
 def export_audio(
@@ -45,7 +54,10 @@ def export_audio(
     device: str,
 ) -> ExportedAudio:
     """`settings.n_samples` samples, the test split's reconstructions and (conditional model)
-    conversions, each a WAV set with its manifest under `out_dir`, through `settings.vocoder`."""
+    conversions, each a WAV set with its manifest under `out_dir`, through `settings.vocoder`;
+    for a conditional model with `settings.audio_metrics` and `settings.augment_control`,
+    copies of as many real training clips of each emotion as the samples hold (the
+    augmentation test's control)."""
     samples = generate(
         checkpoint,
         settings.n_samples,
@@ -71,7 +83,14 @@ def export_audio(
         source=settings.conversion_source,
         strength=settings.conversion_strength,
     )
-    return ExportedAudio(samples, reconstructions, conversions)
+    control = None
+    _, sample_labels = _labels_of(samples, loaded.label_names)
+    if settings.audio_metrics and settings.augment_control and sample_labels is not None:
+        rows = augmentation_control_rows(data.train.labels.numpy(), np.array(sample_labels), seed)
+        control = export_copy_synthesis(
+            loaded, data.train, rows, vocoder, out_dir / "augment_control"
+        )
+    return ExportedAudio(samples, reconstructions, conversions, control)
 
 
 def _labels_of(manifest: Path, label_names: list[str]) -> tuple[list[Path], list[int] | None]:
@@ -118,7 +137,11 @@ def audio_evaluation(
         metrics |= score_set(judges, wav_set(judges, "conv", conv_paths, conv_labels), real)
     if generated.labels is not None:
         seed = judge.config.seed if judge is not None else seed
-        metrics |= augmentation_gain(judges, data, generated, real, seed=seed)
+        control = None
+        if exported.control is not None:
+            control_paths, control_labels = _labels_of(exported.control, names)
+            control = wav_set(judges, "copy", control_paths, control_labels)
+        metrics |= augmentation_gain(judges, data, generated, real, seed=seed, control=control)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_json(out_dir / AUDIO_METRICS_FILE, metrics)
     return metrics

@@ -152,7 +152,9 @@ def audio_section(audio: dict[str, Any]) -> list[str]:
             "#### Augmentation value (exported samples added to the training speakers)",
             "",
             "Speech emotion recognition trained on real + generated WAVs vs real only, tested "
-            "on the real test speakers (one seed; see benchmarks/RESULTS_quality.md for many).",
+            "on the real test speakers (one seed; see benchmarks/RESULTS_quality.md for many). "
+            "`real_plus_control`: vocoded copies of as many real training clips added instead; "
+            "`gain_over_control` is what the samples add beyond more, vocoded, data.",
             "",
         ]
         lines += table(["metric", "value"], gains)

@@ -240,6 +240,9 @@ class FinaliseSettings:
     dnsmos_clips: int = 0
     conversion_source: str = "neutral"  # emotion of the real clips that conversion starts from
     conversion_strength: float = 0.6  # share of the diffusion prior's noise a conversion adds
+    # The augmentation test also trains each judge on real clips plus as many vocoded copies of
+    # real training clips (no model): what the samples add beyond more, vocoded, data.
+    augment_control: bool = True
     register_model: bool = True
     model_name: str = "emovae"  # MLflow model registry name
     # Generated clips per emotion for a conditional VAE's emotion metrics and augmentation test

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.exported_audio import (
     AudioJudges,
     WavSet,
+    augmentation_control_rows,
     augmentation_gain,
     dnsmos_subset,
     prepare_audio_judges,
@@ -152,7 +154,8 @@ def test_augmentation_compares_both_judges_with_and_without_extra_clips(
     # The validation speakers' real clips stand in for generated ones: the mechanics are the
     # same, and the test speakers stay unseen by every judge.
     extra = wav_set(judges, "gen", data.val.paths, data.val.labels.numpy())
-    metrics = augmentation_gain(judges, data, extra, real, seed=JUDGE.seed)
+    # The same clips as the control: judges trained alike, so the samples add nothing over it.
+    metrics = augmentation_gain(judges, data, extra, real, seed=JUDGE.seed, control=extra)
     for judge in ("cnn", "smile"):
         for score in ("acc", "uar"):
             prefix = f"wav_aug_{judge}_{score}"
@@ -162,4 +165,27 @@ def test_augmentation_compares_both_judges_with_and_without_extra_clips(
             assert 0.0 <= metrics[f"{prefix}_real_plus_generated"] <= 1.0
     # The real-only CNN figure is the sweep's judge itself (same settings and seed).
     assert metrics["wav_aug_cnn_acc_real_only"] == judges.cnn.test_accuracy
+    for judge in ("cnn", "smile"):
+        prefix = f"wav_aug_{judge}"
+        assert (
+            metrics[f"{prefix}_uar_real_plus_control"]
+            == metrics[f"{prefix}_uar_real_plus_generated"]
+        )
+        assert (
+            metrics[f"{prefix}_acc_real_plus_control"]
+            == metrics[f"{prefix}_acc_real_plus_generated"]
+        )
+        assert metrics[f"{prefix}_uar_gain_over_control"] == 0.0
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_augmentation_control_rows_match_the_generated_emotions() -> None:
+    train = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    generated = np.array([0, 0, 1, 1, 1, 2])
+    rows = augmentation_control_rows(train, generated, seed=3)
+    # Emotion 1 has two training clips for the three samples asked: both, no repeats.
+    assert Counter(train[rows].tolist()) == {0: 2, 1: 2, 2: 1}
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert rows.tolist() == augmentation_control_rows(train, generated, seed=3).tolist()
+    draws = {tuple(augmentation_control_rows(train, generated, seed=s)) for s in range(8)}
+    assert len(draws) > 1  # the seed chooses the clips

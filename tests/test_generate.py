@@ -12,11 +12,15 @@ import torch
 
 import emovae.audio.vocoder as vocoder_module
 from emovae.audio.export import limit_peak
-from emovae.checkpoint import build_model, model_state, save_checkpoint
+from emovae.audio.vocoder import load_vocoder
+from emovae.checkpoint import build_model, load_model, model_state, save_checkpoint
 from emovae.config import FeatureConfig, TrainConfig
+from emovae.dataset import Split
 from emovae.features import Normalizer, mel_from_log, mel_power_from_log
 from emovae.generate import (
     MANIFEST_COLUMNS,
+    RECON_COLUMNS,
+    export_copy_synthesis,
     generate,
 )
 
@@ -204,3 +208,32 @@ def test_hifigan_features_are_refused_by_name_for_other_features(
     with pytest.raises(ValueError, match="features.n_mels"):
         generate(checkpoints["unconditional"], 2, tmp_path, vocoder="hifigan")
     assert not list(tmp_path.glob("*.wav"))
+
+
+def test_copy_synthesis_vocodes_the_chosen_clips_under_their_names(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    loaded = load_model(checkpoints["conditional"], torch.device("cpu"))
+    n_frames = 1 + N_SAMPLES // FEATURES.hop_length
+    generator = torch.Generator().manual_seed(0)
+    split = Split(
+        torch.randn(3, 1, FEATURES.n_mels, n_frames, generator=generator),
+        torch.tensor([2, 0, 1]),
+        ["03", "03", "08"],
+        ["/corpus/03a01Wa.wav", "/corpus/03a01Fa.wav", "/corpus/08a01Ta.wav"],
+    )
+    synthesize = load_vocoder("griffinlim", FEATURES, n_iter=4)
+    manifest = export_copy_synthesis(loaded, split, [2, 0], synthesize, tmp_path / "copies")
+    with manifest.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == RECON_COLUMNS
+        rows = list(reader)
+    assert [(r["file"], r["emotion"], r["source"]) for r in rows] == [
+        ("08a01Ta.wav", "happiness", "/corpus/08a01Ta.wav"),
+        ("03a01Wa.wav", "sadness", "/corpus/03a01Wa.wav"),
+    ]
+    clips = [sf.read(tmp_path / "copies" / r["file"])[0] for r in rows]
+    assert all(len(c) == N_SAMPLES and np.abs(c).max() > 1e-3 for c in clips)
+    assert not np.allclose(clips[0], clips[1])  # each clip from its own features
+    with pytest.raises(ValueError, match="at least one row"):
+        export_copy_synthesis(loaded, split, [], synthesize, tmp_path / "none")

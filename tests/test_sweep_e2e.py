@@ -230,7 +230,7 @@ def _assert_final_retrains_the_best_trial(
 # A clip whose RMS around its mean is below this (-66 dBFS: 16 steps of 16-bit PCM) is silence.
 # The shrunk sweeps' barely trained models export clips at about 0.004.
 SILENCE_RMS = 5e-4
-EXPORTED_SETS = ("samples", "reconstructions", "conversions")
+EXPORTED_SETS = ("samples", "reconstructions", "conversions", "augment_control")
 
 
 def _assert_exported_audio(final_dir: Path, features: FeatureConfig, n_samples: int) -> None:
@@ -354,6 +354,15 @@ def test_quick_sweep_end_to_end(
         assert 0.0 <= final.data.metrics[f"wav_{name}_smile_acc"] <= 1.0, name
     assert 0.0 < final.data.metrics["wav_recon_stoi"] <= 1.0
     assert "wav_aug_smile_uar_gain" in final.data.metrics
+    # ... and against its control, vocoded copies of real training clips (as many per emotion).
+    control = read_manifest(out / "final" / "augment_control" / "manifest.csv")
+    samples = read_manifest(out / "final" / "samples" / "manifest.csv")
+    assert Counter(r["emotion"] for r in control) == Counter(r["emotion"] for r in samples)
+    assert 0.0 <= final.data.metrics["wav_aug_cnn_uar_real_plus_control"] <= 1.0
+    assert final.data.metrics["wav_aug_smile_uar_gain_over_control"] == pytest.approx(
+        final.data.metrics["wav_aug_smile_uar_real_plus_generated"]
+        - final.data.metrics["wav_aug_smile_uar_real_plus_control"]
+    )
     # A conditional model is registered too, with its emotion input named.
     versions = client.search_model_versions("name='emovae'")
     assert len(versions) == 1 and versions[0].run_id == final.info.run_id

@@ -1,7 +1,8 @@
 """What a user gets, judged: sets of exported WAVs read back from disk and scored by two
 independent emotion judges and a no-reference quality model, beside the real test clips.
 
-For each set (`real` test clips, `recon`structions, `gen`erated samples, `conv`ersions):
+For each set (`real` test clips, `recon`structions, `gen`erated samples, `conv`ersions; a
+`copy` set, vocoded copies of real training clips, is only the augmentation test's control):
 
 - `wav_<set>_cnn_acc` / `_uar`: the project's CNN judge (emovae.judge) on log-mels extracted
   again from the WAVs (the data's feature settings, z-scored with the training statistics);
@@ -53,7 +54,7 @@ from emovae.judge import (
     train_judge,
 )
 
-SETS = ("real", "recon", "gen", "conv")
+SETS = ("real", "recon", "gen", "conv", "copy")
 
 
 @dataclass
@@ -236,12 +237,28 @@ def _dnsmos_by_emotion(
     }
 
 
+def augmentation_control_rows(
+    train_labels: np.ndarray, generated_labels: np.ndarray, seed: int
+) -> np.ndarray:
+    """Rows of the real training clips for the augmentation test's control set: per emotion as
+    many as the generated set holds (all of that emotion's clips where it has fewer), drawn
+    without replacement from `seed`, in ascending order."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for emotion in np.unique(generated_labels):
+        wanted = int((generated_labels == emotion).sum())
+        candidates = np.flatnonzero(train_labels == emotion)
+        rows.append(rng.choice(candidates, min(wanted, len(candidates)), replace=False))
+    return np.sort(np.concatenate(rows)) if rows else np.empty(0, np.int64)
+
+
 def augmentation_gain(
     judges: AudioJudges,
     data: PreparedData,
     generated: WavSet,
     real_test: WavSet,
     seed: int = 0,
+    control: WavSet | None = None,
 ) -> dict[str, float]:
     """Speech emotion recognition trained on the real training speakers plus `generated`
     (exported WAVs, features re-extracted) against the real training speakers alone, tested
@@ -253,48 +270,73 @@ def augmentation_gain(
     `_real_plus_generated` and `_gain`, the same for `_acc`. One draw: on ~100 test clips
     judges that differ only in their seed differ by several points, so compare over seeds
     (benchmarks/bench_quality.py) before reading a gain into one number.
+
+    `control`: vocoded copies of real training clips (`augmentation_control_rows`), added
+    instead of `generated`. On EmoDB such copies, which carry no utterance or emotion the
+    judges lack, lift the CNN judge as much as the samples do (benchmarks/RESULTS_quality.md,
+    "What the augmentation gain measures"): `_real_plus_control` and `_uar_gain_over_control`
+    (generated against control) say what the samples add beyond more, vocoded, data.
     """
     if generated.labels is None:
         raise ValueError("augmentation needs generated clips with the emotion asked for")
-    metrics = _smile_gain(judges, data, generated, real_test, seed)
-    if judges.cnn is None:
-        return metrics
-    augmented = train_judge(
-        data,
-        dataclasses.replace(judges.cnn.config, seed=seed),
-        extra_train=(generated.log_mels, torch.from_numpy(generated.labels)),
-    )
-    baseline = (
-        judges.cnn
-        if judges.cnn.config.seed == seed
-        else train_judge(data, dataclasses.replace(judges.cnn.config, seed=seed))
-    )
-    return metrics | _gain(
-        "cnn",
-        baseline.test_accuracy,
-        baseline.test_uar,
-        augmented.test_accuracy,
-        augmented.test_uar,
-    )
+    extras = {"generated": generated} | ({"control": control} if control is not None else {})
+    scores = {"smile": _smile_scores(judges, data, extras, real_test, seed)}
+    if judges.cnn is not None:
+        scores["cnn"] = _cnn_scores(judges, data, extras, seed)
+    metrics = {}
+    for judge, by_set in scores.items():
+        metrics |= _gain(judge, *by_set["real_only"], *by_set["generated"])
+        if control is not None:
+            prefix = f"wav_aug_{judge}"
+            acc, uar = by_set["control"]
+            metrics |= {
+                f"{prefix}_acc_real_plus_control": acc,
+                f"{prefix}_uar_real_plus_control": uar,
+                f"{prefix}_uar_gain_over_control": by_set["generated"][1] - uar,
+            }
+    return metrics
 
 
-def _smile_gain(
-    judges: AudioJudges, data: PreparedData, generated: WavSet, real_test: WavSet, seed: int
-) -> dict[str, float]:
+def _smile_scores(
+    judges: AudioJudges,
+    data: PreparedData,
+    extras: dict[str, WavSet],
+    real_test: WavSet,
+    seed: int,
+) -> dict[str, tuple[float, float]]:
+    """(accuracy, UAR) on `real_test` of the eGeMAPS classifier refitted on the training
+    clips alone ("real_only") and with each of `extras` added."""
     train_features = judges.train_smile_features
     train_labels = data.train.labels.numpy()
-    real_only = clone(judges.smile.pipeline).set_params(classify__random_state=seed)
-    with_generated = clone(real_only)
-    real_only.fit(train_features, train_labels)
-    with_generated.fit(
-        np.concatenate([train_features, generated.smile_features]),
-        np.concatenate([train_labels, generated.labels]),
-    )
-    scores = [
-        accuracy_and_uar(model.predict(real_test.smile_features), real_test.labels)
-        for model in (real_only, with_generated)
-    ]
-    return _gain("smile", *scores[0], *scores[1])
+    scores = {}
+    for name, extra in {"real_only": None, **extras}.items():
+        model = clone(judges.smile.pipeline).set_params(classify__random_state=seed)
+        if extra is None:
+            model.fit(train_features, train_labels)
+        else:
+            model.fit(
+                np.concatenate([train_features, extra.smile_features]),
+                np.concatenate([train_labels, extra.labels]),
+            )
+        scores[name] = accuracy_and_uar(model.predict(real_test.smile_features), real_test.labels)
+    return scores
+
+
+def _cnn_scores(
+    judges: AudioJudges, data: PreparedData, extras: dict[str, WavSet], seed: int
+) -> dict[str, tuple[float, float]]:
+    """(accuracy, UAR) on the test split of a CNN judge with the sweep judge's settings and
+    `seed`, trained on the training clips alone (the sweep's judge where its seed is `seed`)
+    and with each of `extras` added."""
+    config = dataclasses.replace(judges.cnn.config, seed=seed)
+    baseline = judges.cnn if judges.cnn.config.seed == seed else train_judge(data, config)
+    scores = {"real_only": (baseline.test_accuracy, baseline.test_uar)}
+    for name, extra in extras.items():
+        trained = train_judge(
+            data, config, extra_train=(extra.log_mels, torch.from_numpy(extra.labels))
+        )
+        scores[name] = (trained.test_accuracy, trained.test_uar)
+    return scores
 
 
 def _gain(judge: str, acc: float, uar: float, acc_aug: float, uar_aug: float) -> dict[str, float]:
