@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from emovae.audio.export import finish_set, read_manifest, start_set, write_clips
-from emovae.audio.vocoder import load_vocoder
+from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.checkpoint import LoadedModel, load_model
 from emovae.dataset import prepare_data
 from emovae.emotion import convert_emotion
@@ -84,7 +84,7 @@ def write_set(
     decoded: torch.Tensor,
     labels: np.ndarray,
     loaded: LoadedModel,
-    synthesize,
+    synthesize: Vocoder,
     out_dir: Path,
 ) -> WavSet:
     """Decoded z-scored log-mels -> WAVs under `out_dir` -> read back by both judges."""

@@ -35,14 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from emovae.audio.export import read_manifest
 from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import load_model
-from emovae.dataset import prepare_data
+from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluate import evaluate_checkpoint
 from emovae.evaluation.exported_audio import (
+    AudioJudges,
+    WavSet,
     augmentation_control_rows,
     augmentation_gain,
     prepare_audio_judges,
@@ -61,7 +64,7 @@ from sweeps.finaliser import (
     final_judge,
 )
 from sweeps.results import load_trial_records
-from sweeps.space import load_space, trial_train_config
+from sweeps.space import SweepSpec, load_space, trial_train_config
 from sweeps.trials import ranked
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
@@ -267,13 +270,13 @@ def augment(args: argparse.Namespace) -> None:
 
 def _control_set(
     args: argparse.Namespace,
-    spec: Any,
-    data: Any,
-    judges: Any,
+    spec: SweepSpec,
+    data: PreparedData,
+    judges: AudioJudges,
     record: dict[str, Any],
     work: Path,
-    sample_labels: Any,
-) -> Any:
+    sample_labels: np.ndarray,
+) -> WavSet:
     """The augmentation test's control, as the finaliser exports it (vocoded copies of real
     training clips, as many per emotion as the samples hold); written first for a model
     exported before the finaliser made it."""
