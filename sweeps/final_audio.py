@@ -84,8 +84,8 @@ def export_audio(
         strength=settings.conversion_strength,
     )
     control = None
-    _, sample_labels = _labels_of(samples, loaded.label_names)
-    if settings.audio_metrics and settings.augment_control and sample_labels is not None:
+    if settings.audio_metrics and settings.augment_control and loaded.model.n_classes:
+        _, sample_labels = _labels_of(samples, loaded.label_names)
         rows = augmentation_control_rows(data.train.labels.numpy(), np.array(sample_labels), seed)
         control = export_copy_synthesis(
             loaded, data.train, rows, vocoder, out_dir / "augment_control"

@@ -115,9 +115,10 @@ def _audio_lines(m: dict[str, float]) -> list[str]:
     if gains:
         cells = [f"{k.removeprefix('wav_aug_').removesuffix('_gain')} {m[k]:+.3f}" for k in gains]
         lines.append("  augmentation gain (real + generated vs real): " + ", ".join(cells))
-    controls = sorted(k for k in m if k.endswith("_uar_gain_over_control"))
+    controls = sorted(k for k in m if k.startswith("wav_aug_") and k.endswith("_over_control"))
     if controls:
-        cells = [f"{k.split('_')[2]} {m[k]:+.3f}" for k in controls]
+        suffix = "_uar_gain_over_control"
+        cells = [f"{k.removeprefix('wav_aug_').removesuffix(suffix)} {m[k]:+.3f}" for k in controls]
         lines.append(
             "  UAR gain over vocoded copies of real clips (real + generated vs real + copies): "
             + ", ".join(cells)
