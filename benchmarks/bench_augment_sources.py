@@ -111,6 +111,18 @@ def feature_shift(
     return [{"feature": names[i], "shift_sd": round(float(shift[i]), 3)} for i in order]
 
 
+def egemaps_names() -> list[str]:
+    """The names of the 88 eGeMAPS functionals, in the order `egemaps` returns them."""
+    import opensmile
+
+    return list(
+        opensmile.Smile(
+            feature_set=opensmile.FeatureSet.eGeMAPSv02,
+            feature_level=opensmile.FeatureLevel.Functionals,
+        ).feature_names
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--space", default="emodb_cpu")
@@ -136,14 +148,7 @@ def main() -> int:
     real = wav_set(
         judges, "real", data.test.paths, data.test.labels.numpy(), spec.experiment.data.cache_dir
     )
-    import opensmile
-
-    feature_names = list(
-        opensmile.Smile(
-            feature_set=opensmile.FeatureSet.eGeMAPSv02,
-            feature_level=opensmile.FeatureLevel.Functionals,
-        ).feature_names
-    )
+    feature_names = egemaps_names()
     rng = np.random.default_rng(args.seed)
     train_labels = data.train.labels.numpy()
     n_classes = len(data.label_names)

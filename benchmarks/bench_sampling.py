@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from emovae.audio.export import limit_peak
-from emovae.audio.vocoder import load_vocoder
+from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.checkpoint import LoadedModel, load_model
 from emovae.dataset import PreparedData, prepare_data
 from emovae.evaluation.exported_audio import (
@@ -140,10 +140,13 @@ class SampleJudging:
         return score_set(self.judges, samples, self.real), prior_seconds
 
 
-def exported_clips(loaded: LoadedModel, log_mels: np.ndarray) -> list[np.ndarray]:
+def exported_clips(
+    loaded: LoadedModel, log_mels: np.ndarray, vocoder: Vocoder | None = None
+) -> list[np.ndarray]:
     """Denormalised log-mels (N, n_mels, frames) -> clips as the finaliser exports them
-    (HiFi-GAN, the features' duration, peak-limited), kept in memory as float."""
-    vocoder = load_vocoder("hifigan", loaded.features)
+    (`vocoder`, by default the shipped HiFi-GAN; the features' duration, peak-limited), kept
+    in memory as float."""
+    vocoder = vocoder or load_vocoder("hifigan", loaded.features)
     length = round(loaded.features.duration * loaded.features.sample_rate)
     clips = []
     for i in range(0, len(log_mels), 20):

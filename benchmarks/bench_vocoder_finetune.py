@@ -43,15 +43,20 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-import opensmile
 import torch
 import torch.nn.functional as F
-from bench_augment_sources import feature_shift
+from bench_augment_sources import egemaps_names, feature_shift
 from bench_decoder_gan import teacher_forced_pool
-from bench_sampling import SampleJudging, Sampler, add_judging_arguments, decode_batches, draw
+from bench_sampling import (
+    SampleJudging,
+    Sampler,
+    add_judging_arguments,
+    decode_batches,
+    draw,
+    exported_clips,
+)
 
 from emovae.audio import hifigan
-from emovae.audio.export import limit_peak
 from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.checkpoint import LoadedModel, load_model
 from emovae.config import FeatureConfig
@@ -66,12 +71,6 @@ from emovae.features import load_audio, max_log_mel, mel_filterbank_args
 from emovae.train import encode_batches
 
 STFT_RESOLUTIONS = ((512, 128), (1024, 256), (2048, 512))  # (n_fft, hop), window = n_fft
-SMILE_NAMES = list(
-    opensmile.Smile(
-        feature_set=opensmile.FeatureSet.eGeMAPSv02,
-        feature_level=opensmile.FeatureLevel.Functionals,
-    ).feature_names
-)
 SHOWN = ("cnn_acc", "smile_acc", "dnsmos", "fd_smile", "stoi")
 
 
@@ -159,17 +158,11 @@ class GeneratorTuning:
         rows = torch.randint(len(self.mels), (self.args.batch,), generator=self.rng)
         last = self.mels.shape[2] - frames
         starts = torch.randint(1, last, (self.args.batch,), generator=self.rng)
-        mels = torch.stack(
-            [
-                self.mels[r, :, s : s + frames]
-                for r, s in zip(rows.tolist(), starts.tolist(), strict=True)
-            ]
-        )
+        pairs = list(zip(rows.tolist(), starts.tolist(), strict=True))
+        mels = torch.stack([self.mels[r, :, s : s + frames] for r, s in pairs])
+        length = frames * hop
         audio = torch.stack(
-            [
-                self.audio[self.clip_index[r], s * hop - hop // 2 : (s + frames) * hop - hop // 2]
-                for r, s in zip(rows.tolist(), starts.tolist(), strict=True)
-            ]
+            [self.audio[self.clip_index[r], s * hop - hop // 2 :][:length] for r, s in pairs]
         )
         return mels, audio
 
@@ -186,21 +179,16 @@ class GeneratorTuning:
         return {k: float(v.detach()) for k, v in terms.items()}
 
 
-def rendered(vocoder: Vocoder, log_mels: np.ndarray, features: FeatureConfig) -> list[np.ndarray]:
-    """Clips as the finaliser exports them: the features' duration, peak-limited."""
-    length = round(features.duration * features.sample_rate)
-    clips = []
-    for i in range(0, len(log_mels), 20):
-        audio = vocoder(log_mels[i : i + 20], length=length)
-        clips += [limit_peak(np.asarray(a, np.float32)) for a in audio]
-    return clips
-
-
 def evaluate(
-    loaded: LoadedModel, judging: SampleJudging, vocoder: Vocoder, args: argparse.Namespace
+    loaded: LoadedModel,
+    judging: SampleJudging,
+    vocoder: Vocoder,
+    smile_names: list[str],
+    args: argparse.Namespace,
 ) -> dict[str, float]:
-    """Both judges, DNSMOS and the distances of reconstructions, samples and copy synthesis."""
-    features, test = loaded.features, judging.data.test
+    """Both judges, DNSMOS and the distances of reconstructions, samples and copy synthesis,
+    and the eGeMAPS functionals (named by `smile_names`) each set moves most."""
+    test = judging.data.test
     labels = test.labels.numpy()
     decoded, _ = reconstruct(loaded.model, test)  # label withheld, as the finaliser scores them
     samples, sample_labels, _ = draw(
@@ -213,10 +201,12 @@ def evaluate(
     }
     out: dict = {"shift": {}}
     for name, (log_mels, set_labels) in sets.items():
-        clips = clip_set(judging.judges, name, rendered(vocoder, log_mels, features), set_labels)
+        clips = clip_set(
+            judging.judges, name, exported_clips(loaded, log_mels, vocoder), set_labels
+        )
         references = judging.real.clips if name != "gen" else None
         out |= score_set(judging.judges, clips, judging.real, references)
-        out["shift"][name] = feature_shift(judging.judges, clips.smile_features, SMILE_NAMES)
+        out["shift"][name] = feature_shift(judging.judges, clips.smile_features, smile_names)
     return out
 
 
@@ -226,14 +216,14 @@ def augmentation(
     """The eGeMAPS judge's augmentation test as the finaliser runs it (20 samples per emotion,
     and its control: as many vocoded copies of real training clips), both sets rendered by
     `vocoder`. The CNN judge is left out: its gain is matched by the control at any vocoder."""
-    features, train = loaded.features, judging.data.train
+    train = judging.data.train
     samples, labels, _ = draw(loaded, Sampler.of(loaded.model.prior), args.seed, 20)
     rows = augmentation_control_rows(train.labels.numpy(), labels, args.seed)
     copies = loaded.normalizer.denormalize(train.features[rows, 0].numpy())
     judges = dataclasses.replace(judging.judges, cnn=None)
-    generated = clip_set(judges, "gen", rendered(vocoder, samples, features), labels)
+    generated = clip_set(judges, "gen", exported_clips(loaded, samples, vocoder), labels)
     control = clip_set(
-        judges, "copy", rendered(vocoder, copies, features), train.labels.numpy()[rows]
+        judges, "copy", exported_clips(loaded, copies, vocoder), train.labels.numpy()[rows]
     )
     return augmentation_gain(judges, judging.data, generated, judging.real, args.seed, control)
 
@@ -282,11 +272,12 @@ def main() -> None:
     tuning = GeneratorTuning(loaded, judging, args)
     vocoder = load_vocoder("hifigan", loaded.features)
     vocoder.generator = tuning.generator
+    smile_names = egemaps_names()
 
     def evaluated(step: int) -> dict:
         started = time.perf_counter()
-        metrics = evaluate(loaded, judging, vocoder, args)
-        if args.augment and (step == args.steps or (step == 0 and not args.skip_first_eval)):
+        metrics = evaluate(loaded, judging, vocoder, smile_names, args)
+        if args.augment and step in (0, args.steps):
             metrics |= augmentation(loaded, judging, vocoder, args)
             print(f"step {step}: {json.dumps({k: v for k, v in metrics.items() if 'aug' in k})}")
         tuning.generator.train()
