@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,10 +106,22 @@ def feature_shift(
 ) -> list[dict[str, float]]:
     """The eGeMAPS functionals whose set mean lies furthest from the training clips', in
     the training clips' standard deviations."""
-    train = judges.train_smile_features
-    shift = (features.mean(0) - train.mean(0)) / train.std(0).clip(1e-9)
+    shift = _shift_sd(judges, features)
     order = np.argsort(-np.abs(shift))[:TOP_FEATURES]
     return [{"feature": names[i], "shift_sd": round(float(shift[i]), 3)} for i in order]
+
+
+def named_shift(
+    judges: AudioJudges, features: np.ndarray, names: list[str], chosen: Sequence[str]
+) -> dict[str, float]:
+    """`feature_shift` of the `chosen` functionals, whether or not they moved most."""
+    shift = _shift_sd(judges, features)
+    return {name: round(float(shift[names.index(name)]), 3) for name in chosen}
+
+
+def _shift_sd(judges: AudioJudges, features: np.ndarray) -> np.ndarray:
+    train = judges.train_smile_features
+    return (features.mean(0) - train.mean(0)) / train.std(0).clip(1e-9)
 
 
 def egemaps_names() -> list[str]:

@@ -39,13 +39,14 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_augment_sources import egemaps_names, feature_shift
+from bench_augment_sources import egemaps_names, feature_shift, named_shift
 from bench_decoder_gan import teacher_forced_pool
 from bench_sampling import (
     SampleJudging,
@@ -185,9 +186,12 @@ def evaluate(
     vocoder: Vocoder,
     smile_names: list[str],
     args: argparse.Namespace,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    watched: Sequence[str] = (),
 ) -> dict[str, float]:
     """Both judges, DNSMOS and the distances of reconstructions, samples and copy synthesis,
-    and the eGeMAPS functionals (named by `smile_names`) each set moves most."""
+    and the eGeMAPS functionals (named by `smile_names`) each set moves most, and the
+    `watched` ones; `transform` (denormalised log-mels -> log-mels) runs before the vocoder."""
     test = judging.data.test
     labels = test.labels.numpy()
     decoded, _ = reconstruct(loaded.model, test)  # label withheld, as the finaliser scores them
@@ -199,27 +203,38 @@ def evaluate(
         "gen": (samples, sample_labels),
         "copy": (loaded.normalizer.denormalize(test.features[:, 0].numpy()), labels),
     }
-    out: dict = {"shift": {}}
+    out: dict = {"shift": {}, "watched": {}}
     for name, (log_mels, set_labels) in sets.items():
+        log_mels = transform(log_mels) if transform else log_mels
         clips = clip_set(
             judging.judges, name, exported_clips(loaded, log_mels, vocoder), set_labels
         )
         references = judging.real.clips if name != "gen" else None
         out |= score_set(judging.judges, clips, judging.real, references)
         out["shift"][name] = feature_shift(judging.judges, clips.smile_features, smile_names)
+        if watched:
+            features = clips.smile_features
+            out["watched"][name] = named_shift(judging.judges, features, smile_names, watched)
     return out
 
 
 def augmentation(
-    loaded: LoadedModel, judging: SampleJudging, vocoder: Vocoder, args: argparse.Namespace
+    loaded: LoadedModel,
+    judging: SampleJudging,
+    vocoder: Vocoder,
+    args: argparse.Namespace,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """The eGeMAPS judge's augmentation test as the finaliser runs it (20 samples per emotion,
     and its control: as many vocoded copies of real training clips), both sets rendered by
-    `vocoder`. The CNN judge is left out: its gain is matched by the control at any vocoder."""
+    `vocoder` (after `transform`, as in `evaluate`). The CNN judge is left out: its gain is
+    matched by the control at any vocoder."""
     train = judging.data.train
     samples, labels, _ = draw(loaded, Sampler.of(loaded.model.prior), args.seed, 20)
     rows = augmentation_control_rows(train.labels.numpy(), labels, args.seed)
     copies = loaded.normalizer.denormalize(train.features[rows, 0].numpy())
+    if transform:
+        samples, copies = transform(samples), transform(copies)
     judges = dataclasses.replace(judging.judges, cnn=None)
     generated = clip_set(judges, "gen", exported_clips(loaded, samples, vocoder), labels)
     control = clip_set(

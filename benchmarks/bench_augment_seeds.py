@@ -1,0 +1,64 @@
+"""How much does the eGeMAPS judge's augmentation gain move with the samples drawn?
+
+The augmentation target asks for a gain over at least 5 seeds. The finaliser's test (and
+`bench_quality.py augment`) varies the CNN judge's training seed over one set of exported
+samples, but the eGeMAPS judge (standardised functionals + a linear SVM) is deterministic, so
+its figure rests on one draw of 120 samples. This draws them again at each `--sample-seeds` value
+(20 per emotion, the prior's sampling seeded) and runs the eGeMAPS judge's test as the
+finaliser does, with its control (as many vocoded copies of real training clips per emotion,
+drawn with the same seed): real + samples against real only and against real + copies,
+UAR on the real test speakers, mean and spread over the seeds.
+
+    python benchmarks/bench_augment_seeds.py --checkpoint CK --out runs/exp/aug_seeds --sample-seeds 0 1 2 3 4
+
+Record: OUT/results.json. Numbers and commands: benchmarks/RESULTS_quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_sampling import SampleJudging, add_judging_arguments
+from bench_vocoder_finetune import augmentation
+
+from emovae.audio.vocoder import load_vocoder
+from emovae.checkpoint import load_model
+
+GAINS = ("wav_aug_smile_uar_gain", "wav_aug_smile_uar_gain_over_control")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    add_judging_arguments(parser)
+    args = parser.parse_args()
+    judging = SampleJudging.load(args)
+    loaded = load_model(args.checkpoint)
+    vocoder = load_vocoder("hifigan", loaded.features)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in args.sample_seeds:
+        started = time.perf_counter()
+        args.seed = seed
+        metrics = augmentation(loaded, judging, vocoder, args)
+        rows.append({"seed": seed, "seconds": time.perf_counter() - started} | metrics)
+        print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:+.3f}" for k in GAINS), flush=True)
+    summary = {
+        key: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+        for key in GAINS
+        for v in [[row[key] for row in rows]]
+    }
+    print(json.dumps(summary))
+    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    (args.out / "results.json").write_text(
+        json.dumps(record | {"rows": rows, "summary": summary}, indent=1) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
