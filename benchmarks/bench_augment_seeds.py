@@ -3,13 +3,15 @@
 The augmentation target asks for a gain over at least 5 seeds. The finaliser's test (and
 `bench_quality.py augment`) varies the CNN judge's training seed over one set of exported
 samples, but the eGeMAPS judge (standardised functionals + a linear SVM) is deterministic, so
-its figure rests on one draw of 120 samples. This draws them again at each `--sample-seeds` value
-(20 per emotion, the prior's sampling seeded) and runs the eGeMAPS judge's test as the
-finaliser does, with its control (as many vocoded copies of real training clips per emotion,
-drawn with the same seed): real + samples against real only and against real + copies,
-UAR on the real test speakers, mean and spread over the seeds.
+its figure rests on one draw of 120 samples. This draws them again at each `--sample-seeds`
+value (20 per emotion, the prior's sampling seeded; at the training seed, the draw the
+finaliser exports) and runs the eGeMAPS judge's test as the finaliser does, with its control
+(as many vocoded copies of real training clips per emotion, drawn with the same seed): real +
+samples against real only and against real + copies, UAR on the real test speakers, mean and
+spread over the seeds.
 
-    python benchmarks/bench_augment_seeds.py --checkpoint CK --out runs/exp/aug_seeds --sample-seeds 0 1 2 3 4
+    python benchmarks/bench_augment_seeds.py --checkpoint CK --out runs/exp/aug_seeds \\
+        --sample-seeds 0 1 2 3 4
 
 Record: OUT/results.json. Numbers and commands: benchmarks/RESULTS_quality.md.
 """
@@ -44,7 +46,7 @@ def main() -> None:
     rows = []
     for seed in args.sample_seeds:
         started = time.perf_counter()
-        args.seed = seed
+        args.seed = seed  # `augmentation` draws the samples and the control with args.seed
         metrics = augmentation(loaded, judging, vocoder, args)
         rows.append({"seed": seed, "seconds": time.perf_counter() - started} | metrics)
         print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:+.3f}" for k in GAINS), flush=True)

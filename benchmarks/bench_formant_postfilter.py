@@ -18,7 +18,7 @@ and copy synthesis of the real test clips (what the filter does to real log-mels
 eGeMAPS functionals the filter is aimed at (`WATCHED`) in training-clip standard deviations.
 `--augment` adds the eGeMAPS judge's augmentation test with its control at every strength.
 
-    python benchmarks/bench_formant_postfilter.py --checkpoint CK --out runs/exp/postfilter \
+    python benchmarks/bench_formant_postfilter.py --checkpoint CK --out runs/exp/postfilter \\
         --strengths 0 0.2 0.4
 
 Record: OUT/results.json. Numbers and commands: benchmarks/RESULTS_quality.md.
