@@ -24,13 +24,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_sampling import SampleJudging, add_judging_arguments
+from bench_sampling import SampleJudging, add_judging_arguments, write_record
 from bench_vocoder_finetune import augmentation
 
 from emovae.audio.vocoder import load_vocoder
 from emovae.checkpoint import load_model
 
 GAINS = ("wav_aug_smile_uar_gain", "wav_aug_smile_uar_gain_over_control")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": float(np.mean(values)), "sd": sd}
 
 
 def main() -> None:
@@ -50,16 +56,9 @@ def main() -> None:
         metrics = augmentation(loaded, judging, vocoder, args)
         rows.append({"seed": seed, "seconds": time.perf_counter() - started} | metrics)
         print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:+.3f}" for k in GAINS), flush=True)
-    summary = {
-        key: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-        for key in GAINS
-        for v in [[row[key] for row in rows]]
-    }
+    summary = {key: spread([row[key] for row in rows]) for key in GAINS}
     print(json.dumps(summary))
-    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    (args.out / "results.json").write_text(
-        json.dumps(record | {"rows": rows, "summary": summary}, indent=1) + "\n"
-    )
+    write_record(args.out, args, {"rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_sampling import decode_batches, exported_clips
+from bench_sampling import decode_batches, exported_clips, write_record
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -320,10 +320,7 @@ def main() -> None:
     with averaged_weights(tuning.weights, tuning.average):
         state["model"] = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
     save_checkpoint(args.out / "best.pt", state)
-    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    (args.out / "results.json").write_text(
-        json.dumps(record | {"history": history}, indent=1) + "\n"
-    )
+    write_record(args.out, args, {"history": history})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 import scipy.fft
 import scipy.special
 from bench_augment_sources import egemaps_names
-from bench_sampling import SampleJudging, add_judging_arguments
+from bench_sampling import SampleJudging, add_judging_arguments, write_record
 from bench_vocoder_finetune import augmentation, evaluate, shown
 
 from emovae.audio.vocoder import load_vocoder
@@ -97,8 +96,7 @@ def main() -> None:
             metrics |= augmentation(loaded, judging, vocoder, args, transform)
         print(f"strength {strength}: {shown(metrics)}", flush=True)
         rows.append({"strength": strength, "seconds": time.perf_counter() - started} | metrics)
-        record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-        (args.out / "results.json").write_text(json.dumps(record | {"rows": rows}, indent=1) + "\n")
+        write_record(args.out, args, {"rows": rows})  # after each strength: a kill keeps them
 
 
 if __name__ == "__main__":

@@ -155,6 +155,12 @@ def exported_clips(
     return clips
 
 
+def write_record(out: Path, args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """OUT/results.json: the command's arguments (paths as text) beside `body`."""
+    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    (out / "results.json").write_text(json.dumps(record | body, indent=1) + "\n")
+
+
 def shown(metrics: dict[str, float]) -> str:
     return " ".join(f"{k[8:]} {metrics[k]:.3f}" for k in SHOWN if k in metrics)
 

@@ -55,6 +55,7 @@ from bench_sampling import (
     decode_batches,
     draw,
     exported_clips,
+    write_record,
 )
 
 from emovae.audio import hifigan
@@ -312,10 +313,7 @@ def main() -> None:
             history.append(evaluated(step) | {"losses": means, "train_seconds": seconds})
             window, started = [], time.perf_counter()
     torch.save(tuning.generator.state_dict(), args.out / "generator.pt")
-    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    (args.out / "results.json").write_text(
-        json.dumps(record | {"history": history}, indent=1) + "\n"
-    )
+    write_record(args.out, args, {"history": history})
 
 
 if __name__ == "__main__":
