@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from bench_sampling import SampleJudging, add_judging_arguments, write_record
 from bench_vocoder_finetune import augmentation
 
-from emovae.audio.vocoder import load_vocoder
-from emovae.checkpoint import load_model
+from emovae.audio.vocoder import Vocoder, load_vocoder
+from emovae.checkpoint import LoadedModel, load_model
 
 GAINS = ("wav_aug_smile_uar_gain", "wav_aug_smile_uar_gain_over_control")
 
@@ -39,12 +40,13 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "sd": sd}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    add_judging_arguments(parser)
-    args = parser.parse_args()
+Measure = Callable[[LoadedModel, SampleJudging, Vocoder, int], dict[str, float]]
+
+
+def over_draws(args: argparse.Namespace, measure: Measure, gains: Sequence[str]) -> None:
+    """`measure` at each of `args.sample_seeds` on the model at `args.checkpoint`, rendered by
+    the shipped HiFi-GAN; the record (every draw, mean and spread of `gains`) is rewritten
+    after each draw, so a stopped run keeps what it measured."""
     judging = SampleJudging.load(args)
     loaded = load_model(args.checkpoint)
     vocoder = load_vocoder("hifigan", loaded.features)
@@ -52,13 +54,28 @@ def main() -> None:
     rows = []
     for seed in args.sample_seeds:
         started = time.perf_counter()
-        args.seed = seed  # `augmentation` draws the samples and the control with args.seed
-        metrics = augmentation(loaded, judging, vocoder, args)
+        metrics = measure(loaded, judging, vocoder, seed)
         rows.append({"seed": seed, "seconds": time.perf_counter() - started} | metrics)
-        print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:+.3f}" for k in GAINS), flush=True)
-    summary = {key: spread([row[key] for row in rows]) for key in GAINS}
+        print(f"seed {seed}: " + "  ".join(f"{k} {metrics[k]:+.3f}" for k in gains), flush=True)
+        summary = {key: spread([row[key] for row in rows]) for key in gains}
+        write_record(args.out, args, {"rows": rows, "summary": summary})
     print(json.dumps(summary))
-    write_record(args.out, args, {"rows": rows, "summary": summary})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    add_judging_arguments(parser)
+    args = parser.parse_args()
+
+    def measure(
+        loaded: LoadedModel, judging: SampleJudging, vocoder: Vocoder, seed: int
+    ) -> dict[str, float]:
+        args.seed = seed  # `augmentation` draws the samples and the control with args.seed
+        return augmentation(loaded, judging, vocoder, args)
+
+    over_draws(args, measure, GAINS)
 
 
 if __name__ == "__main__":
