@@ -110,9 +110,10 @@ def one_draw(
     log_mels, labels, _ = draw(loaded, Sampler.of(loaded.model.prior), seed, args.pool_per_emotion)
     pool = clip_set(judging.judges, "gen", exported_clips(loaded, log_mels, vocoder), labels)
     rows = arm_rows(labels, pool.cnn.probs, args.per_emotion)
+    # The random and filtered arms hold the same number per emotion: one control serves both.
     controls = {
-        size: control_set(loaded, judging, vocoder, labels[rows[arm]], seed)
-        for arm, size in (("random", "small"), ("pool", "large"))
+        arm: control_set(loaded, judging, vocoder, labels[rows[arm]], seed)
+        for arm in ("random", "pool")
     }
     smile_only = dataclasses.replace(judging.judges, cnn=None)
     smile_pred = judging.judges.smile.pipeline.predict(pool.smile_features)
@@ -120,7 +121,7 @@ def one_draw(
     metrics = {}
     for arm in ARMS:
         added = subset(pool, rows[arm])
-        control = controls["large" if arm == "pool" else "small"]
+        control = controls["pool" if arm == "pool" else "random"]
         gains = augmentation_gain(smile_only, judging.data, added, judging.real, seed, control)
         metrics |= {f"{arm}_{key.removeprefix('wav_aug_')}": v for key, v in gains.items()}
         metrics[f"{arm}_smile_acc"] = float(np.mean(smile_pred[rows[arm]] == labels[rows[arm]]))
