@@ -40,12 +40,12 @@ from bench_sampling import (
     draw,
     exported_clips,
 )
+from bench_vocoder_finetune import control_set
 
 from emovae.audio.vocoder import Vocoder
 from emovae.checkpoint import LoadedModel
 from emovae.evaluation.exported_audio import (
     WavSet,
-    augmentation_control_rows,
     augmentation_gain,
     clip_set,
 )
@@ -81,20 +81,6 @@ def arm_rows(labels: np.ndarray, probs: np.ndarray, per_emotion: int) -> dict[st
         "filtered": np.sort(np.concatenate(filtered)),
         "pool": np.arange(len(labels)),
     }
-
-
-def control_set(
-    loaded: LoadedModel, judging: SampleJudging, vocoder: Vocoder, labels: np.ndarray, seed: int
-) -> WavSet:
-    """The augmentation test's control for samples labelled `labels`: vocoded copies of real
-    training clips, as many per emotion, drawn with `seed`."""
-    train = judging.data.train
-    rows = augmentation_control_rows(train.labels.numpy(), labels, seed)
-    copies = loaded.normalizer.denormalize(train.features[rows, 0].numpy())
-    smile_only = dataclasses.replace(judging.judges, cnn=None)
-    return clip_set(
-        smile_only, "copy", exported_clips(loaded, copies, vocoder), train.labels.numpy()[rows]
-    )
 
 
 def one_draw(

@@ -64,6 +64,7 @@ from emovae.checkpoint import LoadedModel, load_model
 from emovae.config import FeatureConfig
 from emovae.evaluate import reconstruct
 from emovae.evaluation.exported_audio import (
+    WavSet,
     augmentation_control_rows,
     augmentation_gain,
     clip_set,
@@ -230,18 +231,35 @@ def augmentation(
     and its control: as many vocoded copies of real training clips), both sets rendered by
     `vocoder` (after `transform`, as in `evaluate`). The CNN judge is left out: its gain is
     matched by the control at any vocoder."""
-    train = judging.data.train
     samples, labels, _ = draw(loaded, Sampler.of(loaded.model.prior), args.seed, 20)
-    rows = augmentation_control_rows(train.labels.numpy(), labels, args.seed)
-    copies = loaded.normalizer.denormalize(train.features[rows, 0].numpy())
     if transform:
-        samples, copies = transform(samples), transform(copies)
+        samples = transform(samples)
     judges = dataclasses.replace(judging.judges, cnn=None)
     generated = clip_set(judges, "gen", exported_clips(loaded, samples, vocoder), labels)
-    control = clip_set(
+    control = control_set(loaded, judging, vocoder, labels, args.seed, transform)
+    return augmentation_gain(judges, judging.data, generated, judging.real, args.seed, control)
+
+
+def control_set(
+    loaded: LoadedModel,
+    judging: SampleJudging,
+    vocoder: Vocoder,
+    labels: np.ndarray,
+    seed: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> WavSet:
+    """The augmentation test's control for samples labelled `labels`: vocoded copies of real
+    training clips (`transform`ed first), as many per emotion, drawn with `seed`, judged by
+    the eGeMAPS judge alone."""
+    train = judging.data.train
+    rows = augmentation_control_rows(train.labels.numpy(), labels, seed)
+    copies = loaded.normalizer.denormalize(train.features[rows, 0].numpy())
+    if transform:
+        copies = transform(copies)
+    judges = dataclasses.replace(judging.judges, cnn=None)
+    return clip_set(
         judges, "copy", exported_clips(loaded, copies, vocoder), train.labels.numpy()[rows]
     )
-    return augmentation_gain(judges, judging.data, generated, judging.real, args.seed, control)
 
 
 def shown(metrics: dict[str, float]) -> str:
