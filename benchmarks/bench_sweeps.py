@@ -7,7 +7,8 @@ changed: the instrumentation lives here. A wrapper around sweeps.trainable.train
 inside each trial's process, its wall and CPU time, import time, the epochs' own time, time in
 tune.report and the RSS high-water mark; benchmark 4 puts it and a timed MlflowTrialLogger
 subclass in place of the names in sweeps.driver for the length of its run_sweep call.
-Benchmark 1 runs run_sweep untouched and repeats its trials in benchmarks/pool_arm.py.
+Benchmark 1 runs run_sweep untouched and repeats its trials in benchmarks/pool_arm.py; with
+`--space emodb_cpu --overhead-set data.path=...` it runs the real-corpus space as shipped.
 
     python benchmarks/bench_sweeps.py overhead      # 1. run_sweep vs a process pool, same trials
     python benchmarks/bench_sweeps.py search        # 2. TPE + ASHA vs random search, full budget
@@ -117,20 +118,23 @@ def ray_session() -> Iterator[float]:
         ray.shutdown()
 
 
-def spec_for(cache: Path, extra: list[str], base: list[str] | None = None) -> SweepSpec:
-    """The shipped `quick` space with overrides (the corpus cached under `cache`)."""
+def spec_for(
+    cache: Path, extra: list[str], base: list[str] | None = None, space: str = "quick"
+) -> SweepSpec:
+    """A shipped space (`quick` unless named) with overrides (the corpus cached under `cache`)."""
     overrides = [*(SMALL if base is None else base), f"data.cache_dir={cache}", *extra]
-    return load_space("quick", overrides)
+    return load_space(space, overrides)
 
 
 def experiment_of(spec: SweepSpec) -> dict[str, Any]:
     return driver._absolute_cache(spec)  # what run_sweep hands every trial
 
 
-def reachable_grace(epochs: int) -> list[str]:
-    """The override that lowers the quick space's ASHA grace period to a shrunk budget of
-    `epochs`, if needed: the space refuses a grace period above train.max_epochs."""
-    grace = load_space("quick", []).sweep.grace_period
+def reachable_grace(epochs: int, space: str = "quick") -> list[str]:
+    """The override that lowers the space's ASHA grace period to a shrunk budget of `epochs`,
+    if needed: the space refuses a grace period above train.max_epochs."""
+    # emodb_cpu refuses an empty data.path; only the grace period is read here.
+    grace = load_space(space, ["data.path=unused"]).sweep.grace_period
     return [f"sweep.grace_period={epochs}"] if epochs < grace else []
 
 
@@ -307,7 +311,7 @@ def overhead_overrides(args: argparse.Namespace) -> list[str]:
     (the space's own values otherwise: as shipped)."""
     sized = [f"sweep.num_samples={args.trials}"] if args.trials else []
     if args.epochs:
-        sized += [f"train.max_epochs={args.epochs}", *reachable_grace(args.epochs)]
+        sized += [f"train.max_epochs={args.epochs}", *reachable_grace(args.epochs, args.space)]
     return [*sized, *args.overhead_set]
 
 
@@ -315,7 +319,8 @@ def overhead_spec(args: argparse.Namespace, extra: list[str] | None = None) -> S
     """Benchmark 1's space. System metrics need an MLflow run to log into, which arm B has
     not: a space that turns them on cannot be compared, so it is refused."""
     overrides = [*overhead_overrides(args), *(extra or [])]
-    spec = spec_for(args.cache_root / "overhead", overrides, base=model_overrides(args.model))
+    base = model_overrides(args.model) if args.space == "quick" else []
+    spec = spec_for(args.cache_root / f"overhead-{args.space}", overrides, base, args.space)
     if spec.sweep.system_metrics:
         raise SystemExit("overhead: sweep.system_metrics must be off (arm B has no MLflow run)")
     return spec
@@ -449,14 +454,15 @@ def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     warmup_s = math.nan
     if args.warmup:
         tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
+        tiny.append(f"sweep.emotion_every={min(spec.sweep.emotion_every, 1)}")  # <= grace
         started = time.perf_counter()
         shipped_sweep(overhead_spec(args, tiny), work / "warmup")
         warmup_s = time.perf_counter() - started
     repeats = [overhead_repeat(spec, work, i) for i in range(args.repeats)]
     return {
         "settings": {
-            "space": "quick",
-            "model": args.model,
+            "space": args.space,
+            "model": args.model if args.space == "quick" else "as shipped",
             "overrides": overhead_overrides(args),
             "trials": spec.sweep.num_samples,
             "max_epochs": spec.experiment.train.max_epochs,
@@ -970,7 +976,7 @@ def show_overhead(r: dict[str, Any]) -> None:
         f"(B), interleaved, {s['repeats']} repeat(s)"
     )
     print(
-        f"quick space, {s['model']} model, overrides {s['overrides'] or 'none'}: "
+        f"{s['space']} space, {s['model']} model, overrides {s['overrides'] or 'none'}: "
         f"{s['trials']} trials, max_t {s['max_epochs']}, ASHA grace {s['grace_period']} rf "
         f"{s['reduction_factor']}, {s['at_once']} at once x {s['cpus_per_trial']} CPU = torch "
         f"threads, emotion metrics every {s['emotion_every']} (0: off)"
@@ -1103,6 +1109,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     g = parser.add_argument_group("1. overhead")
     g.add_argument("--repeats", type=int, default=3, help="A, B pairs, interleaved")
+    g.add_argument(
+        "--space",
+        choices=["quick", "emodb_cpu"],
+        default="quick",
+        help="the shipped space both arms run (emodb_cpu: as shipped, needs "
+        "--overhead-set data.path=...; --model applies to quick only)",
+    )
     g.add_argument(
         "--overhead-trials", dest="trials_1", type=int, help="sweep.num_samples (the space's)"
     )
