@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,26 @@ from ray.tune.experiment import Trial
 
 CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)")
 
+# A prune decodes every trial of the saved state inside Tune's loop, so its time grows with
+# the sweep (benchmarks/RESULTS_sweeps.md, "The checkpoint pruner at scale"): the period
+# stretches so that pruning never takes more than this share of the driver's time.
+MAX_DRIVER_SHARE = 0.05
+
 
 class CheckpointPruner(tune.Callback):
-    def __init__(self, every_s: float = 10.0) -> None:
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.every_s = every_s
+        self._clock = clock
+        self._period_s = every_s
         self._last_prune = float("-inf")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        now = time.monotonic()
-        if trials and now - self._last_prune >= self.every_s:
-            self._last_prune = now
+        started = self._clock()
+        if trials and started - self._last_prune >= self._period_s:
             _prune(trials)
+            self._last_prune = self._clock()
+            spent = self._last_prune - started
+            self._period_s = max(self.every_s, spent / MAX_DRIVER_SHARE)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # After a sweep that ran to its end Tune has just saved its final state, so each trial

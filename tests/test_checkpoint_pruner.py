@@ -12,6 +12,7 @@ import pytest
 import ray
 from ray import tune
 
+from sweeps import checkpoint_pruner
 from sweeps.checkpoint_pruner import CheckpointPruner, prune_superseded_checkpoints
 
 REPORTS = 6
@@ -90,3 +91,34 @@ def test_without_a_readable_snapshot_nothing_is_deleted(experiment: Path, tmp_pa
         snapshot.unlink()
     assert prune_superseded_checkpoints(copy) == 0
     assert "checkpoint_000001" in _checkpoints(trial_dir)
+
+
+def test_a_slow_prune_stretches_the_period_to_its_share_of_the_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    pruned_at: list[float] = []
+
+    def slow_prune(trials: list) -> None:  # a sweep so large that one read takes 2 s
+        pruned_at.append(clock[0])
+        clock[0] += 2.0
+
+    monkeypatch.setattr(checkpoint_pruner, "_prune", slow_prune)
+    pruner = CheckpointPruner(every_s=10.0, clock=lambda: clock[0])
+    while clock[0] < 200.0:
+        pruner.on_step_end(0, trials=["trial"])
+        clock[0] += 1.0  # one loop step of Tune
+    # Each 2 s prune is followed by 40 s without one (the 5 % share), not by 10 s (20 %).
+    assert checkpoint_pruner.MAX_DRIVER_SHARE == 0.05
+    assert pruned_at == [0.0, 42.0, 84.0, 126.0, 168.0]
+
+
+def test_a_fast_prune_keeps_the_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    pruned_at: list[float] = []
+    monkeypatch.setattr(checkpoint_pruner, "_prune", lambda trials: pruned_at.append(clock[0]))
+    pruner = CheckpointPruner(every_s=10.0, clock=lambda: clock[0])
+    while clock[0] < 60.0:
+        pruner.on_step_end(0, trials=["trial"])
+        clock[0] += 1.0
+    assert pruned_at == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
