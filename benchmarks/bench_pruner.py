@@ -20,33 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
+from bench_sweeps import ray_session, spec_for
 
 from sweeps import driver
 from sweeps.checkpoint_pruner import prune_superseded_checkpoints, restore_points
-from sweeps.cluster import RAY_INIT_OPTIONS
-from sweeps.space import load_space
 from sweeps.sweep_folder import TUNE_DIR
 
-SMALL_SWEEP = [
-    "data.synthetic_speakers=6",
-    "data.synthetic_per_emotion=2",
-    "features.duration=1.0",
-    "train.base_channels=8",
-    "sweep.num_samples=2",
-    "train.max_epochs=2",
-    "sweep.grace_period=1",
-]
+# Two trials of two epochs, on bench_sweeps' small model and corpus.
+TWO_TRIALS = ["sweep.num_samples=2", "train.max_epochs=2", "sweep.grace_period=1"]
 
 
 def real_experiment(work: Path) -> Path:
     """A finished sweep's Tune folder: its experiment state and trial folders are Tune's."""
-    spec = load_space("quick", [*SMALL_SWEEP, f"data.cache_dir={work / 'cache'}"])
-    ray.init(address="local", log_to_driver=False, **RAY_INIT_OPTIONS)
-    try:
+    spec = spec_for(work / "cache", TWO_TRIALS)
+    with ray_session():
         driver.run_sweep(spec, work / "sweep", progress=io.StringIO())  # its table, discarded
-    finally:
-        ray.shutdown()
     return work / "sweep" / TUNE_DIR
 
 
