@@ -8,10 +8,12 @@ value (20 per emotion, the prior's sampling seeded; at the training seed, the dr
 finaliser exports) and runs the eGeMAPS judge's test as the finaliser does, with its control
 (as many vocoded copies of real training clips per emotion, drawn with the same seed): real +
 samples against real only and against real + copies, UAR on the real test speakers, mean and
-spread over the seeds.
+spread over the seeds. With `--cnn` the CNN judge's test runs too, on the same draws: a judge
+with the sweep judge's settings trained at the draw's seed on the real training clips alone,
+with the samples added and with the control added (three trainings per draw).
 
     python benchmarks/bench_augment_seeds.py --checkpoint CK --out runs/exp/aug_seeds \\
-        --sample-seeds 0 1 2 3 4
+        --sample-seeds 0 1 2 3 4 [--cnn]
 
 Record: OUT/results.json. Numbers and commands: benchmarks/RESULTS_quality.md.
 """
@@ -32,6 +34,7 @@ from emovae.audio.vocoder import Vocoder, load_vocoder
 from emovae.checkpoint import LoadedModel, load_model
 
 GAINS = ("wav_aug_smile_uar_gain", "wav_aug_smile_uar_gain_over_control")
+CNN_GAINS = ("wav_aug_cnn_uar_gain", "wav_aug_cnn_uar_gain_over_control")
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -66,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cnn", action="store_true", help="the CNN judge's test too")
     add_judging_arguments(parser)
     args = parser.parse_args()
 
@@ -73,9 +77,9 @@ def main() -> None:
         loaded: LoadedModel, judging: SampleJudging, vocoder: Vocoder, seed: int
     ) -> dict[str, float]:
         args.seed = seed  # `augmentation` draws the samples and the control with args.seed
-        return augmentation(loaded, judging, vocoder, args)
+        return augmentation(loaded, judging, vocoder, args, cnn=args.cnn)
 
-    over_draws(args, measure, GAINS)
+    over_draws(args, measure, GAINS + (CNN_GAINS if args.cnn else ()))
 
 
 if __name__ == "__main__":

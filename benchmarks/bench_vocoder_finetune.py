@@ -226,17 +226,20 @@ def augmentation(
     vocoder: Vocoder,
     args: argparse.Namespace,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    cnn: bool = False,
 ) -> dict[str, float]:
     """The eGeMAPS judge's augmentation test as the finaliser runs it (20 samples per emotion,
     and its control: as many vocoded copies of real training clips), both sets rendered by
-    `vocoder` (after `transform`, as in `evaluate`). The CNN judge is left out: its gain is
-    matched by the control at any vocoder."""
+    `vocoder` (after `transform`, as in `evaluate`). The CNN judge is left out unless `cnn`
+    (three judges trained per call, with `args.seed`): the control matches most of its gain
+    (benchmarks/RESULTS_quality.md)."""
     samples, labels, _ = draw(loaded, Sampler.of(loaded.model.prior), args.seed, 20)
     if transform:
         samples = transform(samples)
-    judges = dataclasses.replace(judging.judges, cnn=None)
-    generated = clip_set(judges, "gen", exported_clips(loaded, samples, vocoder), labels)
+    smile_only = dataclasses.replace(judging.judges, cnn=None)
+    generated = clip_set(smile_only, "gen", exported_clips(loaded, samples, vocoder), labels)
     control = control_set(loaded, judging, vocoder, labels, args.seed, transform)
+    judges = judging.judges if cnn else smile_only
     return augmentation_gain(judges, judging.data, generated, judging.real, args.seed, control)
 
 

@@ -273,7 +273,7 @@ def augmentation_gain(
 
     `control`: vocoded copies of real training clips (`augmentation_control_rows`), added
     instead of `generated`. On EmoDB such copies, which carry no utterance or emotion the
-    judges lack, lift the CNN judge as much as the samples do (benchmarks/RESULTS_quality.md,
+    judges lack, lift the CNN judge by most of what the samples do (benchmarks/RESULTS_quality.md,
     "What the augmentation gain measures"): `_real_plus_control` and `_uar_gain_over_control`
     (generated against control) say what the samples add beyond more, vocoded, data.
     """
