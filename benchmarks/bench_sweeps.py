@@ -8,7 +8,8 @@ inside each trial's process, its wall and CPU time, import time, the epochs' own
 tune.report and the RSS high-water mark; benchmark 4 puts it and a timed MlflowTrialLogger
 subclass in place of the names in sweeps.driver for the length of its run_sweep call.
 Benchmark 1 runs run_sweep untouched and repeats its trials in benchmarks/pool_arm.py; with
-`--space emodb_cpu --overhead-set data.path=...` it runs the real-corpus space as shipped.
+`--space emodb_cpu --overhead-set data.path=...` it runs the real-corpus space as shipped,
+with `--ray-running` it joins a Ray started once (as `sweeps/run.py --address` does).
 
     python benchmarks/bench_sweeps.py overhead      # 1. run_sweep vs a process pool, same trials
     python benchmarks/bench_sweeps.py search        # 2. TPE + ASHA vs random search, full budget
@@ -353,16 +354,20 @@ def environment(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def shipped_sweep(spec: SweepSpec, out: Path) -> dict[str, Any]:
+def shipped_sweep(spec: SweepSpec, out: Path, address: str | None = None) -> dict[str, Any]:
     """Arm A: run_sweep exactly as `sweeps/run.py` calls it (compact console, Tune's classic
     output engine), timed from ray.init to ray.shutdown: a fresh local Ray, as run_sweep
-    starts when no cluster is given. The trials' params and epochs are what arm B repeats."""
+    starts when no cluster is given, or with `address` a Ray already running there, which
+    run_sweep joins and leaves running (`--address`). The trials' params and epochs are what
+    arm B repeats."""
     stages: list[tuple[float, str]] = []
     started = time.perf_counter()
-    with environment(RAY_AIR_NEW_OUTPUT="0"), ray_session() as init_s:
+    session = ray_session() if address is None else contextlib.nullcontext(math.nan)
+    with environment(RAY_AIR_NEW_OUTPUT="0"), session as init_s:
         result = driver.run_sweep(
             spec,
             out,
+            address=address,
             on_stage=lambda message: stages.append((time.perf_counter(), message)),
             progress=io.StringIO(),  # the console's table, which run.py prints, discarded
         )
@@ -410,10 +415,12 @@ def pool_of_trials(spec: SweepSpec, trials: list[dict[str, Any]], out: Path) -> 
     return result | {"workers": request["workers"]}
 
 
-def overhead_repeat(spec: SweepSpec, work: Path, index: int) -> dict[str, Any]:
+def overhead_repeat(
+    spec: SweepSpec, work: Path, index: int, address: str | None = None
+) -> dict[str, Any]:
     """One A-then-B pair: arm B needs the trials arm A ran, so it follows it."""
     load_a = load()
-    a = shipped_sweep(spec, work / f"sweep-{index}")
+    a = shipped_sweep(spec, work / f"sweep-{index}", address)
     shutil.rmtree(work / f"sweep-{index}", ignore_errors=True)  # disk, not timed
     load_b = load()
     b = pool_of_trials(spec, a["trials"], work / f"pool-{index}")
@@ -443,6 +450,24 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+@contextlib.contextmanager
+def running_ray(wanted: bool) -> Iterator[str | None]:
+    """With `wanted`, a one-node Ray this process starts (as `ray start --head` would, its
+    dashboard off) and removes on exit; its address for run_sweep. Else None."""
+    if not wanted:
+        yield None
+        return
+    from ray.cluster_utils import Cluster
+
+    # Cluster's nodes default to 1 CPU; `ray start --head` offers every core.
+    head = {"include_dashboard": False, "num_cpus": os.cpu_count()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """The shipped driver (Optuna + ASHA + MLflow logger, actor reuse, its checkpointing) vs a
     real process pool running the same trials for the same epochs with the same threads,
@@ -451,17 +476,19 @@ def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sweep does not pay them alone."""
     spec = overhead_spec(args)
     cache_s, judge_s = warm_cache(spec), warm_judge(spec)
-    warmup_s = math.nan
-    if args.warmup:
-        tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
-        tiny.append(f"sweep.emotion_every={min(spec.sweep.emotion_every, 1)}")  # <= grace
-        started = time.perf_counter()
-        shipped_sweep(overhead_spec(args, tiny), work / "warmup")
-        warmup_s = time.perf_counter() - started
-    repeats = [overhead_repeat(spec, work, i) for i in range(args.repeats)]
+    with running_ray(args.ray_running) as address:
+        warmup_s = math.nan
+        if args.warmup:
+            tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
+            tiny.append(f"sweep.emotion_every={min(spec.sweep.emotion_every, 1)}")  # <= grace
+            started = time.perf_counter()
+            shipped_sweep(overhead_spec(args, tiny), work / "warmup", address)
+            warmup_s = time.perf_counter() - started
+        repeats = [overhead_repeat(spec, work, i, address) for i in range(args.repeats)]
     return {
         "settings": {
             "space": args.space,
+            "ray": "already running (--address)" if args.ray_running else "started per sweep",
             "model": args.model if args.space == "quick" else "as shipped",
             "overrides": overhead_overrides(args),
             "trials": spec.sweep.num_samples,
@@ -979,7 +1006,8 @@ def show_overhead(r: dict[str, Any]) -> None:
         f"{s['space']} space, {s['model']} model, overrides {s['overrides'] or 'none'}: "
         f"{s['trials']} trials, max_t {s['max_epochs']}, ASHA grace {s['grace_period']} rf "
         f"{s['reduction_factor']}, {s['at_once']} at once x {s['cpus_per_trial']} CPU = torch "
-        f"threads, emotion metrics every {s['emotion_every']} (0: off)"
+        f"threads, emotion metrics every {s['emotion_every']} (0: off); Ray "
+        f"{s.get('ray', 'started per sweep')}"
     )
     warmup = "skipped" if math.isnan(r["warmup_s"]) else f"{_f(r['warmup_s'], 1)} s"
     print(
@@ -1129,6 +1157,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=VALUE",
         help="space overrides for both arms (as sweeps/run.py --set), e.g. sweep.grace_period=1",
+    )
+    g.add_argument(
+        "--ray-running",
+        action="store_true",
+        help="arm A joins a Ray started once before the repeats (sweeps/run.py --address) "
+        "instead of starting and stopping its own",
     )
     g.add_argument(
         "--no-warmup",

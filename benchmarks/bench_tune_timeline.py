@@ -16,6 +16,7 @@ after, so what the trial processes did not use is what Ray's processes and the d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import statistics
@@ -83,8 +84,9 @@ def stamped_trainable(records_dir: str) -> Callable[..., None]:
     return trial
 
 
-def timed_sweep(spec: Any, out: Path) -> dict[str, Any]:
-    """One sweep as bench_sweeps' arm A runs it, with the trials stamped."""
+def timed_sweep(spec: Any, out: Path, address: str | None = None) -> dict[str, Any]:
+    """One sweep as bench_sweeps' arm A runs it, with the trials stamped; with `address`, on
+    the Ray already running there (run_sweep's own ray.init joins it, its shutdown leaves)."""
     records = out.with_name(out.name + "-records")
     records.mkdir(parents=True)
     stages: list[list[Any]] = []
@@ -93,11 +95,12 @@ def timed_sweep(spec: Any, out: Path) -> dict[str, Any]:
         bs.environment(RAY_AIR_NEW_OUTPUT="0"),
         bs.patched(driver, "train_trial", stamped_trainable(str(records))),
     ):
-        with bs.ray_session():
+        with bs.ray_session() if address is None else contextlib.nullcontext():
             ray_up = time.time()
             driver.run_sweep(
                 spec,
                 out,
+                address=address,
                 on_stage=lambda message: stages.append([time.time(), message]),
                 progress=io.StringIO(),
             )
@@ -207,23 +210,36 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="space overrides (as sweeps/run.py --set); default: the quick space as shipped",
     )
+    parser.add_argument(
+        "--ray-running",
+        action="store_true",
+        help="the sweeps join a Ray started once before them (sweeps/run.py --address)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     info = bs.machine() | {"command": " ".join([Path(sys.executable).name, *sys.argv])}
     print(json.dumps(info))
-    with tempfile.TemporaryDirectory(prefix="bench-timeline-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-timeline-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         work = Path(tmp)
         spec = bs.spec_for(work / "cache", args.overrides, base=[])
         bs.warm_cache(spec)
         bs.warm_judge(spec)
+        address = stack.enter_context(bs.running_ray(args.ray_running))
         # An unmeasured 1-trial sweep pays this process's one-off lazy imports.
         tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
         tiny.append("sweep.emotion_every=1")
-        timed_sweep(bs.spec_for(work / "cache", [*args.overrides, *tiny], base=[]), work / "warmup")
+        timed_sweep(
+            bs.spec_for(work / "cache", [*args.overrides, *tiny], base=[]), work / "warmup", address
+        )
         results = []
         for index in range(args.repeats):
             load_before = bs.load()
-            d = decompose(timed_sweep(spec, work / f"sweep-{index}")) | {"load_before": load_before}
+            d = decompose(timed_sweep(spec, work / f"sweep-{index}", address)) | {
+                "load_before": load_before
+            }
             print(f"\nrepeat {index + 1}, load before {d['load_before']}")
             show(d)
             results.append(d)
