@@ -10,13 +10,17 @@ each trial's process, its entry, trial_setup, every tune.report's entry and retu
 and the process's CPU seconds; the machine's busy CPU seconds (/proc/stat) are read before and
 after, so what the trial processes did not use is what Ray's processes and the driver used.
 
-    python benchmarks/bench_tune_timeline.py --repeats 2 --json timeline.json
+    python benchmarks/bench_tune_timeline.py --repeats 2 --json timeline.json [--ray-running]
+
+With `--ray-running` the sweeps join a Ray started once before them, as `sweeps/run.py
+--address` joins a running `ray start --head`. Results: benchmarks/RESULTS_sweeps.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import io
 import json
 import statistics
@@ -217,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    info = bs.machine() | {"command": " ".join([Path(sys.executable).name, *sys.argv])}
+    info = bs.machine() | {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
     print(json.dumps(info))
     with (
         tempfile.TemporaryDirectory(prefix="bench-timeline-") as tmp,
