@@ -109,8 +109,13 @@ def machine() -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def ray_session() -> Iterator[float]:
-    """A fresh local Ray instance (never another user's cluster); yields ray.init's seconds."""
+def ray_session(address: str | None = None) -> Iterator[float]:
+    """A fresh local Ray instance (never another user's cluster); yields ray.init's seconds.
+    With `address` (a Ray already running, which run_sweep joins itself) nothing is started
+    and NaN is yielded."""
+    if address is not None:
+        yield math.nan
+        return
     started = time.perf_counter()
     ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
@@ -362,8 +367,7 @@ def shipped_sweep(spec: SweepSpec, out: Path, address: str | None = None) -> dic
     arm B repeats."""
     stages: list[tuple[float, str]] = []
     started = time.perf_counter()
-    session = ray_session() if address is None else contextlib.nullcontext(math.nan)
-    with environment(RAY_AIR_NEW_OUTPUT="0"), session as init_s:
+    with environment(RAY_AIR_NEW_OUTPUT="0"), ray_session(address) as init_s:
         result = driver.run_sweep(
             spec,
             out,
@@ -450,6 +454,14 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def warmup_overrides(spec: SweepSpec) -> list[str]:
+    """`spec` shrunk to the unmeasured 1-trial, 1-epoch sweep that pays this process's one-off
+    lazy imports (Optuna, matplotlib) before a measured one; emotion metrics, if on, at that
+    epoch (the space refuses a cadence above the grace period)."""
+    tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
+    return [*tiny, f"sweep.emotion_every={min(spec.sweep.emotion_every, 1)}"]
+
+
 @contextlib.contextmanager
 def running_ray(wanted: bool) -> Iterator[str | None]:
     """With `wanted`, a one-node Ray this process starts (as `ray start --head` would, its
@@ -479,10 +491,8 @@ def bench_overhead(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     with running_ray(args.ray_running) as address:
         warmup_s = math.nan
         if args.warmup:
-            tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
-            tiny.append(f"sweep.emotion_every={min(spec.sweep.emotion_every, 1)}")  # <= grace
             started = time.perf_counter()
-            shipped_sweep(overhead_spec(args, tiny), work / "warmup", address)
+            shipped_sweep(overhead_spec(args, warmup_overrides(spec)), work / "warmup", address)
             warmup_s = time.perf_counter() - started
         repeats = [overhead_repeat(spec, work, i, address) for i in range(args.repeats)]
     return {
@@ -1006,8 +1016,7 @@ def show_overhead(r: dict[str, Any]) -> None:
         f"{s['space']} space, {s['model']} model, overrides {s['overrides'] or 'none'}: "
         f"{s['trials']} trials, max_t {s['max_epochs']}, ASHA grace {s['grace_period']} rf "
         f"{s['reduction_factor']}, {s['at_once']} at once x {s['cpus_per_trial']} CPU = torch "
-        f"threads, emotion metrics every {s['emotion_every']} (0: off); Ray "
-        f"{s.get('ray', 'started per sweep')}"
+        f"threads, emotion metrics every {s['emotion_every']} (0: off); Ray {s['ray']}"
     )
     warmup = "skipped" if math.isnan(r["warmup_s"]) else f"{_f(r['warmup_s'], 1)} s"
     print(

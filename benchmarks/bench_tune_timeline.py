@@ -99,7 +99,7 @@ def timed_sweep(spec: Any, out: Path, address: str | None = None) -> dict[str, A
         bs.environment(RAY_AIR_NEW_OUTPUT="0"),
         bs.patched(driver, "train_trial", stamped_trainable(str(records))),
     ):
-        with bs.ray_session() if address is None else contextlib.nullcontext():
+        with bs.ray_session(address):
             ray_up = time.time()
             driver.run_sweep(
                 spec,
@@ -129,7 +129,7 @@ def _times(trial: dict[str, Any], name: str) -> list[float]:
 def decompose(run: dict[str, Any]) -> dict[str, Any]:
     """The sweep's wall split into consecutive parts, and its trials' time in sum."""
     trials = sorted(run["trials"], key=lambda t: t["events"][0][1])
-    first_entry = min(t["events"][0][1] for t in trials)
+    first_entry = trials[0]["events"][0][1]
     last_exit = max(t["events"][-1][1] for t in trials)
     tune_start = next(
         (t for t, m in run["stages"] if m.startswith(bs.TRIALS_START_STAGE)), run["ray_up"]
@@ -235,12 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         bs.warm_cache(spec)
         bs.warm_judge(spec)
         address = stack.enter_context(bs.running_ray(args.ray_running))
-        # An unmeasured 1-trial sweep pays this process's one-off lazy imports.
-        tiny = ["sweep.num_samples=1", "train.max_epochs=1", "sweep.grace_period=1"]
-        tiny.append("sweep.emotion_every=1")
-        timed_sweep(
-            bs.spec_for(work / "cache", [*args.overrides, *tiny], base=[]), work / "warmup", address
-        )
+        warmup = bs.spec_for(work / "cache", [*args.overrides, *bs.warmup_overrides(spec)], base=[])
+        timed_sweep(warmup, work / "warmup", address)
         results = []
         for index in range(args.repeats):
             load_before = bs.load()
